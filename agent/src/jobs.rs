@@ -1,0 +1,130 @@
+//! Admission and execution of signed jobs. [`JobGate`] is the single door: signature, addressee,
+//! validity window, then the journal. Only what passes it is executed.
+
+use std::sync::Mutex;
+
+use ed25519_dalek::VerifyingKey;
+use uuid::Uuid;
+use windflow_protocol::messages::{JobOutcome, JobOutput};
+use windflow_protocol::{JobEnvelope, JobPayload, JobRejection, SignedJob};
+
+use crate::journal::Journal;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    #[error(transparent)]
+    Refused(#[from] JobRejection),
+    #[error("the job journal could not be written: {0}")]
+    Journal(#[from] std::io::Error),
+}
+
+#[derive(Debug)]
+pub struct JobGate {
+    agent_id: Uuid,
+    job_key: VerifyingKey,
+    journal: Mutex<Journal>,
+}
+
+impl JobGate {
+    pub fn new(agent_id: Uuid, job_key: VerifyingKey, journal: Journal) -> Self {
+        Self { agent_id, job_key, journal: Mutex::new(journal) }
+    }
+
+    /// Parses the hex job key pinned at enrollment.
+    pub fn parse_key(hex_key: &str) -> Option<VerifyingKey> {
+        let bytes: [u8; 32] = hex::decode(hex_key).ok()?.try_into().ok()?;
+        VerifyingKey::from_bytes(&bytes).ok()
+    }
+
+    /// Checks a job and, if it may run, records it as applied before returning it.
+    pub fn admit(&self, job: &SignedJob, now_unix_ms: u64) -> Result<JobEnvelope, AdmitError> {
+        let envelope = job.verify(&self.job_key, self.agent_id, now_unix_ms)?;
+        let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        if !journal.record(envelope.job_id)? {
+            return Err(JobRejection::Replayed { job_id: envelope.job_id }.into());
+        }
+        Ok(envelope)
+    }
+}
+
+/// Runs an admitted job.
+pub async fn execute(payload: &JobPayload) -> JobOutcome {
+    match payload {
+        JobPayload::CollectFacts => JobOutcome::Succeeded(JobOutput::Facts(crate::facts::collect().await)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+
+    const AGENT: Uuid = Uuid::from_u128(1);
+
+    fn gate(dir: &tempfile::TempDir) -> JobGate {
+        let journal = Journal::open(&dir.path().join("journal")).expect("journal");
+        JobGate::new(AGENT, key().verifying_key(), journal)
+    }
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[7; 32])
+    }
+
+    fn job(agent_id: Uuid, expires_at_unix_ms: u64) -> JobEnvelope {
+        JobEnvelope {
+            job_id: Uuid::now_v7(),
+            agent_id,
+            issued_at_unix_ms: 1_000,
+            expires_at_unix_ms,
+            payload: JobPayload::CollectFacts,
+        }
+    }
+
+    fn refused(result: Result<JobEnvelope, AdmitError>) -> JobRejection {
+        match result {
+            Err(AdmitError::Refused(rejection)) => rejection,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_job_is_admitted_once_and_its_replay_refused_even_after_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let signed = job(AGENT, 10_000).sign(&key());
+        let envelope = gate(&dir).admit(&signed, 2_000).expect("admitted");
+        assert_eq!(refused(gate(&dir).admit(&signed, 2_000)), JobRejection::Replayed { job_id: envelope.job_id });
+    }
+
+    #[test]
+    fn a_tampered_job_is_refused_and_not_journalled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let gate = gate(&dir);
+        let mut signed = job(AGENT, 10_000).sign(&key());
+        signed.envelope[0] ^= 0x40;
+        assert_eq!(refused(gate.admit(&signed, 2_000)), JobRejection::BadSignature);
+        assert!(gate.journal.lock().expect("lock").is_empty());
+    }
+
+    #[test]
+    fn an_expired_job_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let signed = job(AGENT, 10_000).sign(&key());
+        assert!(matches!(refused(gate(&dir).admit(&signed, 10_001)), JobRejection::Expired { .. }));
+    }
+
+    #[test]
+    fn a_misaddressed_job_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let other = Uuid::from_u128(2);
+        let signed = job(other, 10_000).sign(&key());
+        assert_eq!(refused(gate(&dir).admit(&signed, 2_000)), JobRejection::WrongAgent { addressed_to: other });
+    }
+
+    #[test]
+    fn a_job_signed_by_a_foreign_key_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let signed = job(AGENT, 10_000).sign(&SigningKey::from_bytes(&[8; 32]));
+        assert_eq!(refused(gate(&dir).admit(&signed, 2_000)), JobRejection::BadSignature);
+    }
+}

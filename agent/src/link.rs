@@ -1,0 +1,375 @@
+//! The agent's link to the control plane: one outbound QUIC connection at a time, reconnected
+//! with capped exponential backoff and jitter. It drives the sans-IO `AgentSession` on the
+//! control stream, answers jobs on the streams the control plane opens, and renews its
+//! certificate over the authenticated connection before it expires.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::mpsc;
+use windflow_protocol::backoff::Backoff;
+use windflow_protocol::io::{StreamError, read_frame, write_frame};
+use windflow_protocol::messages::{
+    AgentEvent, AgentEventKind, AgentMessage, ControlMessage, Hello, JobEvent, JobRequest, PROTOCOL_VERSION,
+    StatusReport,
+};
+use windflow_protocol::session::{AgentSession, AgentSessionEvent, CloseReason};
+use windflow_protocol::{MAX_FRAME_LEN, Refusal};
+
+use crate::identity::{DataDir, Identity};
+use crate::jobs::{AdmitError, JobGate, execute};
+use crate::journal::Journal;
+use crate::unix_ms;
+
+const ALPN: &[u8] = b"windflow/1";
+/// QUIC close code the control plane uses for a revoked agent.
+const CLOSE_REVOKED: u32 = 1;
+const STATUS_INTERVAL: Duration = Duration::from_secs(30);
+/// A session that lasted this long resets the backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self { backoff_base: Duration::from_millis(200), backoff_max: Duration::from_secs(2) }
+    }
+}
+
+/// The control plane revoked this agent; retrying cannot help.
+#[derive(Debug, thiserror::Error)]
+#[error("the control plane revoked this agent; enroll again with a new join token")]
+pub struct Revoked;
+
+/// How a session ended.
+#[derive(Debug, PartialEq, Eq)]
+enum SessionEnd {
+    Lost,
+    Revoked,
+}
+
+/// Runs the agent until it is revoked (an error) or `shutdown` resolves.
+pub async fn run(
+    data: DataDir,
+    config: LinkConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let identity = data.identity()?;
+    let job_key = JobGate::parse_key(&identity.job_public_key).context("the pinned job key is invalid")?;
+    let journal =
+        Journal::open(&data.journal_path()).with_context(|| format!("opening {}", data.journal_path().display()))?;
+    let gate = Arc::new(JobGate::new(identity.agent_id, job_key, journal));
+    let started = Instant::now();
+    let mut backoff = Backoff::new(config.backoff_base, config.backoff_max);
+    tokio::pin!(shutdown);
+    loop {
+        let attempt_started = Instant::now();
+        let outcome = tokio::select! {
+            outcome = connect_and_serve(&data, &identity, &gate, started) => outcome,
+            () = &mut shutdown => return Ok(()),
+        };
+        match outcome {
+            Ok(SessionEnd::Revoked) => return Err(Revoked.into()),
+            Ok(SessionEnd::Lost) => tracing::warn!("connection to the control plane lost"),
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "could not hold a session with the control plane")
+            }
+        }
+        if attempt_started.elapsed() >= STABLE_SESSION {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay(rand::random());
+        tracing::info!(delay_ms = delay.as_millis() as u64, attempt = backoff.attempt(), "reconnecting");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = &mut shutdown => return Ok(()),
+        }
+    }
+}
+
+fn client_endpoint(data: &DataDir) -> anyhow::Result<quinn::Endpoint> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(data.ca_pem()?.as_bytes()).context("reading ca.pem")?)?;
+    let chain = CertificateDer::pem_slice_iter(data.cert_pem()?.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading cert.pem")?;
+    let key = PrivateKeyDer::from_pem_slice(data.key_pem()?.as_bytes()).context("reading key.pem")?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    // The control plane opens job and log streams; we open only the control stream.
+    transport.max_concurrent_bidi_streams(64u8.into());
+    transport.max_concurrent_uni_streams(0u8.into());
+    transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
+    client.transport_config(Arc::new(transport));
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+async fn connect_and_serve(
+    data: &DataDir,
+    identity: &Identity,
+    gate: &Arc<JobGate>,
+    started: Instant,
+) -> anyhow::Result<SessionEnd> {
+    let address = tokio::net::lookup_host(&identity.quic_endpoint)
+        .await
+        .with_context(|| format!("resolving {}", identity.quic_endpoint))?
+        .next()
+        .with_context(|| format!("{} has no address", identity.quic_endpoint))?;
+    // A new endpoint per attempt picks up a renewed certificate.
+    let endpoint = client_endpoint(data)?;
+    let connection = match endpoint.connect(address, &identity.server_name)?.await {
+        Ok(connection) => connection,
+        Err(error) if is_revocation(&error) => return Ok(SessionEnd::Revoked),
+        Err(error) => return Err(error).context("QUIC handshake"),
+    };
+    let end = serve(data, identity, gate, &connection, started).await;
+    // Read before closing: a local close replaces the peer's reason.
+    let revoked = closed_reason(&connection) == SessionEnd::Revoked;
+    connection.close(0u32.into(), b"agent closing");
+    endpoint.wait_idle().await;
+    // However the session failed, a revocation is what the caller must hear about.
+    if revoked {
+        return Ok(SessionEnd::Revoked);
+    }
+    end
+}
+
+/// TLS alert `certificate_revoked` (44), carried as a QUIC crypto error.
+const TLS_ALERT_CERTIFICATE_REVOKED: u8 = 44;
+
+/// The control plane closes a live revoked agent with an application code, and refuses its
+/// later handshakes with the TLS alert `certificate_revoked`.
+fn is_revocation(error: &quinn::ConnectionError) -> bool {
+    match error {
+        quinn::ConnectionError::ApplicationClosed(close) => close.error_code == CLOSE_REVOKED.into(),
+        quinn::ConnectionError::ConnectionClosed(close) => {
+            close.error_code == quinn::TransportErrorCode::crypto(TLS_ALERT_CERTIFICATE_REVOKED)
+        }
+        _ => false,
+    }
+}
+
+async fn serve(
+    data: &DataDir,
+    identity: &Identity,
+    gate: &Arc<JobGate>,
+    connection: &quinn::Connection,
+    started: Instant,
+) -> anyhow::Result<SessionEnd> {
+    let (mut send, recv) = connection.open_bi().await.context("opening the control stream")?;
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        agent_id: identity.agent_id,
+        facts: crate::facts::collect().await,
+    };
+    let mut session = AgentSession::new(hello, Instant::now(), Duration::from_secs(10));
+    let (frames_tx, mut frames) = mpsc::channel(32);
+    tokio::spawn(read_frames(recv, frames_tx));
+    let (events_tx, mut events) = mpsc::channel::<AgentMessage>(64);
+    let jobs = tokio::spawn(accept_jobs(connection.clone(), gate.clone(), events_tx));
+    let mut status = tokio::time::interval(STATUS_INTERVAL);
+    status.tick().await;
+    let mut renewal: Option<String> = None;
+
+    let end = loop {
+        while let Some(message) = session.poll_transmit() {
+            write_frame(&mut send, &message, MAX_FRAME_LEN).await.context("writing to the control stream")?;
+        }
+        if session.is_established() && renewal.is_none() && renewal_due(data) {
+            let (key_pem, csr_pem) = crate::enroll::new_key_and_csr(&identity.agent_id.to_string())?;
+            let csr_der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())?;
+            tracing::info!("certificate due for renewal; asking the control plane");
+            session.send(AgentMessage::RenewCertificate { csr_der: csr_der.as_ref().to_vec() });
+            renewal = Some(key_pem);
+            continue;
+        }
+        let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+        let event = tokio::select! {
+            frame = frames.recv() => match frame {
+                Some(Ok(message)) => session.handle(message, Instant::now()),
+                Some(Err(error)) => bail!("bad frame from the control plane: {error}"),
+                None => break closed_reason(connection),
+            },
+            Some(message) = events.recv() => {
+                session.send(message);
+                None
+            }
+            _ = status.tick() => {
+                session.report_status(StatusReport {
+                    facts: crate::facts::collect().await,
+                    running_jobs: 0,
+                    uptime_s: started.elapsed().as_secs(),
+                });
+                None
+            }
+            () = sleep_until(deadline) => session.handle_timeout(Instant::now()),
+            _ = connection.closed() => break closed_reason(connection),
+        };
+        match event {
+            None => {}
+            Some(AgentSessionEvent::Established(_)) => {
+                tracing::info!(agent_id = %identity.agent_id, server = %identity.quic_endpoint, "connected to the control plane");
+            }
+            Some(AgentSessionEvent::CertificateRenewed { cert_der }) => {
+                if let Some(key_pem) = renewal.take() {
+                    let cert_pem = pem_encode("CERTIFICATE", &cert_der);
+                    data.save_renewal(&key_pem, &cert_pem)?;
+                    let not_after = cert_not_after(&cert_der).unwrap_or_default();
+                    tracing::info!(not_after_unix_s = not_after, "certificate renewed");
+                    session.send(AgentMessage::Event(AgentEvent {
+                        at_unix_ms: unix_ms(),
+                        kind: AgentEventKind::CertificateRenewed { not_after_unix_s: not_after },
+                    }));
+                }
+            }
+            Some(AgentSessionEvent::RenewalRefused { reason }) => {
+                tracing::error!(%reason, "the control plane refused to renew the certificate");
+                renewal = None;
+            }
+            Some(AgentSessionEvent::Closed(CloseReason::Refused(Refusal::Revoked))) => break SessionEnd::Revoked,
+            Some(AgentSessionEvent::Closed(CloseReason::Refused(refusal))) => {
+                bail!("the control plane refused the session: {refusal}")
+            }
+            Some(AgentSessionEvent::Closed(reason)) => {
+                tracing::warn!(?reason, "session closed");
+                break SessionEnd::Lost;
+            }
+        }
+    };
+    jobs.abort();
+    Ok(end)
+}
+
+fn closed_reason(connection: &quinn::Connection) -> SessionEnd {
+    match connection.close_reason() {
+        Some(error) if is_revocation(&error) => SessionEnd::Revoked,
+        _ => SessionEnd::Lost,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn read_frames(mut recv: quinn::RecvStream, out: mpsc::Sender<Result<ControlMessage, StreamError>>) {
+    loop {
+        let frame = read_frame::<ControlMessage, _>(&mut recv, MAX_FRAME_LEN).await;
+        let last = !matches!(frame, Ok(Some(_)));
+        match frame {
+            Ok(Some(message)) => {
+                if out.send(Ok(message)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(error) => {
+                let _ = out.send(Err(error)).await;
+            }
+        }
+        if last {
+            return;
+        }
+    }
+}
+
+/// Serves the job streams the control plane opens, one task per job.
+async fn accept_jobs(connection: quinn::Connection, gate: Arc<JobGate>, events: mpsc::Sender<AgentMessage>) {
+    while let Ok((send, recv)) = connection.accept_bi().await {
+        tokio::spawn(handle_job(send, recv, gate.clone(), events.clone()));
+    }
+}
+
+async fn handle_job(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    gate: Arc<JobGate>,
+    events: mpsc::Sender<AgentMessage>,
+) {
+    let job = match read_frame::<JobRequest, _>(&mut recv, MAX_FRAME_LEN).await {
+        Ok(Some(JobRequest::Job(job))) => job,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::warn!(%error, "unreadable job stream");
+            let _ = recv.stop(3u32.into());
+            return;
+        }
+    };
+    let reply = match gate.admit(&job, unix_ms()) {
+        Ok(envelope) => {
+            tracing::info!(job_id = %envelope.job_id, payload = ?envelope.payload, "job admitted");
+            let _ = write_frame(&mut send, &JobEvent::Accepted { job_id: envelope.job_id }, MAX_FRAME_LEN).await;
+            let outcome = execute(&envelope.payload).await;
+            JobEvent::Completed { job_id: envelope.job_id, outcome }
+        }
+        Err(AdmitError::Refused(reason)) => {
+            let job_id = job.unverified_job_id();
+            tracing::warn!(job_id = ?job_id, %reason, "job refused");
+            let _ = events
+                .send(AgentMessage::Event(AgentEvent {
+                    at_unix_ms: unix_ms(),
+                    kind: AgentEventKind::JobRefused { job_id, reason: reason.clone() },
+                }))
+                .await;
+            JobEvent::Refused { job_id, reason }
+        }
+        Err(AdmitError::Journal(error)) => {
+            tracing::error!(%error, "job journal unwritable; refusing to run jobs");
+            JobEvent::Completed {
+                job_id: job.unverified_job_id().unwrap_or_default(),
+                outcome: windflow_protocol::messages::JobOutcome::Failed {
+                    message: format!("agent journal unwritable: {error}"),
+                },
+            }
+        }
+    };
+    let _ = write_frame(&mut send, &reply, MAX_FRAME_LEN).await;
+    let _ = send.finish();
+}
+
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str(&format!("-----END {label}-----\n"));
+    pem
+}
+
+fn cert_not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// True once two thirds of the current certificate's lifetime have passed.
+fn renewal_due(data: &DataDir) -> bool {
+    let Ok(pem) = data.cert_pem() else { return false };
+    let Ok(der) = CertificateDer::from_pem_slice(pem.as_bytes()) else { return false };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else { return false };
+    let not_before = cert.validity().not_before.timestamp();
+    let not_after = cert.validity().not_after.timestamp();
+    let now = i64::try_from(unix_ms() / 1000).unwrap_or(i64::MAX);
+    now >= not_before + (not_after - not_before) * 2 / 3
+}

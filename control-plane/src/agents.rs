@@ -1,0 +1,101 @@
+//! Enrolled agents (the targets of deployments): enrollment from a join token and a CSR,
+//! listing, and revocation records. Live connection state is the hub's, not the store's:
+//! heartbeats never touch the disk.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use windflow_protocol::HostFacts;
+
+use crate::auth::now_unix_s;
+use crate::join_tokens::{self, JoinTokenError};
+use crate::pki::{Pki, PkiError};
+use crate::store::{Record, RecordStore, Store, StoreError, Table, Write};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Agent {
+    pub id: Uuid,
+    /// The name the agent gave at enrollment; the live facts may say otherwise later.
+    pub name: String,
+    pub enrolled_at_unix_s: i64,
+    pub join_token_id: Uuid,
+    pub revoked_at_unix_s: Option<i64>,
+    /// Updated when a session starts and when it ends, not on every heartbeat.
+    pub last_seen_unix_ms: Option<u64>,
+    pub facts: Option<HostFacts>,
+}
+
+impl Record for Agent {
+    const TABLE: Table = Table::Agents;
+    const VERSION: u64 = 1;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error(transparent)]
+    Token(#[from] JoinTokenError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("name must be 1 to 253 characters")]
+    BadName,
+}
+
+#[derive(Debug)]
+pub struct Enrollment {
+    pub agent: Agent,
+    pub certificate_pem: String,
+}
+
+/// Enrolls a new agent: the token is checked, a certificate is issued for the CSR's key, and
+/// the agent record and the token's use are written in one transaction. On any error nothing
+/// is written.
+pub fn enroll(
+    store: &dyn Store,
+    pki: &Pki,
+    token: &str,
+    csr_der: &[u8],
+    name: &str,
+    cert_lifetime: Duration,
+) -> Result<Enrollment, EnrollError> {
+    if name.is_empty() || name.len() > 253 {
+        return Err(EnrollError::BadName);
+    }
+    let redemption = join_tokens::check(store, token)?;
+    let id = Uuid::now_v7();
+    let certificate = pki.issue_agent_certificate(csr_der, id, cert_lifetime)?;
+    let agent = Agent {
+        id,
+        name: name.into(),
+        enrolled_at_unix_s: now_unix_s(),
+        join_token_id: redemption.token.id,
+        revoked_at_unix_s: None,
+        last_seen_unix_ms: None,
+        facts: None,
+    };
+    redemption.spend(store, vec![Write { table: Table::Agents, key: agent.key(), value: Some(agent.encode()) }])?;
+    Ok(Enrollment { agent, certificate_pem: certificate.pem() })
+}
+
+pub fn get(store: &dyn Store, id: Uuid) -> Result<Option<Agent>, StoreError> {
+    store.load(id.as_bytes())
+}
+
+pub fn list(store: &dyn Store) -> Result<Vec<Agent>, StoreError> {
+    store.load_all()
+}
+
+/// Applies `change` to the stored agent, if it exists.
+pub fn update(store: &dyn Store, id: Uuid, change: impl FnOnce(&mut Agent)) -> Result<Option<Agent>, StoreError> {
+    let Some(mut agent) = get(store, id)? else { return Ok(None) };
+    change(&mut agent);
+    store.save(&agent)?;
+    Ok(Some(agent))
+}
+
+pub fn delete(store: &dyn Store, id: Uuid) -> Result<(), StoreError> {
+    store.delete(Table::Agents, id.as_bytes())
+}

@@ -1,0 +1,108 @@
+//! Enrollment: the files a new host fetches (`/install.sh`, `/ca.pem`, the agent binary) and
+//! `POST /agents/enroll`, where a join token and a CSR become an agent certificate.
+//! These routes are public: the join token is the credential.
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rustls_pki_types::CertificateSigningRequestDer;
+use rustls_pki_types::pem::PemObject;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{ApiError, ApiJson};
+use crate::agents;
+
+const INSTALL_SH: &str = include_str!("../../../packaging/install.sh");
+
+pub fn api_routes() -> Router<AppState> {
+    Router::new().route("/agents/enroll", post(enroll))
+}
+
+pub fn file_routes() -> Router<AppState> {
+    Router::new()
+        .route("/install.sh", get(install_sh))
+        .route("/ca.pem", get(ca_pem))
+        .route("/downloads/{file}", get(download))
+}
+
+async fn install_sh(State(state): State<AppState>) -> impl IntoResponse {
+    let script = INSTALL_SH
+        .replace("@@SERVER_URL@@", &state.settings.public_url)
+        .replace("@@SERVER_PIN@@", &state.pki.server_pin())
+        .replace("@@CA_SHA256@@", &state.pki.ca_sha256());
+    ([(header::CONTENT_TYPE, "text/x-shellscript; charset=utf-8")], script)
+}
+
+async fn ca_pem(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/x-pem-file")], state.pki.ca_cert_pem().to_owned())
+}
+
+async fn download(State(state): State<AppState>, Path(file): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let expected = format!("windflow-agent-{}", std::env::consts::ARCH);
+    if file != expected {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("this control plane serves only {expected}; build the agent for your architecture from source"),
+        ));
+    }
+    let bytes = tokio::fs::read(&state.settings.agent_binary).await.map_err(|e| {
+        tracing::error!(path = %state.settings.agent_binary.display(), error = %e, "agent binary unavailable");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "agent_binary_missing",
+            "the agent binary is not available on this control plane (see --agent-binary)",
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
+}
+
+#[derive(Debug, Deserialize)]
+struct EnrollRequest {
+    token: String,
+    csr_pem: String,
+    name: String,
+}
+
+#[derive(Debug, Serialize)]
+struct EnrollResponse {
+    agent_id: Uuid,
+    certificate_pem: String,
+    ca_pem: String,
+    /// Hex of the Ed25519 key that signs jobs; the agent pins it.
+    job_public_key: String,
+    quic_endpoint: String,
+    server_name: String,
+}
+
+async fn enroll(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<EnrollRequest>,
+) -> Result<(StatusCode, Json<EnrollResponse>), ApiError> {
+    let csr = CertificateSigningRequestDer::from_pem_slice(body.csr_pem.as_bytes())
+        .map_err(|_| ApiError::invalid("csr_pem", "csr_pem is not a PEM certificate signing request"))?;
+    let enrollment = agents::enroll(
+        state.store.as_ref(),
+        &state.pki,
+        &body.token,
+        csr.as_ref(),
+        body.name.trim(),
+        state.settings.agent_cert_lifetime,
+    )?;
+    tracing::info!(agent_id = %enrollment.agent.id, name = %enrollment.agent.name, token_id = %enrollment.agent.join_token_id, "agent enrolled");
+    Ok((
+        StatusCode::CREATED,
+        Json(EnrollResponse {
+            agent_id: enrollment.agent.id,
+            certificate_pem: enrollment.certificate_pem,
+            ca_pem: state.pki.ca_cert_pem().to_owned(),
+            job_public_key: state.pki.job_public_key_hex(),
+            quic_endpoint: state.settings.quic_endpoint.clone(),
+            server_name: state.settings.server_name.clone(),
+        }),
+    ))
+}

@@ -1,0 +1,123 @@
+//! The one error shape of the API: `{"error": {"code", "message", "field"?}}` with the HTTP
+//! status that the code table below gives it. Internal details are logged, never returned.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::agents::EnrollError;
+use crate::auth::AuthError;
+use crate::hub::HubError;
+use crate::join_tokens::JoinTokenError;
+use crate::store::StoreError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), field: None }
+    }
+
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self { field: Some(field.into()), ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message) }
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+    }
+
+    fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error answering a request");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the control plane's log")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(field) = self.field {
+            error["field"] = json!(field);
+        }
+        (self.status, Json(json!({ "error": error }))).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = match rejection {
+            JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            JsonRejection::JsonDataError(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        // serde's message names the field and position, e.g. "missing field `username` at line 1 column 2".
+        Self::new(status, "invalid_body", rejection.body_text())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::internal(e)
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let (status, code) = match &e {
+            AuthError::BadCredentials => (StatusCode::UNAUTHORIZED, "bad_credentials"),
+            AuthError::BadAccessToken | AuthError::SessionRevoked => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            AuthError::BadRefreshToken => (StatusCode::UNAUTHORIZED, "bad_refresh_token"),
+            AuthError::Store(_) | AuthError::Hash(_) => return Self::internal(e),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<JoinTokenError> for ApiError {
+    fn from(e: JoinTokenError) -> Self {
+        let (status, code) = match &e {
+            JoinTokenError::Malformed => (StatusCode::BAD_REQUEST, "join_token_malformed"),
+            JoinTokenError::Unknown => (StatusCode::UNAUTHORIZED, "join_token_invalid"),
+            JoinTokenError::Revoked => (StatusCode::FORBIDDEN, "join_token_revoked"),
+            JoinTokenError::Expired => (StatusCode::FORBIDDEN, "join_token_expired"),
+            JoinTokenError::UsedUp { .. } => (StatusCode::FORBIDDEN, "join_token_used_up"),
+            JoinTokenError::Store(_) => return Self::internal(e),
+        };
+        Self { field: Some("token".into()), ..Self::new(status, code, e.to_string()) }
+    }
+}
+
+impl From<EnrollError> for ApiError {
+    fn from(e: EnrollError) -> Self {
+        match e {
+            EnrollError::Token(e) => e.into(),
+            EnrollError::Pki(crate::pki::PkiError::BadCsr(_)) => Self::invalid("csr_pem", e.to_string()),
+            EnrollError::Pki(e) => Self::internal(e),
+            EnrollError::BadName => Self::invalid("name", e.to_string()),
+        }
+    }
+}
+
+impl From<HubError> for ApiError {
+    fn from(e: HubError) -> Self {
+        let (status, code) = match &e {
+            HubError::NotConnected => (StatusCode::CONFLICT, "agent_not_connected"),
+            HubError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "agent_timeout"),
+            HubError::Link(_) => (StatusCode::BAD_GATEWAY, "agent_link_failed"),
+            HubError::JobRefused(_) => (StatusCode::BAD_GATEWAY, "job_refused"),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+/// `Json<T>` whose rejections use the API's error shape.
+#[derive(Debug, axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);

@@ -1,0 +1,35 @@
+//! Liveness, readiness and metrics. Unauthenticated by design: they reveal no tenant data.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::AppState;
+use crate::store::Table;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+}
+
+/// Ready when the store answers.
+async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    match state.store.get(Table::Users, b"admin") {
+        Ok(_) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Err(e) => {
+            tracing::error!(error = %e, "readiness check: store unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "store unavailable" })))
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.hub.metrics.render(state.hub.connected_count()),
+    )
+}

@@ -1,0 +1,99 @@
+//! The HTTP surface: REST under `/api/v1`, health and metrics, and the enrollment files
+//! (`/install.sh`, `/ca.pem`, `/downloads/…`).
+//!
+//! JSON DTOs live only here; domain modules never see a request or a response. Every error
+//! has the same JSON shape (see [`error`]).
+
+pub mod auth;
+pub mod enroll;
+pub mod error;
+pub mod health;
+pub mod targets;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+
+use crate::auth::Auth;
+use crate::hub::Hub;
+use crate::pki::Pki;
+use crate::store::Store;
+
+pub use error::ApiError;
+
+/// What the HTTP layer needs to know about how the control plane is reached.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `https://host:port` as agents and users reach the API.
+    pub public_url: String,
+    /// `host:port` of the QUIC endpoint as agents reach it.
+    pub quic_endpoint: String,
+    /// The name agents check the server certificate against.
+    pub server_name: String,
+    pub agent_binary: PathBuf,
+    pub agent_cert_lifetime: Duration,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub pki: Arc<Pki>,
+    pub hub: Arc<Hub>,
+    pub auth: Arc<Auth>,
+    pub settings: Arc<Settings>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new().merge(auth::routes()).merge(targets::routes()).merge(enroll::api_routes());
+    Router::new()
+        .nest("/api/v1", api)
+        .merge(health::routes())
+        .merge(enroll::file_routes())
+        .route("/", axum::routing::get(dashboard))
+        .fallback(|| async { ApiError::not_found("route") })
+        .layer(middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../../../dashboard/index.html"))
+}
+
+async fn security_headers(request: axum::extract::Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+        ),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// RFC 3339 for a Unix time in seconds.
+pub fn rfc3339_s(unix_s: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix_s)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// RFC 3339 for a Unix time in milliseconds.
+pub fn rfc3339_ms(unix_ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}

@@ -1,0 +1,141 @@
+//! The CLI client: `windflow login`, `windflow token …`, `windflow targets …`. It talks to the
+//! REST API like any other client and keeps its session in a file readable by the user only.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Where the CLI keeps its server address, CA and tokens.
+pub fn config_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("WINDFLOW_CLI_CONFIG") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".config/windflow/cli.json")
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CliConfig {
+    pub server: String,
+    pub ca_pem: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+#[derive(Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    config: CliConfig,
+}
+
+fn http_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.context("reading the CA certificate")?)?;
+    }
+    let tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Ok(reqwest::Client::builder().use_preconfigured_tls(tls).build()?)
+}
+
+async fn answer(response: reqwest::Response) -> anyhow::Result<Value> {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let message = body["error"]["message"].as_str().unwrap_or("no details");
+        bail!("{status}: {message}");
+    }
+    Ok(body)
+}
+
+impl Client {
+    pub async fn login(
+        server: &str,
+        ca_file: &std::path::Path,
+        username: &str,
+        password: &str,
+    ) -> anyhow::Result<Self> {
+        let ca_pem = std::fs::read_to_string(ca_file).with_context(|| format!("reading {}", ca_file.display()))?;
+        let http = http_client(&ca_pem)?;
+        let server = server.trim_end_matches('/').to_owned();
+        let tokens = answer(
+            http.post(format!("{server}/api/v1/auth/login"))
+                .json(&json!({"username": username, "password": password}))
+                .send()
+                .await?,
+        )
+        .await?;
+        let config = CliConfig {
+            server,
+            ca_pem,
+            access_token: tokens["access_token"].as_str().unwrap_or_default().into(),
+            refresh_token: tokens["refresh_token"].as_str().unwrap_or_default().into(),
+        };
+        let client = Self { http, config };
+        client.save()?;
+        Ok(client)
+    }
+
+    pub fn load() -> anyhow::Result<Self> {
+        let path = config_path();
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("not logged in ({} missing); run `windflow login` first", path.display()))?;
+        let config: CliConfig =
+            serde_json::from_str(&text).with_context(|| format!("{} is corrupt; log in again", path.display()))?;
+        Ok(Self { http: http_client(&config.ca_pem)?, config })
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
+        let path = config_path();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        crate::fsutil::write_private(&path, serde_json::to_string_pretty(&self.config)?.as_bytes())?;
+        Ok(())
+    }
+
+    /// Sends a request; on an expired access token, refreshes once and retries.
+    pub async fn request(&mut self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        for attempt in 0..2 {
+            let mut request = self
+                .http
+                .request(method.clone(), format!("{}/api/v1{path}", self.config.server))
+                .bearer_auth(&self.config.access_token);
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            let response = request.send().await?;
+            if response.status() == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
+                self.refresh().await?;
+                continue;
+            }
+            if response.status() == reqwest::StatusCode::NO_CONTENT {
+                return Ok(Value::Null);
+            }
+            return answer(response).await;
+        }
+        bail!("not authorised; log in again")
+    }
+
+    async fn refresh(&mut self) -> anyhow::Result<()> {
+        let tokens = answer(
+            self.http
+                .post(format!("{}/api/v1/auth/refresh", self.config.server))
+                .json(&json!({"refresh_token": self.config.refresh_token}))
+                .send()
+                .await?,
+        )
+        .await
+        .context("the session expired; log in again")?;
+        self.config.access_token = tokens["access_token"].as_str().unwrap_or_default().into();
+        self.config.refresh_token = tokens["refresh_token"].as_str().unwrap_or_default().into();
+        self.save()
+    }
+}

@@ -1,0 +1,528 @@
+//! The QUIC hub: accepts agents over mutual TLS, runs one control-stream session per agent,
+//! and sends signed jobs on their own streams.
+//!
+//! The protocol logic is `windflow_protocol::session`; this module only pumps QUIC streams into
+//! it and acts on its events. Live state (who is connected, last seen, facts) is kept in memory
+//! and written to the store only when a session starts or ends: heartbeats never hit the disk.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+use windflow_protocol::io::{StreamError, read_frame, write_frame};
+use windflow_protocol::messages::{AgentMessage, ControlMessage, HostFacts, JobEvent, JobOutcome, JobRequest};
+use windflow_protocol::session::{CloseReason, ControlSession, ControlSessionEvent};
+use windflow_protocol::{JobEnvelope, JobPayload, MAX_FRAME_LEN, Refusal};
+
+use crate::agents;
+use crate::metrics::Metrics;
+use crate::pki::{Pki, agent_id_from_certificate};
+use crate::store::Store;
+
+/// ALPN of the agent link; a client speaking anything else is refused by TLS.
+pub const ALPN: &[u8] = b"windflow/1";
+
+/// QUIC application close codes, so an agent can tell why it was cut off.
+pub mod close_code {
+    pub const NORMAL: u32 = 0;
+    pub const REVOKED: u32 = 1;
+    pub const REFUSED: u32 = 2;
+    pub const BAD_FRAME: u32 = 3;
+    pub const REPLACED: u32 = 4;
+    pub const SHUTDOWN: u32 = 5;
+}
+
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub heartbeat_interval: Duration,
+    pub hello_timeout: Duration,
+    pub agent_cert_lifetime: Duration,
+    pub max_frame: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(5),
+            hello_timeout: Duration::from_secs(10),
+            agent_cert_lifetime: Duration::from_secs(7 * 86400),
+            max_frame: MAX_FRAME_LEN,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("the agent is not connected")]
+    NotConnected,
+    #[error("the agent did not answer in time")]
+    Timeout,
+    #[error("the connection to the agent failed: {0}")]
+    Link(String),
+    #[error("the agent refused the job: {0}")]
+    JobRefused(windflow_protocol::JobRejection),
+}
+
+enum Command {
+    Ping(oneshot::Sender<Duration>),
+}
+
+/// What the API shows about a connected agent.
+#[derive(Debug, Clone)]
+pub struct LiveStatus {
+    pub connected_since_unix_ms: u64,
+    pub last_seen_unix_ms: u64,
+    pub facts: HostFacts,
+    pub remote_address: SocketAddr,
+}
+
+struct LiveAgent {
+    connection: quinn::Connection,
+    commands: mpsc::Sender<Command>,
+    connected_since_unix_ms: u64,
+    last_seen_unix_ms: Arc<AtomicU64>,
+    facts: HostFacts,
+}
+
+pub struct Hub {
+    store: Arc<dyn Store>,
+    pki: Arc<Pki>,
+    config: HubConfig,
+    live: Mutex<HashMap<Uuid, LiveAgent>>,
+    revoked: Arc<RwLock<HashSet<Uuid>>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("connected", &self.connected_count()).finish_non_exhaustive()
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+impl Hub {
+    pub fn new(
+        store: Arc<dyn Store>,
+        pki: Arc<Pki>,
+        config: HubConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, crate::store::StoreError> {
+        let revoked =
+            agents::list(store.as_ref())?.into_iter().filter(|a| a.revoked_at_unix_s.is_some()).map(|a| a.id).collect();
+        Ok(Arc::new(Self {
+            store,
+            pki,
+            config,
+            live: Mutex::new(HashMap::new()),
+            revoked: Arc::new(RwLock::new(revoked)),
+            metrics,
+        }))
+    }
+
+    /// The QUIC endpoint: TLS 1.3, client certificates from our CA required, revoked agents
+    /// refused during the handshake.
+    pub fn endpoint(&self, addr: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.pki.ca_cert_der())?;
+        let inner =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+        let verifier =
+            Arc::new(AgentCertVerifier { inner, revoked: self.revoked.clone(), metrics: self.metrics.clone() });
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.pki.server_cert_chain(), self.pki.server_key_der())?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        // An agent opens exactly one stream (control); jobs and log follows are ours to open.
+        transport.max_concurrent_bidi_streams(2u8.into());
+        transport.max_concurrent_uni_streams(0u8.into());
+        transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
+        server.transport_config(Arc::new(transport));
+        Ok(quinn::Endpoint::server(server, addr)?)
+    }
+
+    /// Accepts agents until `shutdown` resolves, then closes every connection.
+    pub async fn run(self: Arc<Self>, endpoint: quinn::Endpoint, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                incoming = endpoint.accept() => match incoming {
+                    Some(incoming) => { tokio::spawn(self.clone().handle_incoming(incoming)); }
+                    None => break,
+                },
+                () = &mut shutdown => break,
+            }
+        }
+        endpoint.close(close_code::SHUTDOWN.into(), b"control plane shutting down");
+        endpoint.wait_idle().await;
+    }
+
+    async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming) {
+        let remote = incoming.remote_address();
+        let connection = match incoming.await {
+            Ok(connection) => connection,
+            Err(error) => {
+                Metrics::inc(&self.metrics.agent_handshakes_refused);
+                tracing::warn!(%remote, %error, "agent handshake refused");
+                return;
+            }
+        };
+        Metrics::inc(&self.metrics.agent_handshakes_accepted);
+        let Some(agent_id) = peer_agent_id(&connection) else {
+            self.refuse(&connection, remote, None, &Refusal::UnknownAgent);
+            return;
+        };
+        match agents::get(self.store.as_ref(), agent_id) {
+            Ok(Some(agent)) if agent.revoked_at_unix_s.is_none() => {}
+            Ok(Some(_)) => return self.refuse(&connection, remote, Some(agent_id), &Refusal::Revoked),
+            Ok(None) => return self.refuse(&connection, remote, Some(agent_id), &Refusal::UnknownAgent),
+            Err(error) => {
+                tracing::error!(%agent_id, %error, "store read failed while admitting an agent");
+                connection.close(close_code::REFUSED.into(), b"internal error");
+                return;
+            }
+        }
+        if let Err(error) = self.clone().run_session(agent_id, connection, remote).await {
+            tracing::info!(%agent_id, %remote, %error, "agent session ended with an error");
+        }
+    }
+
+    fn refuse(&self, connection: &quinn::Connection, remote: SocketAddr, agent_id: Option<Uuid>, refusal: &Refusal) {
+        Metrics::inc(&self.metrics.agent_sessions_refused);
+        tracing::warn!(%remote, agent_id = ?agent_id, %refusal, "agent session refused");
+        let code = if *refusal == Refusal::Revoked { close_code::REVOKED } else { close_code::REFUSED };
+        connection.close(code.into(), refusal.to_string().as_bytes());
+    }
+
+    async fn run_session(
+        self: Arc<Self>,
+        agent_id: Uuid,
+        connection: quinn::Connection,
+        remote: SocketAddr,
+    ) -> Result<(), StreamError> {
+        let (mut send, recv) = match tokio::time::timeout(self.config.hello_timeout, connection.accept_bi()).await {
+            Ok(Ok(streams)) => streams,
+            Ok(Err(e)) => return Err(StreamError::Io(e.into())),
+            Err(_) => {
+                connection.close(close_code::REFUSED.into(), b"no control stream opened");
+                return Ok(());
+            }
+        };
+        let (frames_tx, mut frames) = mpsc::channel(32);
+        tokio::spawn(read_frames(recv, self.config.max_frame, frames_tx));
+        let (commands_tx, mut commands) = mpsc::channel(16);
+        let mut session =
+            ControlSession::new(agent_id, Instant::now(), self.config.heartbeat_interval, self.config.hello_timeout);
+        let last_seen = Arc::new(AtomicU64::new(unix_ms()));
+        let mut pending_pings: HashMap<u64, oneshot::Sender<Duration>> = HashMap::new();
+        let mut registered = false;
+
+        let outcome = loop {
+            if let Err(error) = flush(&mut session, &mut send, self.config.max_frame).await {
+                break Err(error);
+            }
+            let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+            let event = tokio::select! {
+                frame = frames.recv() => match frame {
+                    Some(Ok(message)) => {
+                        last_seen.store(unix_ms(), Ordering::Relaxed);
+                        if matches!(message, AgentMessage::Heartbeat { .. }) {
+                            Metrics::inc(&self.metrics.agent_heartbeats);
+                        }
+                        session.handle(message, Instant::now(), unix_ms())
+                    }
+                    Some(Err(error)) => {
+                        Metrics::inc(&self.metrics.agent_frames_rejected);
+                        tracing::warn!(%agent_id, %remote, %error, "bad frame on the control stream; closing");
+                        connection.close(close_code::BAD_FRAME.into(), error.to_string().as_bytes());
+                        break Err(error);
+                    }
+                    None => break Ok(()),
+                },
+                Some(command) = commands.recv() => {
+                    match command {
+                        Command::Ping(reply) => {
+                            let nonce = session.ping(Instant::now());
+                            pending_pings.insert(nonce, reply);
+                        }
+                    }
+                    None
+                }
+                () = sleep_until(deadline) => session.handle_timeout(Instant::now()),
+                _ = connection.closed() => break Ok(()),
+            };
+            match event {
+                None => {}
+                Some(ControlSessionEvent::Registered(hello)) => {
+                    registered = true;
+                    tracing::info!(%agent_id, %remote, hostname = %hello.facts.hostname, version = %hello.agent_version, "agent connected");
+                    self.register(agent_id, &connection, commands_tx.clone(), last_seen.clone(), hello.facts);
+                }
+                Some(ControlSessionEvent::Status(report)) => self.update_facts(agent_id, report.facts),
+                Some(ControlSessionEvent::Event(event)) => {
+                    tracing::info!(%agent_id, event = ?event.kind, "agent event")
+                }
+                Some(ControlSessionEvent::PingAnswered { nonce, round_trip }) => {
+                    if let Some(reply) = pending_pings.remove(&nonce) {
+                        let _ = reply.send(round_trip);
+                    }
+                }
+                Some(ControlSessionEvent::RenewalRequested { csr_der }) => {
+                    let answer =
+                        match self.pki.issue_agent_certificate(&csr_der, agent_id, self.config.agent_cert_lifetime) {
+                            Ok(cert) => {
+                                tracing::info!(%agent_id, "agent certificate renewed");
+                                ControlMessage::CertificateRenewed { cert_der: cert.der().to_vec() }
+                            }
+                            Err(error) => ControlMessage::RenewalRefused { reason: error.to_string() },
+                        };
+                    session.send(answer);
+                }
+                Some(ControlSessionEvent::Closed(reason)) => {
+                    let _ = flush(&mut session, &mut send, self.config.max_frame).await;
+                    let _ = send.finish();
+                    match &reason {
+                        CloseReason::Refused(refusal) => self.refuse(&connection, remote, Some(agent_id), refusal),
+                        other => {
+                            tracing::info!(%agent_id, reason = ?other, "agent session closed");
+                            connection.close(close_code::NORMAL.into(), b"session closed");
+                        }
+                    }
+                    break Ok(());
+                }
+            }
+        };
+        if registered {
+            self.unregister(agent_id, &connection, last_seen.load(Ordering::Relaxed));
+        }
+        outcome
+    }
+
+    fn register(
+        &self,
+        agent_id: Uuid,
+        connection: &quinn::Connection,
+        commands: mpsc::Sender<Command>,
+        last_seen: Arc<AtomicU64>,
+        facts: HostFacts,
+    ) {
+        let previous = self.lock_live().insert(
+            agent_id,
+            LiveAgent {
+                connection: connection.clone(),
+                commands,
+                connected_since_unix_ms: unix_ms(),
+                last_seen_unix_ms: last_seen,
+                facts: facts.clone(),
+            },
+        );
+        if let Some(previous) = previous {
+            previous.connection.close(close_code::REPLACED.into(), b"replaced by a newer connection");
+        }
+        if let Err(error) = agents::update(self.store.as_ref(), agent_id, |a| {
+            a.facts = Some(facts);
+            a.last_seen_unix_ms = Some(unix_ms());
+        }) {
+            tracing::error!(%agent_id, %error, "could not record the agent's facts");
+        }
+    }
+
+    fn update_facts(&self, agent_id: Uuid, facts: HostFacts) {
+        if let Some(live) = self.lock_live().get_mut(&agent_id) {
+            live.facts = facts;
+        }
+    }
+
+    fn unregister(&self, agent_id: Uuid, connection: &quinn::Connection, last_seen: u64) {
+        let mut live = self.lock_live();
+        // Only remove the entry if it is still this connection, not a newer one.
+        if live.get(&agent_id).is_some_and(|l| l.connection.stable_id() == connection.stable_id()) {
+            live.remove(&agent_id);
+            drop(live);
+            tracing::info!(%agent_id, "agent disconnected");
+            let _ = agents::update(self.store.as_ref(), agent_id, |a| a.last_seen_unix_ms = Some(last_seen));
+        }
+    }
+
+    fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, LiveAgent>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts
+        // and removes), so a poisoned lock is still usable.
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn connected_count(&self) -> usize {
+        self.lock_live().len()
+    }
+
+    pub fn status(&self, agent_id: Uuid) -> Option<LiveStatus> {
+        self.lock_live().get(&agent_id).map(|l| LiveStatus {
+            connected_since_unix_ms: l.connected_since_unix_ms,
+            last_seen_unix_ms: l.last_seen_unix_ms.load(Ordering::Relaxed),
+            facts: l.facts.clone(),
+            remote_address: l.connection.remote_address(),
+        })
+    }
+
+    /// Round-trips a ping through the agent's session.
+    pub async fn ping(&self, agent_id: Uuid) -> Result<Duration, HubError> {
+        let commands = self.lock_live().get(&agent_id).map(|l| l.commands.clone()).ok_or(HubError::NotConnected)?;
+        let (reply, answer) = oneshot::channel();
+        commands.send(Command::Ping(reply)).await.map_err(|_| HubError::NotConnected)?;
+        tokio::time::timeout(Duration::from_secs(5), answer)
+            .await
+            .map_err(|_| HubError::Timeout)?
+            .map_err(|_| HubError::NotConnected)
+    }
+
+    /// Marks the agent revoked: its live connection is closed at once and every later
+    /// handshake with its certificate is refused.
+    pub fn revoke(&self, agent_id: Uuid) {
+        self.revoked.write().unwrap_or_else(|e| e.into_inner()).insert(agent_id);
+        if let Some(live) = self.lock_live().remove(&agent_id) {
+            live.connection.close(close_code::REVOKED.into(), b"agent revoked");
+            tracing::warn!(%agent_id, "revoked agent disconnected");
+        }
+    }
+
+    /// Signs a job for the agent, sends it on a new stream and waits for its outcome.
+    pub async fn run_job(
+        &self,
+        agent_id: Uuid,
+        payload: JobPayload,
+        timeout: Duration,
+    ) -> Result<JobOutcome, HubError> {
+        let connection = self.lock_live().get(&agent_id).map(|l| l.connection.clone()).ok_or(HubError::NotConnected)?;
+        let now = unix_ms();
+        let envelope = JobEnvelope {
+            job_id: Uuid::now_v7(),
+            agent_id,
+            issued_at_unix_ms: now,
+            expires_at_unix_ms: now + u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            payload,
+        };
+        let signed = envelope.sign(self.pki.job_key());
+        let exchange = async {
+            let (mut send, mut recv) = connection.open_bi().await.map_err(|e| HubError::Link(e.to_string()))?;
+            write_frame(&mut send, &JobRequest::Job(signed), self.config.max_frame)
+                .await
+                .map_err(|e| HubError::Link(e.to_string()))?;
+            let _ = send.finish();
+            loop {
+                match read_frame::<JobEvent, _>(&mut recv, self.config.max_frame).await {
+                    Ok(Some(JobEvent::Completed { outcome, .. })) => return Ok(outcome),
+                    Ok(Some(JobEvent::Refused { reason, .. })) => return Err(HubError::JobRefused(reason)),
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Err(HubError::Link("the agent closed the job stream".into())),
+                    Err(e) => return Err(HubError::Link(e.to_string())),
+                }
+            }
+        };
+        tokio::time::timeout(timeout, exchange).await.map_err(|_| HubError::Timeout)?
+    }
+}
+
+async fn flush(session: &mut ControlSession, send: &mut quinn::SendStream, max: usize) -> Result<(), StreamError> {
+    while let Some(message) = session.poll_transmit() {
+        write_frame(send, &message, max).await?;
+    }
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads the control stream on its own task (reads are not cancel-safe) and hands messages on.
+async fn read_frames(mut recv: quinn::RecvStream, max: usize, out: mpsc::Sender<Result<AgentMessage, StreamError>>) {
+    loop {
+        match read_frame::<AgentMessage, _>(&mut recv, max).await {
+            Ok(Some(message)) => {
+                if out.send(Ok(message)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(error) => {
+                let _ = recv.stop(close_code::BAD_FRAME.into());
+                let _ = out.send(Err(error)).await;
+                return;
+            }
+        }
+    }
+}
+
+fn peer_agent_id(connection: &quinn::Connection) -> Option<Uuid> {
+    let identity = connection.peer_identity()?;
+    let chain = identity.downcast_ref::<Vec<CertificateDer<'static>>>()?;
+    agent_id_from_certificate(chain.first()?)
+}
+
+/// WebPKI client verification (chain to our CA, validity) plus the revocation list.
+#[derive(Debug)]
+struct AgentCertVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: Arc<RwLock<HashSet<Uuid>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl ClientCertVerifier for AgentCertVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let id = agent_id_from_certificate(end_entity)
+            .ok_or_else(|| rustls::Error::General("client certificate names no agent".into()))?;
+        if self.revoked.read().unwrap_or_else(|e| e.into_inner()).contains(&id) {
+            Metrics::inc(&self.metrics.agent_certificates_revoked);
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}

@@ -1,0 +1,187 @@
+//! Join tokens: what a new agent presents, once, to enroll. Expiring, N-use, revocable, and
+//! stored only as a hash.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::auth::now_unix_s;
+use crate::secrets;
+use crate::store::{Check, Record, RecordStore, Store, StoreError, Table, Write};
+
+const PREFIX: &str = "wfj";
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinTokenError {
+    #[error("the join token is malformed (expected wfj_<id>_<secret>)")]
+    Malformed,
+    #[error("the join token is not valid for this control plane")]
+    Unknown,
+    #[error("the join token has been revoked")]
+    Revoked,
+    #[error("the join token expired")]
+    Expired,
+    #[error("the join token has been used up ({uses} of {uses} uses)")]
+    UsedUp { uses: u32 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinToken {
+    pub id: Uuid,
+    pub secret_hash: String,
+    pub created_by: String,
+    pub created_at_unix_s: i64,
+    pub expires_at_unix_s: i64,
+    pub uses_allowed: u32,
+    pub uses: u32,
+    pub revoked: bool,
+}
+
+impl Record for JoinToken {
+    const TABLE: Table = Table::JoinTokens;
+    const VERSION: u64 = 1;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+}
+
+impl JoinToken {
+    pub fn is_usable(&self, now: i64) -> bool {
+        !self.revoked && now < self.expires_at_unix_s && self.uses < self.uses_allowed
+    }
+}
+
+/// Creates a token; the returned string is shown once and never stored.
+pub fn create(
+    store: &dyn Store,
+    created_by: &str,
+    ttl: Duration,
+    uses: u32,
+) -> Result<(JoinToken, String), StoreError> {
+    let minted = secrets::mint(PREFIX, Uuid::now_v7());
+    let now = now_unix_s();
+    let token = JoinToken {
+        id: minted.id,
+        secret_hash: minted.hash,
+        created_by: created_by.into(),
+        created_at_unix_s: now,
+        expires_at_unix_s: now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
+        uses_allowed: uses.max(1),
+        uses: 0,
+        revoked: false,
+    };
+    store.save(&token)?;
+    Ok((token, minted.token))
+}
+
+pub fn list(store: &dyn Store) -> Result<Vec<JoinToken>, StoreError> {
+    store.load_all()
+}
+
+/// Revokes a token. Returns false when no such token exists.
+pub fn revoke(store: &dyn Store, id: Uuid) -> Result<bool, StoreError> {
+    match store.load::<JoinToken>(id.as_bytes())? {
+        Some(token) => store.save(&JoinToken { revoked: true, ..token }).map(|()| true),
+        None => Ok(false),
+    }
+}
+
+/// A token that was checked and may be spent. Spend it with [`Redemption::spend`], which
+/// commits one use together with the caller's own writes, or with nothing at all.
+#[derive(Debug)]
+pub struct Redemption {
+    pub token: JoinToken,
+}
+
+/// Checks a presented token without using it.
+pub fn check(store: &dyn Store, presented: &str) -> Result<Redemption, JoinTokenError> {
+    let (id, secret) = secrets::parse(PREFIX, presented).ok_or(JoinTokenError::Malformed)?;
+    let token = store.load::<JoinToken>(id.as_bytes())?.ok_or(JoinTokenError::Unknown)?;
+    if !secrets::matches(secret, &token.secret_hash) {
+        return Err(JoinTokenError::Unknown);
+    }
+    if token.revoked {
+        return Err(JoinTokenError::Revoked);
+    }
+    if now_unix_s() >= token.expires_at_unix_s {
+        return Err(JoinTokenError::Expired);
+    }
+    if token.uses >= token.uses_allowed {
+        return Err(JoinTokenError::UsedUp { uses: token.uses_allowed });
+    }
+    Ok(Redemption { token })
+}
+
+impl Redemption {
+    /// Uses the token once and applies `writes` in the same transaction. Fails with
+    /// `UsedUp` when a concurrent enrollment took the last use first.
+    pub fn spend(&self, store: &dyn Store, writes: Vec<Write>) -> Result<(), JoinTokenError> {
+        let spent = JoinToken { uses: self.token.uses + 1, ..self.token.clone() };
+        let mut all = vec![Write { table: Table::JoinTokens, key: spent.key(), value: Some(spent.encode()) }];
+        all.extend(writes);
+        let check = Check { table: Table::JoinTokens, key: self.token.key(), expected: Some(self.token.encode()) };
+        if store.atomic(&[check], &all)? {
+            Ok(())
+        } else {
+            Err(JoinTokenError::UsedUp { uses: self.token.uses_allowed })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStore;
+
+    fn store() -> (tempfile::TempDir, SledStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        (dir, store)
+    }
+
+    #[test]
+    fn a_two_use_token_enrolls_twice_then_is_used_up() {
+        let (_dir, store) = store();
+        let (_, token) = create(&store, "admin", Duration::from_secs(60), 2).expect("create");
+        for _ in 0..2 {
+            check(&store, &token).expect("usable").spend(&store, vec![]).expect("spent");
+        }
+        assert!(matches!(check(&store, &token), Err(JoinTokenError::UsedUp { uses: 2 })));
+    }
+
+    #[test]
+    fn a_stale_redemption_cannot_spend_a_use_twice() {
+        let (_dir, store) = store();
+        let (_, token) = create(&store, "admin", Duration::from_secs(60), 1).expect("create");
+        let a = check(&store, &token).expect("usable");
+        let b = check(&store, &token).expect("usable");
+        a.spend(&store, vec![]).expect("first wins");
+        assert!(matches!(b.spend(&store, vec![]), Err(JoinTokenError::UsedUp { .. })));
+    }
+
+    #[test]
+    fn revoked_expired_wrong_and_malformed_tokens_are_refused() {
+        let (_dir, store) = store();
+        let (record, token) = create(&store, "admin", Duration::from_secs(60), 5).expect("create");
+        let (_, expired) = create(&store, "admin", Duration::ZERO, 5).expect("create");
+        assert!(matches!(check(&store, &expired), Err(JoinTokenError::Expired)));
+        let forged = format!("{}x", &token[..token.len() - 1]);
+        assert!(matches!(check(&store, &forged), Err(JoinTokenError::Unknown)));
+        assert!(matches!(check(&store, "hello"), Err(JoinTokenError::Malformed)));
+        assert!(revoke(&store, record.id).expect("revoke"));
+        assert!(matches!(check(&store, &token), Err(JoinTokenError::Revoked)));
+    }
+
+    #[test]
+    fn the_token_string_is_not_stored() {
+        let (_dir, store) = store();
+        let (_, token) = create(&store, "admin", Duration::from_secs(60), 1).expect("create");
+        let secret = token.rsplit('_').next().expect("secret");
+        for (_, value) in store.scan(Table::JoinTokens).expect("scan") {
+            assert!(!String::from_utf8_lossy(&value).contains(secret));
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! The WindFlow control plane: holds the desired state, enrolls agents, and talks to them over
+//! mutual-TLS QUIC. The binary `windflow` is both this server (`windflow serve`) and a CLI client
+//! of its REST API.
+//!
+//! It must never hold a secret in a log line, never trust an agent beyond what its certificate
+//! proves, and never write anything half: every multi-record change is one store transaction.
+
+pub mod agents;
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod fsutil;
+pub mod hub;
+pub mod join_tokens;
+pub mod metrics;
+pub mod pki;
+pub mod secrets;
+pub mod server;
+pub mod store;

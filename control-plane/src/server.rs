@@ -1,0 +1,140 @@
+//! `windflow serve`: wires the store, PKI, accounts, QUIC hub and HTTPS API together and runs
+//! them until shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::api::{self, AppState, Settings};
+use crate::auth::Auth;
+use crate::hub::{Hub, HubConfig};
+use crate::metrics::Metrics;
+use crate::pki::Pki;
+use crate::store::{SledStore, Store};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeConfig {
+    /// Where the store, the CA and the keys live.
+    #[arg(long, env = "WINDFLOW_DATA_DIR", default_value = "/var/lib/windflow")]
+    pub data_dir: PathBuf,
+    /// HTTPS address of the API and dashboard.
+    #[arg(long, env = "WINDFLOW_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// UDP address of the agents' QUIC endpoint.
+    #[arg(long, env = "WINDFLOW_QUIC_LISTEN", default_value = "0.0.0.0:7443")]
+    pub quic_listen: SocketAddr,
+    /// Names and addresses agents and users reach this control plane by (comma separated).
+    /// The first one goes into one-liners. Default: this host's name and 127.0.0.1.
+    #[arg(long, env = "WINDFLOW_ADVERTISE", value_delimiter = ',')]
+    pub advertise: Vec<String>,
+    /// The agent binary served to new hosts. Default: `windflow-agent` next to this binary.
+    #[arg(long, env = "WINDFLOW_AGENT_BINARY")]
+    pub agent_binary: Option<PathBuf>,
+    /// Lifetime of agent certificates; agents renew at two thirds of it.
+    #[arg(long, env = "WINDFLOW_AGENT_CERT_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub agent_cert_ttl: Duration,
+    /// How often agents send heartbeats; three missed ones end a session.
+    #[arg(long, env = "WINDFLOW_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+}
+
+fn host_for_url(name: &str) -> String {
+    if name.contains(':') { format!("[{name}]") } else { name.to_owned() }
+}
+
+/// Runs the control plane until `shutdown` resolves.
+pub async fn serve(
+    mut config: ServeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    if config.advertise.is_empty() {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
+        config.advertise = [hostname, "127.0.0.1".to_owned()].into_iter().filter(|n| !n.is_empty()).collect();
+    }
+    create_private_dir(&config.data_dir)?;
+    let pki = Arc::new(Pki::load_or_create(&config.data_dir, &config.advertise).context("loading the PKI")?);
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir.join("store")).context("opening the store")?);
+    let auth = Arc::new(Auth::new(store.clone(), &config.data_dir)?);
+    let admin_password = std::env::var("WINDFLOW_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty());
+    if let Some(generated) = auth.ensure_admin(admin_password)? {
+        let path = config.data_dir.join("initial-admin-password");
+        crate::fsutil::write_private(&path, generated.as_bytes())?;
+        // Printed once, on the console of the person who started it; never logged.
+        println!(
+            "First start: created user `admin` with password {generated}\n(also in {}, readable by root only)",
+            path.display()
+        );
+    }
+
+    let metrics = Arc::new(Metrics::default());
+    let hub = Hub::new(
+        store.clone(),
+        pki.clone(),
+        HubConfig {
+            heartbeat_interval: config.heartbeat_interval,
+            agent_cert_lifetime: config.agent_cert_ttl,
+            ..HubConfig::default()
+        },
+        metrics,
+    )?;
+    let endpoint = hub.endpoint(config.quic_listen).context("binding the QUIC endpoint")?;
+
+    let primary = host_for_url(&config.advertise[0]);
+    let agent_binary = match config.agent_binary.clone() {
+        Some(path) => path,
+        None => std::env::current_exe()?.with_file_name("windflow-agent"),
+    };
+    let settings = Settings {
+        public_url: format!("https://{primary}:{}", config.listen.port()),
+        quic_endpoint: format!("{primary}:{}", endpoint.local_addr()?.port()),
+        server_name: config.advertise[0].clone(),
+        agent_binary,
+        agent_cert_lifetime: config.agent_cert_ttl,
+    };
+    let state = AppState { store, pki: pki.clone(), hub: hub.clone(), auth, settings: Arc::new(settings.clone()) };
+
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(pki.server_cert_chain(), pki.server_key_der())?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
+
+    let handle = axum_server::Handle::new();
+    let (stop_hub, hub_stopped) = tokio::sync::oneshot::channel::<()>();
+    {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            let _ = stop_hub.send(());
+            handle.graceful_shutdown(Some(Duration::from_secs(5)));
+        });
+    }
+    let quic_addr = endpoint.local_addr()?;
+    let hub_task = tokio::spawn(hub.run(endpoint, async {
+        let _ = hub_stopped.await;
+    }));
+    let http = axum_server::bind_rustls(config.listen, tls)
+        .handle(handle.clone())
+        .serve(api::router(state).into_make_service());
+    let http_task = tokio::spawn(http);
+    if let Some(addr) = handle.listening().await {
+        tracing::info!(api = %addr, quic = %quic_addr, url = %settings.public_url, pin = %pki.server_pin(), "control plane listening");
+    }
+    http_task.await?.context("HTTPS server")?;
+    let _ = hub_task.await;
+    Ok(())
+}
+
+fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("creating {}", path.display()))
+}

@@ -1,0 +1,246 @@
+//! All persistence of the control plane goes through [`Store`]: a small transactional
+//! key-value interface, so that a PostgreSQL backend can sit beside the embedded sled one.
+//!
+//! Record encodings live here too ([`Record`]): every record is JSON with a version marker, and
+//! decoding refuses versions it does not know instead of guessing. Nothing else in the crate
+//! knows how records are laid out on disk.
+
+use std::path::Path;
+
+use serde::{Serialize, de::DeserializeOwned};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store backend: {0}")]
+    Backend(String),
+    #[error("record in {table:?} has version {found}, this build reads version {expected}")]
+    UnknownVersion { table: Table, found: u64, expected: u64 },
+    #[error("record in {table:?} is corrupt: {reason}")]
+    Corrupt { table: Table, reason: String },
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// The tables of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    Users,
+    Sessions,
+    JoinTokens,
+    Agents,
+}
+
+impl Table {
+    const ALL: [Table; 4] = [Table::Users, Table::Sessions, Table::JoinTokens, Table::Agents];
+
+    fn name(self) -> &'static str {
+        match self {
+            Table::Users => "users",
+            Table::Sessions => "sessions",
+            Table::JoinTokens => "join_tokens",
+            Table::Agents => "agents",
+        }
+    }
+}
+
+/// One write of an atomic batch: `Some` puts, `None` deletes.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub table: Table,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// A precondition of an atomic batch: the key currently holds exactly `expected`.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub table: Table,
+    pub key: Vec<u8>,
+    pub expected: Option<Vec<u8>>,
+}
+
+/// A key and its value, as stored.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+pub trait Store: Send + Sync + 'static {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every entry of a table, in key order.
+    fn scan(&self, table: Table) -> Result<Vec<Entry>, StoreError>;
+    /// Applies all `writes` if every check holds, atomically, and makes them durable before
+    /// returning. Returns false (and writes nothing) when a check failed.
+    fn atomic(&self, checks: &[Check], writes: &[Write]) -> Result<bool, StoreError>;
+
+    fn put(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        self.atomic(&[], &[Write { table, key: key.to_vec(), value: Some(value) }]).map(drop)
+    }
+
+    fn delete(&self, table: Table, key: &[u8]) -> Result<(), StoreError> {
+        self.atomic(&[], &[Write { table, key: key.to_vec(), value: None }]).map(drop)
+    }
+}
+
+/// The embedded default: sled in the data directory.
+pub struct SledStore {
+    db: sled::Db,
+    trees: std::collections::HashMap<Table, sled::Tree>,
+}
+
+impl SledStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(path).open()?;
+        let trees =
+            Table::ALL.into_iter().map(|t| Ok((t, db.open_tree(t.name())?))).collect::<Result<_, sled::Error>>()?;
+        Ok(Self { db, trees })
+    }
+
+    fn tree(&self, table: Table) -> &sled::Tree {
+        // Every table is opened in `open`.
+        &self.trees[&table]
+    }
+}
+
+impl Store for SledStore {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree(table).get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, table: Table) -> Result<Vec<Entry>, StoreError> {
+        self.tree(table).iter().map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from)).collect()
+    }
+
+    fn atomic(&self, checks: &[Check], writes: &[Write]) -> Result<bool, StoreError> {
+        use sled::Transactional;
+        use sled::transaction::{ConflictableTransactionError, abort};
+
+        let trees: Vec<sled::Tree> = Table::ALL.iter().map(|t| self.tree(*t).clone()).collect();
+        let index = |t: Table| Table::ALL.iter().position(|x| *x == t).unwrap_or(0);
+        let outcome = trees.as_slice().transaction(|tx| {
+            for check in checks {
+                let current = tx[index(check.table)].get(&check.key)?;
+                if current.as_deref() != check.expected.as_deref() {
+                    return abort(());
+                }
+            }
+            for write in writes {
+                let tree = &tx[index(write.table)];
+                match &write.value {
+                    Some(value) => tree.insert(write.key.as_slice(), value.as_slice())?,
+                    None => tree.remove(write.key.as_slice())?,
+                };
+            }
+            Ok::<_, ConflictableTransactionError<()>>(())
+        });
+        match outcome {
+            Ok(()) => {
+                self.db.flush()?;
+                Ok(true)
+            }
+            Err(sled::transaction::TransactionError::Abort(())) => Ok(false),
+            Err(sled::transaction::TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+}
+
+/// A typed record with a versioned encoding.
+pub trait Record: Serialize + DeserializeOwned {
+    const TABLE: Table;
+    /// Bumped when the shape changes; `decode` then needs a migration from the old version.
+    const VERSION: u64;
+    fn key(&self) -> Vec<u8>;
+
+    fn encode(&self) -> Vec<u8> {
+        let body = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        serde_json::to_vec(&serde_json::json!({ "v": Self::VERSION, "record": body })).unwrap_or_default()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt { table: Self::TABLE, reason };
+        let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        let found = value.get("v").and_then(|v| v.as_u64()).ok_or_else(|| corrupt("no version".into()))?;
+        if found != Self::VERSION {
+            return Err(StoreError::UnknownVersion { table: Self::TABLE, found, expected: Self::VERSION });
+        }
+        serde_json::from_value(value["record"].take()).map_err(|e| corrupt(e.to_string()))
+    }
+}
+
+/// Typed helpers over any [`Store`].
+pub trait RecordStore {
+    fn load<R: Record>(&self, key: &[u8]) -> Result<Option<R>, StoreError>;
+    fn load_all<R: Record>(&self) -> Result<Vec<R>, StoreError>;
+    fn save<R: Record>(&self, record: &R) -> Result<(), StoreError>;
+    /// Replaces `old` by `new` only if the stored record is still exactly `old`.
+    fn replace<R: Record>(&self, old: &R, new: &R) -> Result<bool, StoreError>;
+}
+
+impl<S: Store + ?Sized> RecordStore for S {
+    fn load<R: Record>(&self, key: &[u8]) -> Result<Option<R>, StoreError> {
+        self.get(R::TABLE, key)?.map(|b| R::decode(&b)).transpose()
+    }
+
+    fn load_all<R: Record>(&self) -> Result<Vec<R>, StoreError> {
+        self.scan(R::TABLE)?.into_iter().map(|(_, v)| R::decode(&v)).collect()
+    }
+
+    fn save<R: Record>(&self, record: &R) -> Result<(), StoreError> {
+        self.put(R::TABLE, &record.key(), record.encode())
+    }
+
+    fn replace<R: Record>(&self, old: &R, new: &R) -> Result<bool, StoreError> {
+        self.atomic(
+            &[Check { table: R::TABLE, key: old.key(), expected: Some(old.encode()) }],
+            &[Write { table: R::TABLE, key: new.key(), value: Some(new.encode()) }],
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Thing {
+        id: u32,
+        name: String,
+    }
+
+    impl Record for Thing {
+        const TABLE: Table = Table::Users;
+        const VERSION: u64 = 1;
+        fn key(&self) -> Vec<u8> {
+            self.id.to_be_bytes().to_vec()
+        }
+    }
+
+    #[test]
+    fn records_survive_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = SledStore::open(dir.path()).expect("open");
+            store.save(&Thing { id: 1, name: "a".into() }).expect("save");
+        }
+        let store = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.load::<Thing>(&1u32.to_be_bytes()).expect("load"), Some(Thing { id: 1, name: "a".into() }));
+    }
+
+    #[test]
+    fn a_failed_check_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        let old = Thing { id: 1, name: "a".into() };
+        store.save(&old).expect("save");
+        let stale = Thing { id: 1, name: "stale".into() };
+        assert!(!store.replace(&stale, &Thing { id: 1, name: "b".into() }).expect("ran"));
+        assert_eq!(store.load::<Thing>(&old.key()).expect("load"), Some(old));
+    }
+
+    #[test]
+    fn an_unknown_version_is_refused() {
+        let bytes = br#"{"v":9,"record":{"id":1,"name":"a"}}"#;
+        assert!(matches!(Thing::decode(bytes), Err(StoreError::UnknownVersion { found: 9, .. })));
+    }
+}

@@ -1,0 +1,392 @@
+//! Test harness: runs the real `windflow` and `windflow-agent` binaries as separate processes
+//! on 127.0.0.1 and talks to them over real HTTPS and QUIC. Every process it starts is killed
+//! when its handle drops, so a failing test leaves nothing running.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use reqwest::{Method, StatusCode};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{Value, json};
+
+pub const ADMIN_PASSWORD: &str = "correct-horse-battery";
+
+/// A binary of the workspace, built next to this test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> → target/debug/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Polls `check` every 50 ms until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn log_file(path: &Path) -> Stdio {
+    std::fs::OpenOptions::new().create(true).append(true).open(path).map(Stdio::from).unwrap_or_else(|_| Stdio::null())
+}
+
+/// Kills a child process when dropped.
+#[derive(Debug)]
+pub struct Process {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(command: &mut Command, log: PathBuf) -> anyhow::Result<Self> {
+        let child = command.stdin(Stdio::null()).stdout(log_file(&log)).stderr(log_file(&log)).spawn()?;
+        Ok(Self { child: Some(child), log })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait, as a clean stop.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The exit status, if the process has ended.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An HTTPS client that trusts exactly `ca_pem`.
+pub fn https_client(ca_pem: &str) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA PEM")).expect("CA");
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder().use_preconfigured_tls(tls).build().expect("client")
+}
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct ControlPlane {
+    pub dir: PathBuf,
+    pub api_port: u16,
+    pub quic_port: u16,
+    pub process: Process,
+    pub extra_args: Vec<String>,
+    http: Option<reqwest::Client>,
+    token: Option<String>,
+}
+
+impl ControlPlane {
+    pub async fn start(dir: &Path) -> Self {
+        Self::start_with(dir, free_tcp_port(), free_udp_port(), vec![]).await
+    }
+
+    pub async fn start_with(dir: &Path, api_port: u16, quic_port: u16, extra_args: Vec<String>) -> Self {
+        let process = Self::spawn(dir, api_port, quic_port, &extra_args);
+        let mut cp = Self { dir: dir.to_owned(), api_port, quic_port, process, extra_args, http: None, token: None };
+        cp.wait_ready().await;
+        cp
+    }
+
+    fn spawn(dir: &Path, api_port: u16, quic_port: u16, extra_args: &[String]) -> Process {
+        std::fs::create_dir_all(dir).expect("dir");
+        let mut command = Command::new(bin("windflow"));
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{api_port}"))
+            .arg("--quic-listen")
+            .arg(format!("127.0.0.1:{quic_port}"))
+            .arg("--advertise")
+            .arg("127.0.0.1")
+            .args(extra_args)
+            .env("WINDFLOW_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("WINDFLOW_AGENT_BINARY", bin("windflow-agent"));
+        Process::spawn(&mut command, dir.join("control-plane.log")).expect("spawn windflow")
+    }
+
+    async fn wait_ready(&mut self) {
+        let ca = std::fs::read_to_string(self.dir.join("data/ca.pem"));
+        let ready = eventually(Duration::from_secs(20), || {
+            let dir = self.dir.clone();
+            let url = self.url("/ready");
+            async move {
+                let Ok(ca) = std::fs::read_to_string(dir.join("data/ca.pem")) else { return false };
+                https_client(&ca).get(&url).send().await.is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await;
+        assert!(ready, "control plane did not become ready:\n{}", self.process.logs());
+        let _ = ca;
+        self.http = Some(https_client(&self.ca_pem()));
+        self.token = None;
+    }
+
+    /// Stops (SIGTERM) and starts again on the same ports and data.
+    pub async fn restart(&mut self) {
+        self.process.terminate();
+        self.process = Self::spawn(&self.dir, self.api_port, self.quic_port, &self.extra_args);
+        self.wait_ready().await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.api_port)
+    }
+
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.dir.join("data/ca.pem")).expect("ca.pem")
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        self.http.as_ref().expect("started")
+    }
+
+    async fn access_token(&mut self) -> String {
+        if let Some(token) = &self.token {
+            return token.clone();
+        }
+        let (status, body) = self
+            .call_with(
+                None,
+                Method::POST,
+                "/api/v1/auth/login",
+                Some(json!({"username": "admin", "password": ADMIN_PASSWORD})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "login: {body}");
+        let token = body["access_token"].as_str().expect("access token").to_owned();
+        self.token = Some(token.clone());
+        token
+    }
+
+    /// Calls the API as the admin.
+    pub async fn api(&mut self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let token = self.access_token().await;
+        self.call_with(Some(&token), method, &format!("/api/v1{path}"), body).await
+    }
+
+    /// Calls any route with an optional bearer token.
+    pub async fn call_with(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http().request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Creates a join token; returns the API's answer (`id`, `token`, `command`, …).
+    pub async fn join_token(&mut self, uses: u32, ttl_seconds: u64) -> Value {
+        let (status, body) = self
+            .api(Method::POST, "/targets/join-tokens", Some(json!({"uses": uses, "ttl_seconds": ttl_seconds})))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    pub async fn targets(&mut self) -> Vec<Value> {
+        let (status, body) = self.api(Method::GET, "/targets?per_page=500", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn target(&mut self, id: &str) -> Value {
+        let (status, body) = self.api(Method::GET, &format!("/targets/{id}"), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    pub async fn is_connected(&mut self, id: &str) -> bool {
+        self.target(id).await["connected"] == json!(true)
+    }
+
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self.http().get(self.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
+    }
+}
+
+/// An agent's data directory and, once started, its process.
+#[derive(Debug)]
+pub struct Agent {
+    pub data_dir: PathBuf,
+    pub process: Option<Process>,
+}
+
+impl Agent {
+    /// Runs `windflow-agent enroll` against the control plane with `token`.
+    pub fn enroll(cp: &ControlPlane, data_dir: &Path, token: &str) -> anyhow::Result<Self> {
+        let ca_file = cp.dir.join("data/ca.pem");
+        let output = Command::new(bin("windflow-agent"))
+            .arg("enroll")
+            .arg("--server")
+            .arg(cp.url(""))
+            .arg("--ca-file")
+            .arg(&ca_file)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("WINDFLOW_JOIN_TOKEN", token)
+            .output()
+            .context("running windflow-agent enroll")?;
+        if !output.status.success() {
+            bail!(
+                "enroll failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(Self { data_dir: data_dir.to_owned(), process: None })
+    }
+
+    pub fn id(&self) -> String {
+        let identity: Value =
+            serde_json::from_str(&std::fs::read_to_string(self.data_dir.join("agent.json")).expect("agent.json"))
+                .expect("json");
+        identity["agent_id"].as_str().expect("agent_id").to_owned()
+    }
+
+    pub fn start(&mut self) {
+        let mut command = Command::new(bin("windflow-agent"));
+        command.arg("run").arg("--data-dir").arg(&self.data_dir);
+        self.process = Some(Process::spawn(&mut command, self.data_dir.join("agent.log")).expect("spawn agent"));
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("agent.log")).unwrap_or_default()
+    }
+}
+
+/// A raw QUIC client for refusal tests: optional client certificate, our CA as trust root.
+pub fn quic_client(
+    ca_pem: &str,
+    client_auth: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> quinn::Endpoint {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA")).expect("root");
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots);
+    let mut tls = match client_auth {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).expect("client cert"),
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![b"windflow/1".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS");
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint
+}
+
+/// A client key and certificate for `common_name`, signed by the CA in `ca_dir` (ca.pem and
+/// ca.key.pem), valid between the given offsets from now.
+pub fn certificate_signed_by(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    common_name: &str,
+    valid_from: time::Duration,
+    valid_to: time::Duration,
+) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    let ca_key = rcgen::KeyPair::from_pem(ca_key_pem).expect("CA key");
+    let issuer = rcgen::Issuer::from_ca_cert_pem(ca_cert_pem, ca_key).expect("issuer");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now + valid_from;
+    params.not_after = now + valid_to;
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).expect("signed");
+    (vec![cert.der().clone()], PrivateKeyDer::try_from(key.serialize_der()).expect("key der"))
+}
+
+/// A self-made CA and a client certificate from it: a stranger's credentials.
+pub fn foreign_certificate(common_name: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca = rcgen::CertificateParams::default();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "Foreign CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("CA");
+    certificate_signed_by(
+        &ca_cert.pem(),
+        &ca_key.serialize_pem(),
+        common_name,
+        time::Duration::hours(-1),
+        time::Duration::hours(1),
+    )
+}
