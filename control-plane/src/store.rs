@@ -32,10 +32,25 @@ pub enum Table {
     Sessions,
     JoinTokens,
     Agents,
+    Stacks,
+    /// Key: stack id, then the version number big-endian, so a prefix scan lists them in order.
+    StackVersions,
+    Deployments,
+    /// Key: deployment id, then a big-endian sequence number.
+    DeploymentEvents,
 }
 
 impl Table {
-    const ALL: [Table; 4] = [Table::Users, Table::Sessions, Table::JoinTokens, Table::Agents];
+    const ALL: [Table; 8] = [
+        Table::Users,
+        Table::Sessions,
+        Table::JoinTokens,
+        Table::Agents,
+        Table::Stacks,
+        Table::StackVersions,
+        Table::Deployments,
+        Table::DeploymentEvents,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -43,6 +58,10 @@ impl Table {
             Table::Sessions => "sessions",
             Table::JoinTokens => "join_tokens",
             Table::Agents => "agents",
+            Table::Stacks => "stacks",
+            Table::StackVersions => "stack_versions",
+            Table::Deployments => "deployments",
+            Table::DeploymentEvents => "deployment_events",
         }
     }
 }
@@ -69,7 +88,11 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 pub trait Store: Send + Sync + 'static {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Every entry of a table, in key order.
-    fn scan(&self, table: Table) -> Result<Vec<Entry>, StoreError>;
+    fn scan(&self, table: Table) -> Result<Vec<Entry>, StoreError> {
+        self.scan_prefix(table, &[])
+    }
+    /// The entries whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<Entry>, StoreError>;
     /// Applies all `writes` if every check holds, atomically, and makes them durable before
     /// returning. Returns false (and writes nothing) when a check failed.
     fn atomic(&self, checks: &[Check], writes: &[Write]) -> Result<bool, StoreError>;
@@ -108,8 +131,11 @@ impl Store for SledStore {
         Ok(self.tree(table).get(key)?.map(|v| v.to_vec()))
     }
 
-    fn scan(&self, table: Table) -> Result<Vec<Entry>, StoreError> {
-        self.tree(table).iter().map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from)).collect()
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
+        self.tree(table)
+            .scan_prefix(prefix)
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from))
+            .collect()
     }
 
     fn atomic(&self, checks: &[Check], writes: &[Write]) -> Result<bool, StoreError> {
@@ -172,6 +198,7 @@ pub trait Record: Serialize + DeserializeOwned {
 pub trait RecordStore {
     fn load<R: Record>(&self, key: &[u8]) -> Result<Option<R>, StoreError>;
     fn load_all<R: Record>(&self) -> Result<Vec<R>, StoreError>;
+    fn load_prefix<R: Record>(&self, prefix: &[u8]) -> Result<Vec<R>, StoreError>;
     fn save<R: Record>(&self, record: &R) -> Result<(), StoreError>;
     /// Replaces `old` by `new` only if the stored record is still exactly `old`.
     fn replace<R: Record>(&self, old: &R, new: &R) -> Result<bool, StoreError>;
@@ -184,6 +211,10 @@ impl<S: Store + ?Sized> RecordStore for S {
 
     fn load_all<R: Record>(&self) -> Result<Vec<R>, StoreError> {
         self.scan(R::TABLE)?.into_iter().map(|(_, v)| R::decode(&v)).collect()
+    }
+
+    fn load_prefix<R: Record>(&self, prefix: &[u8]) -> Result<Vec<R>, StoreError> {
+        self.scan_prefix(R::TABLE, prefix)?.into_iter().map(|(_, v)| R::decode(&v)).collect()
     }
 
     fn save<R: Record>(&self, record: &R) -> Result<(), StoreError> {

@@ -16,7 +16,9 @@ pub mod io;
 pub mod job;
 pub mod messages;
 pub mod session;
+pub mod stack;
 
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN, decode_frame, encode_frame};
 pub use job::{JobEnvelope, JobPayload, JobRejection, SignedJob};
 pub use messages::*;
+pub use stack::StackSpec;

@@ -19,11 +19,13 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// Extra structured data, e.g. every diagnostic of a refused Compose file.
+    pub details: Option<serde_json::Value>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), field: None }
+        Self { status, code, message: message.into(), field: None, details: None }
     }
 
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
@@ -45,6 +47,9 @@ impl IntoResponse for ApiError {
         let mut error = json!({ "code": self.code, "message": self.message });
         if let Some(field) = self.field {
             error["field"] = json!(field);
+        }
+        if let Some(details) = self.details {
+            error["details"] = details;
         }
         (self.status, Json(json!({ "error": error }))).into_response()
     }
@@ -114,6 +119,29 @@ impl From<HubError> for ApiError {
             HubError::JobRefused(_) => (StatusCode::BAD_GATEWAY, "job_refused"),
         };
         Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<crate::stacks::StackError> for ApiError {
+    fn from(e: crate::stacks::StackError) -> Self {
+        use crate::stacks::StackError;
+        match e {
+            StackError::Invalid(invalid) => Self {
+                details: Some(json!({ "errors": invalid.errors, "warnings": invalid.warnings })),
+                field: Some("compose".into()),
+                ..Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_compose",
+                    format!("the Compose file is not valid: {invalid}"),
+                )
+            },
+            StackError::NameTaken(_) => {
+                Self { field: Some("name".into()), ..Self::new(StatusCode::CONFLICT, "name_taken", e.to_string()) }
+            }
+            StackError::BadName => Self::invalid("name", e.to_string()),
+            StackError::Conflict => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            StackError::Store(e) => e.into(),
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod enroll;
 pub mod error;
 pub mod health;
+pub mod stacks;
 pub mod targets;
 
 use std::path::PathBuf;
@@ -49,7 +50,11 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    let api = Router::new().merge(auth::routes()).merge(targets::routes()).merge(enroll::api_routes());
+    let api = Router::new()
+        .merge(auth::routes())
+        .merge(targets::routes())
+        .merge(stacks::routes())
+        .merge(enroll::api_routes());
     Router::new()
         .nest("/api/v1", api)
         .merge(health::routes())
@@ -80,6 +85,38 @@ async fn security_headers(request: axum::extract::Request, next: Next) -> Respon
         headers.insert(name, HeaderValue::from_static(value));
     }
     response
+}
+
+/// `?page=&per_page=` on list routes (pages start at 1; 50 per page by default, 500 at most).
+#[derive(Debug, serde::Deserialize)]
+pub struct PageQuery {
+    page: Option<usize>,
+    per_page: Option<usize>,
+}
+
+/// One page of a list.
+#[derive(Debug, serde::Serialize)]
+pub struct Page<T> {
+    items: Vec<T>,
+    total: usize,
+    page: usize,
+    per_page: usize,
+}
+
+impl PageQuery {
+    pub fn apply<T>(&self, all: Vec<T>) -> Result<Page<T>, ApiError> {
+        let page = self.page.unwrap_or(1);
+        let per_page = self.per_page.unwrap_or(50);
+        if page == 0 {
+            return Err(ApiError::invalid("page", "page numbers start at 1"));
+        }
+        if !(1..=500).contains(&per_page) {
+            return Err(ApiError::invalid("per_page", "per_page must be between 1 and 500"));
+        }
+        let total = all.len();
+        let items = all.into_iter().skip((page - 1) * per_page).take(per_page).collect();
+        Ok(Page { items, total, page, per_page })
+    }
 }
 
 /// RFC 3339 for a Unix time in seconds.

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use windflow_protocol::{HostFacts, JobOutcome, JobOutput, JobPayload, SwarmState};
 
 use super::error::{ApiError, ApiJson};
-use super::{AppState, rfc3339_ms, rfc3339_s};
+use super::{AppState, Page, PageQuery, rfc3339_ms, rfc3339_s};
 use crate::agents::{self, Agent};
 use crate::auth::Caller;
 use crate::join_tokens::{self, JoinToken};
@@ -26,36 +26,6 @@ pub fn routes() -> Router<AppState> {
         .route("/targets/{id}/test", post(test))
         .route("/targets/{id}/revoke", post(revoke))
         .route("/targets/{id}/facts", post(refresh_facts))
-}
-
-#[derive(Debug, Deserialize)]
-struct PageQuery {
-    page: Option<usize>,
-    per_page: Option<usize>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Page<T> {
-    items: Vec<T>,
-    total: usize,
-    page: usize,
-    per_page: usize,
-}
-
-impl PageQuery {
-    fn apply<T>(&self, all: Vec<T>) -> Result<Page<T>, ApiError> {
-        let page = self.page.unwrap_or(1);
-        let per_page = self.per_page.unwrap_or(50);
-        if page == 0 {
-            return Err(ApiError::invalid("page", "page numbers start at 1"));
-        }
-        if !(1..=500).contains(&per_page) {
-            return Err(ApiError::invalid("per_page", "per_page must be between 1 and 500"));
-        }
-        let total = all.len();
-        let items = all.into_iter().skip((page - 1) * per_page).take(per_page).collect();
-        Ok(Page { items, total, page, per_page })
-    }
 }
 
 #[derive(Debug, Serialize)]

@@ -1,0 +1,169 @@
+//! `StackSpec`: a Compose project after the control plane parsed, interpolated and validated it.
+//! Agents apply this typed form and never see YAML.
+//!
+//! Maps are `BTreeMap`s so that the encoding of a spec, and so the configuration hash of each
+//! service, does not depend on the order keys were written in.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackSpec {
+    /// The Compose project name: lowercase letters, digits, `-` and `_`.
+    pub project: String,
+    /// In dependency order: every service comes after the services it depends on.
+    pub services: Vec<ServiceSpec>,
+    pub networks: Vec<NetworkSpec>,
+    pub volumes: Vec<VolumeSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub image: String,
+    pub pull_policy: PullPolicy,
+    pub command: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub environment: BTreeMap<String, String>,
+    pub ports: Vec<PortSpec>,
+    pub mounts: Vec<MountSpec>,
+    /// Networks of this project the service joins, with its aliases there.
+    pub networks: BTreeMap<String, Vec<String>>,
+    pub depends_on: Vec<Dependency>,
+    pub healthcheck: Option<Healthcheck>,
+    pub restart: RestartPolicy,
+    pub resources: Resources,
+    pub labels: BTreeMap<String, String>,
+    pub replicas: u32,
+    pub user: Option<String>,
+    pub working_dir: Option<String>,
+    pub hostname: Option<String>,
+    /// `host:address` entries for /etc/hosts.
+    pub extra_hosts: Vec<String>,
+    pub stop_grace_period_ms: Option<u64>,
+    pub read_only: bool,
+    pub privileged: bool,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PullPolicy {
+    /// Pull only when the image is not present (Compose's default, `missing`/`if_not_present`).
+    Missing,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    pub container_port: u16,
+    /// `None` publishes on an ephemeral port chosen by the engine; absent `host_port` with
+    /// `published: false` (expose only) is not a port spec at all.
+    pub host_port: Option<u16>,
+    pub host_ip: Option<String>,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountSource {
+    /// A named volume of this project (its Compose name, not the engine's).
+    Volume(String),
+    /// An anonymous volume.
+    Anonymous,
+    /// A path on the host.
+    Bind(String),
+    Tmpfs {
+        size_bytes: Option<u64>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    pub source: MountSource,
+    pub target: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DependencyCondition {
+    Started,
+    Healthy,
+    CompletedSuccessfully,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dependency {
+    pub service: String,
+    pub condition: DependencyCondition,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Healthcheck {
+    /// As Docker takes it: `["CMD", …]`, `["CMD-SHELL", "…"]` or `["NONE"]`.
+    pub test: Vec<String>,
+    pub interval_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub retries: Option<u32>,
+    pub start_period_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    No,
+    Always,
+    OnFailure { max_retries: Option<u32> },
+    UnlessStopped,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// CPU limit in billionths of a CPU, as Docker's `NanoCpus`.
+    pub nano_cpus: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub memory_reservation_bytes: Option<u64>,
+    pub pids_limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    pub name: String,
+    /// Created outside the project; used, never created or removed.
+    pub external: bool,
+    pub driver: Option<String>,
+    pub internal: bool,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSpec {
+    pub name: String,
+    pub external: bool,
+    pub driver: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ServiceSpec {
+    /// A stable hash of everything that, when changed, requires recreating the service's
+    /// containers. Equal specs hash equal on every machine and every build (FNV-1a over the
+    /// postcard encoding, which is itself pinned by golden tests).
+    /// The replica count is left out: scaling adds or removes containers, it does not
+    /// recreate the others.
+    pub fn config_hash(&self) -> String {
+        let hashed = ServiceSpec { replicas: 0, ..self.clone() };
+        let bytes = postcard::to_allocvec(&hashed).unwrap_or_default();
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in bytes {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{hash:016x}")
+    }
+}
