@@ -1,13 +1,16 @@
 //! Admission and execution of signed jobs. [`JobGate`] is the single door: signature, addressee,
 //! validity window, then the journal. Only what passes it is executed.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::VerifyingKey;
 use uuid::Uuid;
 use windflow_protocol::messages::{JobOutcome, JobOutput};
 use windflow_protocol::{JobEnvelope, JobPayload, JobRejection, SignedJob};
 
+use crate::driver::ProgressSender;
+use crate::driver::docker::{DockerDriver, DockerError};
 use crate::journal::Journal;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,10 +50,45 @@ impl JobGate {
     }
 }
 
-/// Runs an admitted job.
-pub async fn execute(payload: &JobPayload) -> JobOutcome {
-    match payload {
-        JobPayload::CollectFacts => JobOutcome::Succeeded(JobOutput::Facts(crate::facts::collect().await)),
+/// Runs admitted jobs. Jobs on the same project run one at a time, in arrival order; jobs on
+/// different projects run side by side.
+#[derive(Debug, Default)]
+pub struct Executor {
+    projects: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Executor {
+    async fn project_lock(&self, project: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.projects.lock().await.entry(project.to_owned()).or_default().clone()
+    }
+
+    pub async fn execute(&self, payload: &JobPayload, progress: &ProgressSender) -> JobOutcome {
+        let failed = |e: DockerError| JobOutcome::Failed { message: e.to_string() };
+        match payload {
+            JobPayload::CollectFacts => JobOutcome::Succeeded(JobOutput::Facts(crate::facts::collect().await)),
+            JobPayload::DeployStack { deployment_id, spec } => {
+                let lock = self.project_lock(&spec.project).await;
+                let _guard = lock.lock().await;
+                match DockerDriver::connect().await {
+                    Ok(driver) => match driver.apply(*deployment_id, spec, progress).await {
+                        Ok(status) => JobOutcome::Succeeded(JobOutput::Stack(status)),
+                        Err(e) => failed(e),
+                    },
+                    Err(e) => failed(e),
+                }
+            }
+            JobPayload::RemoveStack { project, remove_volumes, .. } => {
+                let lock = self.project_lock(project).await;
+                let _guard = lock.lock().await;
+                match DockerDriver::connect().await {
+                    Ok(driver) => match driver.remove(project, *remove_volumes, progress).await {
+                        Ok(()) => JobOutcome::Succeeded(JobOutput::None),
+                        Err(e) => failed(e),
+                    },
+                    Err(e) => failed(e),
+                }
+            }
+        }
     }
 }
 

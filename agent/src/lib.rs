@@ -4,6 +4,7 @@
 //! It must never open a listening port, never run a job whose signature, addressee, validity
 //! window or novelty it has not checked, and never send its private key anywhere.
 
+pub mod driver;
 pub mod enroll;
 pub mod facts;
 pub mod identity;

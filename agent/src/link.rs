@@ -21,7 +21,7 @@ use windflow_protocol::session::{AgentSession, AgentSessionEvent, CloseReason};
 use windflow_protocol::{MAX_FRAME_LEN, Refusal};
 
 use crate::identity::{DataDir, Identity};
-use crate::jobs::{AdmitError, JobGate, execute};
+use crate::jobs::{AdmitError, Executor, JobGate};
 use crate::journal::Journal;
 use crate::unix_ms;
 
@@ -67,13 +67,14 @@ pub async fn run(
     let journal =
         Journal::open(&data.journal_path()).with_context(|| format!("opening {}", data.journal_path().display()))?;
     let gate = Arc::new(JobGate::new(identity.agent_id, job_key, journal));
+    let executor = Arc::new(Executor::default());
     let started = Instant::now();
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_max);
     tokio::pin!(shutdown);
     loop {
         let attempt_started = Instant::now();
         let outcome = tokio::select! {
-            outcome = connect_and_serve(&data, &identity, &gate, started) => outcome,
+            outcome = connect_and_serve(&data, &identity, &gate, &executor, started) => outcome,
             () = &mut shutdown => return Ok(()),
         };
         match outcome {
@@ -124,6 +125,7 @@ async fn connect_and_serve(
     data: &DataDir,
     identity: &Identity,
     gate: &Arc<JobGate>,
+    executor: &Arc<Executor>,
     started: Instant,
 ) -> anyhow::Result<SessionEnd> {
     let address = tokio::net::lookup_host(&identity.quic_endpoint)
@@ -138,7 +140,7 @@ async fn connect_and_serve(
         Err(error) if is_revocation(&error) => return Ok(SessionEnd::Revoked),
         Err(error) => return Err(error).context("QUIC handshake"),
     };
-    let end = serve(data, identity, gate, &connection, started).await;
+    let end = serve(data, identity, gate, executor, &connection, started).await;
     // Read before closing: a local close replaces the peer's reason.
     let revoked = closed_reason(&connection) == SessionEnd::Revoked;
     connection.close(0u32.into(), b"agent closing");
@@ -169,6 +171,7 @@ async fn serve(
     data: &DataDir,
     identity: &Identity,
     gate: &Arc<JobGate>,
+    executor: &Arc<Executor>,
     connection: &quinn::Connection,
     started: Instant,
 ) -> anyhow::Result<SessionEnd> {
@@ -183,7 +186,7 @@ async fn serve(
     let (frames_tx, mut frames) = mpsc::channel(32);
     tokio::spawn(read_frames(recv, frames_tx));
     let (events_tx, mut events) = mpsc::channel::<AgentMessage>(64);
-    let jobs = tokio::spawn(accept_jobs(connection.clone(), gate.clone(), events_tx));
+    let jobs = tokio::spawn(accept_jobs(connection.clone(), gate.clone(), executor.clone(), events_tx));
     let mut status = tokio::time::interval(STATUS_INTERVAL);
     status.tick().await;
     let mut renewal: Option<String> = None;
@@ -293,9 +296,14 @@ async fn read_frames(mut recv: quinn::RecvStream, out: mpsc::Sender<Result<Contr
 }
 
 /// Serves the job streams the control plane opens, one task per job.
-async fn accept_jobs(connection: quinn::Connection, gate: Arc<JobGate>, events: mpsc::Sender<AgentMessage>) {
+async fn accept_jobs(
+    connection: quinn::Connection,
+    gate: Arc<JobGate>,
+    executor: Arc<Executor>,
+    events: mpsc::Sender<AgentMessage>,
+) {
     while let Ok((send, recv)) = connection.accept_bi().await {
-        tokio::spawn(handle_job(send, recv, gate.clone(), events.clone()));
+        tokio::spawn(handle_job(send, recv, gate.clone(), executor.clone(), events.clone()));
     }
 }
 
@@ -303,6 +311,7 @@ async fn handle_job(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     gate: Arc<JobGate>,
+    executor: Arc<Executor>,
     events: mpsc::Sender<AgentMessage>,
 ) {
     let job = match read_frame::<JobRequest, _>(&mut recv, MAX_FRAME_LEN).await {
@@ -316,10 +325,27 @@ async fn handle_job(
     };
     let reply = match gate.admit(&job, unix_ms()) {
         Ok(envelope) => {
-            tracing::info!(job_id = %envelope.job_id, payload = ?envelope.payload, "job admitted");
-            let _ = write_frame(&mut send, &JobEvent::Accepted { job_id: envelope.job_id }, MAX_FRAME_LEN).await;
-            let outcome = execute(&envelope.payload).await;
-            JobEvent::Completed { job_id: envelope.job_id, outcome }
+            let job_id = envelope.job_id;
+            tracing::info!(%job_id, kind = envelope.payload.kind(), "job admitted");
+            let _ = write_frame(&mut send, &JobEvent::Accepted { job_id }, MAX_FRAME_LEN).await;
+            // The job runs to its end even if the control plane stops listening: it is
+            // journalled as applied, so it must really be applied.
+            let (progress, mut steps) = mpsc::unbounded_channel();
+            let run = executor.execute(&envelope.payload, &progress);
+            tokio::pin!(run);
+            let outcome = loop {
+                tokio::select! {
+                    outcome = &mut run => break outcome,
+                    Some((step, percent)) = steps.recv() => {
+                        let _ = write_frame(&mut send, &JobEvent::Progress { job_id, step, percent }, MAX_FRAME_LEN).await;
+                    }
+                }
+            };
+            while let Ok((step, percent)) = steps.try_recv() {
+                let _ = write_frame(&mut send, &JobEvent::Progress { job_id, step, percent }, MAX_FRAME_LEN).await;
+            }
+            tracing::info!(%job_id, succeeded = matches!(outcome, windflow_protocol::messages::JobOutcome::Succeeded(_)), "job finished");
+            JobEvent::Completed { job_id, outcome }
         }
         Err(AdmitError::Refused(reason)) => {
             let job_id = job.unverified_job_id();

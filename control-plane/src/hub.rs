@@ -18,7 +18,9 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 use windflow_protocol::io::{StreamError, read_frame, write_frame};
-use windflow_protocol::messages::{AgentMessage, ControlMessage, HostFacts, JobEvent, JobOutcome, JobRequest};
+use windflow_protocol::messages::{
+    AgentMessage, ControlMessage, HostFacts, JobEvent, JobOutcome, JobRequest, StackStatus,
+};
 use windflow_protocol::session::{CloseReason, ControlSession, ControlSessionEvent};
 use windflow_protocol::{JobEnvelope, JobPayload, MAX_FRAME_LEN, Refusal};
 
@@ -98,6 +100,8 @@ pub struct Hub {
     config: HubConfig,
     live: Mutex<HashMap<Uuid, LiveAgent>>,
     revoked: Arc<RwLock<HashSet<Uuid>>>,
+    /// The latest observed state of each deployment, as its agent last reported it.
+    observed: Mutex<HashMap<Uuid, StackStatus>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -126,6 +130,7 @@ impl Hub {
             config,
             live: Mutex::new(HashMap::new()),
             revoked: Arc::new(RwLock::new(revoked)),
+            observed: Mutex::new(HashMap::new()),
             metrics,
         }))
     }
@@ -274,6 +279,7 @@ impl Hub {
                     self.register(agent_id, &connection, commands_tx.clone(), last_seen.clone(), hello.facts);
                 }
                 Some(ControlSessionEvent::Status(report)) => self.update_facts(agent_id, report.facts),
+                Some(ControlSessionEvent::StackStatus(status)) => self.record_observed(status),
                 Some(ControlSessionEvent::Event(event)) => {
                     tracing::info!(%agent_id, event = ?event.kind, "agent event")
                 }
@@ -363,6 +369,19 @@ impl Hub {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts
         // and removes), so a poisoned lock is still usable.
         self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps the latest observed state of a deployment (from a status push or a job result).
+    pub fn record_observed(&self, status: StackStatus) {
+        self.observed.lock().unwrap_or_else(|e| e.into_inner()).insert(status.deployment_id, status);
+    }
+
+    pub fn observed(&self, deployment_id: Uuid) -> Option<StackStatus> {
+        self.observed.lock().unwrap_or_else(|e| e.into_inner()).get(&deployment_id).cloned()
+    }
+
+    pub fn is_connected(&self, agent_id: Uuid) -> bool {
+        self.lock_live().contains_key(&agent_id)
     }
 
     pub fn connected_count(&self) -> usize {

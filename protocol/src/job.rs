@@ -22,6 +22,21 @@ pub const CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
 pub enum JobPayload {
     /// Gather the host's facts again and return them.
     CollectFacts,
+    /// Make the project's containers, networks and volumes match the spec.
+    DeployStack { deployment_id: Uuid, spec: crate::stack::StackSpec },
+    /// Remove everything labelled with the project; named volumes only when asked.
+    RemoveStack { deployment_id: Uuid, project: String, remove_volumes: bool },
+}
+
+impl JobPayload {
+    /// A short name for logs: payloads can carry environment values, which never go to a log.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobPayload::CollectFacts => "collect_facts",
+            JobPayload::DeployStack { .. } => "deploy_stack",
+            JobPayload::RemoveStack { .. } => "remove_stack",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

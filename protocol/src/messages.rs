@@ -141,6 +141,8 @@ pub enum AgentMessage {
     RenewCertificate {
         csr_der: Vec<u8>,
     },
+    /// The observed state of a deployed stack, pushed when it changes and periodically.
+    StackStatus(StackStatus),
 }
 
 /// Control plane → agent, on the control stream.
@@ -202,6 +204,49 @@ pub enum JobOutcome {
 pub enum JobOutput {
     None,
     Facts(HostFacts),
+    Stack(StackStatus),
+}
+
+/// What runs of a deployed stack, as the agent sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackStatus {
+    pub deployment_id: Uuid,
+    pub project: String,
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub service: String,
+    pub containers: Vec<ContainerStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    pub name: String,
+    pub id: String,
+    pub state: ContainerState,
+    pub health: Option<HealthState>,
+    pub restart_count: u32,
+    pub config_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Restarting,
+    Paused,
+    Exited { code: i64 },
+    Dead,
+    Other(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HealthState {
+    Starting,
+    Healthy,
+    Unhealthy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -165,6 +165,7 @@ pub enum ControlSessionEvent {
     Event(crate::messages::AgentEvent),
     PingAnswered { nonce: u64, round_trip: Duration },
     RenewalRequested { csr_der: Vec<u8> },
+    StackStatus(crate::messages::StackStatus),
     Closed(CloseReason),
 }
 
@@ -241,6 +242,7 @@ impl ControlSession {
                     AgentMessage::RenewCertificate { csr_der } => {
                         Some(ControlSessionEvent::RenewalRequested { csr_der })
                     }
+                    AgentMessage::StackStatus(status) => Some(ControlSessionEvent::StackStatus(status)),
                 }
             }
         }

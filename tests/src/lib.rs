@@ -390,3 +390,49 @@ pub fn foreign_certificate(common_name: &str) -> (Vec<CertificateDer<'static>>, 
         time::Duration::hours(1),
     )
 }
+
+/// The image every Docker test uses: `FROM scratch` with Debian's static busybox, built here
+/// once per machine (no registry is reachable). Its name is returned.
+pub fn busybox_image() -> String {
+    const IMAGE: &str = "windflow-test/busybox:1";
+    let present =
+        Command::new("docker").args(["image", "inspect", IMAGE]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if present.is_ok_and(|s| s.success()) {
+        return IMAGE.to_owned();
+    }
+    let context = tempfile::tempdir().expect("build context");
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static is installed (scripts/bootstrap)");
+    std::fs::copy(busybox, context.path().join("busybox")).expect("copy busybox");
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCMD [\"/bin/sh\"]\n",
+    )
+    .expect("Dockerfile");
+    let output = Command::new("docker")
+        .args(["build", "-q", "-t", IMAGE])
+        .arg(context.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("docker build runs");
+    assert!(output.status.success(), "building {IMAGE}: {}", String::from_utf8_lossy(&output.stderr));
+    IMAGE.to_owned()
+}
+
+/// Names of Docker objects (containers, networks, volumes) labelled with a Compose project.
+pub fn docker_objects(project: &str) -> Vec<String> {
+    let label = format!("label=com.docker.compose.project={project}");
+    let mut names = Vec::new();
+    for (kind, format) in [("container", "{{.Names}}"), ("network", "{{.Name}}"), ("volume", "{{.Name}}")] {
+        let mut command = Command::new("docker");
+        command.args([kind, "ls", "--filter", &label, "--format", format]);
+        if kind == "container" {
+            command.arg("--all");
+        }
+        let output = command.output().expect("docker ls");
+        names.extend(String::from_utf8_lossy(&output.stdout).lines().map(|l| format!("{kind}:{l}")));
+    }
+    names
+}
