@@ -55,11 +55,26 @@ impl JobGate {
 #[derive(Debug, Default)]
 pub struct Executor {
     projects: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Deployments applied here (id → project), whose state the agent reports.
+    pub deployments: Mutex<HashMap<Uuid, String>>,
 }
 
 impl Executor {
     async fn project_lock(&self, project: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.projects.lock().await.entry(project.to_owned()).or_default().clone()
+    }
+
+    /// Starts (with a project) or stops (without) reporting a deployment's state.
+    pub fn track(&self, deployment_id: Uuid, project: Option<&str>) {
+        let mut deployments = self.deployments.lock().unwrap_or_else(|e| e.into_inner());
+        match project {
+            Some(project) => deployments.insert(deployment_id, project.to_owned()),
+            None => deployments.remove(&deployment_id),
+        };
+    }
+
+    pub fn tracked(&self) -> Vec<(Uuid, String)> {
+        self.deployments.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(id, p)| (*id, p.clone())).collect()
     }
 
     pub async fn execute(&self, payload: &JobPayload, progress: &ProgressSender) -> JobOutcome {
@@ -71,18 +86,24 @@ impl Executor {
                 let _guard = lock.lock().await;
                 match DockerDriver::connect().await {
                     Ok(driver) => match driver.apply(*deployment_id, spec, progress).await {
-                        Ok(status) => JobOutcome::Succeeded(JobOutput::Stack(status)),
+                        Ok(status) => {
+                            self.track(*deployment_id, Some(&spec.project));
+                            JobOutcome::Succeeded(JobOutput::Stack(status))
+                        }
                         Err(e) => failed(e),
                     },
                     Err(e) => failed(e),
                 }
             }
-            JobPayload::RemoveStack { project, remove_volumes, .. } => {
+            JobPayload::RemoveStack { deployment_id, project, remove_volumes } => {
                 let lock = self.project_lock(project).await;
                 let _guard = lock.lock().await;
                 match DockerDriver::connect().await {
                     Ok(driver) => match driver.remove(project, *remove_volumes, progress).await {
-                        Ok(()) => JobOutcome::Succeeded(JobOutput::None),
+                        Ok(()) => {
+                            self.track(*deployment_id, None);
+                            JobOutcome::Succeeded(JobOutput::None)
+                        }
                         Err(e) => failed(e),
                     },
                     Err(e) => failed(e),

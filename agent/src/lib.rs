@@ -11,6 +11,7 @@ pub mod identity;
 pub mod jobs;
 pub mod journal;
 pub mod link;
+pub mod watch;
 
 /// Exit code of `windflow-agent run` when the control plane revoked this agent: restarting
 /// it cannot help, so service managers should not.

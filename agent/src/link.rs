@@ -186,6 +186,7 @@ async fn serve(
     let (frames_tx, mut frames) = mpsc::channel(32);
     tokio::spawn(read_frames(recv, frames_tx));
     let (events_tx, mut events) = mpsc::channel::<AgentMessage>(64);
+    let reporter = tokio::spawn(crate::watch::report_stacks(executor.clone(), events_tx.clone()));
     let jobs = tokio::spawn(accept_jobs(connection.clone(), gate.clone(), executor.clone(), events_tx));
     let mut status = tokio::time::interval(STATUS_INTERVAL);
     status.tick().await;
@@ -210,7 +211,8 @@ async fn serve(
                 Some(Err(error)) => bail!("bad frame from the control plane: {error}"),
                 None => break closed_reason(connection),
             },
-            Some(message) = events.recv() => {
+            // Held in the channel until the session is up, so nothing is dropped.
+            Some(message) = events.recv(), if session.is_established() => {
                 session.send(message);
                 None
             }
@@ -257,6 +259,7 @@ async fn serve(
         }
     };
     jobs.abort();
+    reporter.abort();
     Ok(end)
 }
 

@@ -71,6 +71,8 @@ pub enum HubError {
     Link(String),
     #[error("the agent refused the job: {0}")]
     JobRefused(windflow_protocol::JobRejection),
+    #[error("{0}")]
+    JobFailed(String),
 }
 
 enum Command {
@@ -102,6 +104,8 @@ pub struct Hub {
     revoked: Arc<RwLock<HashSet<Uuid>>>,
     /// The latest observed state of each deployment, as its agent last reported it.
     observed: Mutex<HashMap<Uuid, StackStatus>>,
+    /// Woken when an agent connects or reports, so the reconciler looks again.
+    changes: tokio::sync::Notify,
     pub metrics: Arc<Metrics>,
 }
 
@@ -131,6 +135,7 @@ impl Hub {
             live: Mutex::new(HashMap::new()),
             revoked: Arc::new(RwLock::new(revoked)),
             observed: Mutex::new(HashMap::new()),
+            changes: tokio::sync::Notify::new(),
             metrics,
         }))
     }
@@ -337,6 +342,7 @@ impl Hub {
                 facts: facts.clone(),
             },
         );
+        self.changes.notify_one();
         if let Some(previous) = previous {
             previous.connection.close(close_code::REPLACED.into(), b"replaced by a newer connection");
         }
@@ -374,6 +380,12 @@ impl Hub {
     /// Keeps the latest observed state of a deployment (from a status push or a job result).
     pub fn record_observed(&self, status: StackStatus) {
         self.observed.lock().unwrap_or_else(|e| e.into_inner()).insert(status.deployment_id, status);
+        self.changes.notify_one();
+    }
+
+    /// Resolves at the next agent connection or status report.
+    pub async fn changed(&self) {
+        self.changes.notified().await;
     }
 
     pub fn observed(&self, deployment_id: Uuid) -> Option<StackStatus> {
@@ -425,6 +437,17 @@ impl Hub {
         payload: JobPayload,
         timeout: Duration,
     ) -> Result<JobOutcome, HubError> {
+        self.run_job_with_progress(agent_id, payload, timeout, |_, _| {}).await
+    }
+
+    /// Like [`Hub::run_job`], calling `on_progress` with each progress step as it arrives.
+    pub async fn run_job_with_progress(
+        &self,
+        agent_id: Uuid,
+        payload: JobPayload,
+        timeout: Duration,
+        mut on_progress: impl FnMut(String, Option<u8>) + Send,
+    ) -> Result<JobOutcome, HubError> {
         let connection = self.lock_live().get(&agent_id).map(|l| l.connection.clone()).ok_or(HubError::NotConnected)?;
         let now = unix_ms();
         let envelope = JobEnvelope {
@@ -444,6 +467,7 @@ impl Hub {
             loop {
                 match read_frame::<JobEvent, _>(&mut recv, self.config.max_frame).await {
                     Ok(Some(JobEvent::Completed { outcome, .. })) => return Ok(outcome),
+                    Ok(Some(JobEvent::Progress { step, percent, .. })) => on_progress(step, percent),
                     Ok(Some(JobEvent::Refused { reason, .. })) => return Err(HubError::JobRefused(reason)),
                     Ok(Some(_)) => continue,
                     Ok(None) => return Err(HubError::Link("the agent closed the job stream".into())),

@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod compose;
+pub mod deployments;
 pub mod fsutil;
 pub mod hub;
 pub mod join_tokens;

@@ -94,7 +94,16 @@ pub async fn serve(
         agent_binary,
         agent_cert_lifetime: config.agent_cert_ttl,
     };
-    let state = AppState { store, pki: pki.clone(), hub: hub.clone(), auth, settings: Arc::new(settings.clone()) };
+    let events = Arc::new(crate::deployments::Events::new(store.clone()));
+    let reconciler = crate::deployments::Reconciler::new(store.clone(), hub.clone(), events);
+    let state = AppState {
+        store,
+        pki: pki.clone(),
+        hub: hub.clone(),
+        auth,
+        reconciler: reconciler.clone(),
+        settings: Arc::new(settings.clone()),
+    };
 
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
@@ -104,20 +113,25 @@ pub async fn serve(
     let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
 
     let handle = axum_server::Handle::new();
-    let (stop_hub, hub_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     {
         let handle = handle.clone();
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down");
-            let _ = stop_hub.send(());
+            let _ = stop.send(true);
             handle.graceful_shutdown(Some(Duration::from_secs(5)));
         });
     }
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
     let quic_addr = endpoint.local_addr()?;
-    let hub_task = tokio::spawn(hub.run(endpoint, async {
-        let _ = hub_stopped.await;
-    }));
+    let hub_task = tokio::spawn(hub.run(endpoint, until_stopped()));
+    let reconciler_task = tokio::spawn(reconciler.run(until_stopped()));
     let http = axum_server::bind_rustls(config.listen, tls)
         .handle(handle.clone())
         .serve(api::router(state).into_make_service());
@@ -127,6 +141,7 @@ pub async fn serve(
     }
     http_task.await?.context("HTTPS server")?;
     let _ = hub_task.await;
+    let _ = reconciler_task.await;
     Ok(())
 }
 

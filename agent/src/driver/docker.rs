@@ -611,6 +611,33 @@ impl DockerDriver {
         })
     }
 
+    /// Deployments this engine runs for WindFlow (id → project), found by their labels on
+    /// containers and networks, so an agent restart knows them again.
+    pub async fn managed(&self) -> Result<HashMap<Uuid, String>, DockerError> {
+        let managed = filters(&[("label", format!("{LABEL_MANAGED}=true"))]);
+        let mut found = HashMap::new();
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions { all: true, filters: managed.clone(), ..Default::default() }))
+            .await
+            .map_err(engine("listing containers"))?;
+        let networks = self
+            .docker
+            .list_networks(Some(ListNetworksOptions { filters: managed }))
+            .await
+            .map_err(engine("listing networks"))?;
+        let labels =
+            containers.into_iter().filter_map(|c| c.labels).chain(networks.into_iter().filter_map(|n| n.labels));
+        for labels in labels {
+            if let (Some(id), Some(project)) =
+                (labels.get(LABEL_DEPLOYMENT).and_then(|d| Uuid::try_parse(d).ok()), labels.get(LABEL_PROJECT))
+            {
+                found.insert(id, project.clone());
+            }
+        }
+        Ok(found)
+    }
+
     /// Removes every container and network labelled with the project, and its volumes if asked.
     pub async fn remove(
         &self,

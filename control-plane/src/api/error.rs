@@ -117,6 +117,7 @@ impl From<HubError> for ApiError {
             HubError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "agent_timeout"),
             HubError::Link(_) => (StatusCode::BAD_GATEWAY, "agent_link_failed"),
             HubError::JobRefused(_) => (StatusCode::BAD_GATEWAY, "job_refused"),
+            HubError::JobFailed(_) => (StatusCode::BAD_GATEWAY, "job_failed"),
         };
         Self::new(status, code, e.to_string())
     }

@@ -5,6 +5,7 @@
 //! has the same JSON shape (see [`error`]).
 
 pub mod auth;
+pub mod deployments;
 pub mod enroll;
 pub mod error;
 pub mod health;
@@ -46,6 +47,7 @@ pub struct AppState {
     pub pki: Arc<Pki>,
     pub hub: Arc<Hub>,
     pub auth: Arc<Auth>,
+    pub reconciler: Arc<crate::deployments::Reconciler>,
     pub settings: Arc<Settings>,
 }
 
@@ -54,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .merge(auth::routes())
         .merge(targets::routes())
         .merge(stacks::routes())
+        .merge(deployments::routes())
         .merge(enroll::api_routes());
     Router::new()
         .nest("/api/v1", api)

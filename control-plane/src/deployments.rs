@@ -1,0 +1,596 @@
+//! Deployments: a stack version on a target with a desired state, the event log of everything
+//! that happened to it, and the reconciler that makes targets agree with what is desired.
+//!
+//! The reconciler follows the controller pattern: each pass looks at every deployment, and one
+//! whose desired generation is not yet settled, or whose observed state drifted, gets a signed
+//! job when its target is connected. Link failures leave the deployment pending (retried when
+//! the agent is back); engine failures settle it as failed and roll back to the last version
+//! that ran.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, broadcast};
+use uuid::Uuid;
+use windflow_protocol::JobPayload;
+use windflow_protocol::messages::{ContainerState, JobOutcome, JobOutput, StackStatus};
+use windflow_protocol::stack::{RestartPolicy, StackSpec};
+
+use crate::auth::now_unix_s;
+use crate::hub::{Hub, HubError, unix_ms};
+use crate::stacks;
+use crate::store::{Record, RecordStore, Store, StoreError, Table};
+
+/// How long one deploy job may take, pulls included.
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// How often the reconciler looks at everything even when nothing woke it.
+const RESYNC: Duration = Duration::from_secs(5);
+/// Drift on one deployment is repaired at most this often, so a crash-looping service does not
+/// turn into a stream of jobs.
+const REPAIR_BACKOFF: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum Desired {
+    Running,
+    Removed { volumes: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Pending,
+    Deploying,
+    Running,
+    Failed,
+    Removing,
+    Removed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Deploying => "deploying",
+            State::Running => "running",
+            State::Failed => "failed",
+            State::Removing => "removing",
+            State::Removed => "removed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: Uuid,
+    pub stack_id: Uuid,
+    pub target_id: Uuid,
+    /// Fixed at creation, so renaming the stack never orphans containers.
+    pub project: String,
+    /// The stack version that should run.
+    pub version: u32,
+    pub desired: Desired,
+    /// Bumped whenever `version` or `desired` change.
+    pub generation: u64,
+    /// The last generation that was applied, or that failed for good.
+    pub settled_generation: u64,
+    pub state: State,
+    pub reason: Option<String>,
+    /// The last version that deployed successfully: where a failed update rolls back to.
+    pub running_version: Option<u32>,
+    pub created_by: String,
+    pub created_at_unix_s: i64,
+    pub updated_at_unix_s: i64,
+}
+
+impl Record for Deployment {
+    const TABLE: Table = Table::Deployments;
+    const VERSION: u64 = 1;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    Info,
+    Progress,
+    Warning,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub deployment_id: Uuid,
+    pub seq: u64,
+    pub at_unix_ms: u64,
+    pub level: Level,
+    pub message: String,
+    pub percent: Option<u8>,
+}
+
+impl Record for Event {
+    const TABLE: Table = Table::DeploymentEvents;
+    const VERSION: u64 = 1;
+    fn key(&self) -> Vec<u8> {
+        let mut key = self.deployment_id.as_bytes().to_vec();
+        key.extend_from_slice(&self.seq.to_be_bytes());
+        key
+    }
+}
+
+pub fn get(store: &dyn Store, id: Uuid) -> Result<Option<Deployment>, StoreError> {
+    store.load(id.as_bytes())
+}
+
+pub fn list(store: &dyn Store) -> Result<Vec<Deployment>, StoreError> {
+    store.load_all()
+}
+
+/// Applies `change` to the latest stored deployment, retrying if it changed concurrently.
+pub fn modify(
+    store: &dyn Store,
+    id: Uuid,
+    mut change: impl FnMut(&mut Deployment),
+) -> Result<Option<Deployment>, StoreError> {
+    loop {
+        let Some(current) = get(store, id)? else { return Ok(None) };
+        let mut next = current.clone();
+        change(&mut next);
+        next.updated_at_unix_s = now_unix_s();
+        if store.replace(&current, &next)? {
+            return Ok(Some(next));
+        }
+    }
+}
+
+/// The event log: stored, and fanned out live to followers.
+pub struct Events {
+    store: Arc<dyn Store>,
+    next_seq: Mutex<HashMap<Uuid, u64>>,
+    live: broadcast::Sender<Event>,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Events")
+    }
+}
+
+impl Events {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store, next_seq: Mutex::new(HashMap::new()), live: broadcast::channel(4096).0 }
+    }
+
+    pub fn append(&self, deployment_id: Uuid, level: Level, message: impl Into<String>, percent: Option<u8>) {
+        let seq = {
+            let mut next = self.next_seq.lock().unwrap_or_else(|e| e.into_inner());
+            let seq = match next.get(&deployment_id) {
+                Some(seq) => *seq,
+                None => self.history(deployment_id, 0).ok().and_then(|h| h.last().map(|e| e.seq + 1)).unwrap_or(1),
+            };
+            next.insert(deployment_id, seq + 1);
+            seq
+        };
+        let event = Event { deployment_id, seq, at_unix_ms: unix_ms(), level, message: message.into(), percent };
+        if let Err(error) = self.store.save(&event) {
+            tracing::error!(%deployment_id, %error, "could not store a deployment event");
+        }
+        let _ = self.live.send(event);
+    }
+
+    /// Stored events with a sequence number above `after`.
+    pub fn history(&self, deployment_id: Uuid, after: u64) -> Result<Vec<Event>, StoreError> {
+        Ok(self.store.load_prefix::<Event>(deployment_id.as_bytes())?.into_iter().filter(|e| e.seq > after).collect())
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.live.subscribe()
+    }
+
+    pub fn forget(&self, deployment_id: Uuid) -> Result<(), StoreError> {
+        let writes: Vec<_> = self
+            .history(deployment_id, 0)?
+            .iter()
+            .map(|e| crate::store::Write { table: Table::DeploymentEvents, key: e.key(), value: None })
+            .collect();
+        self.store.atomic(&[], &writes).map(drop)
+    }
+}
+
+/// Why a deployment's observed state is not what its spec asks for, if it is not.
+pub fn drift(spec: &StackSpec, observed: &StackStatus) -> Option<String> {
+    for service in &spec.services {
+        let containers = observed
+            .services
+            .iter()
+            .find(|s| s.service == service.name)
+            .map(|s| s.containers.as_slice())
+            .unwrap_or_default();
+        if containers.len() < service.replicas as usize {
+            return Some(format!(
+                "service {} has {} of {} containers",
+                service.name,
+                containers.len(),
+                service.replicas
+            ));
+        }
+        let one_shot = service.restart == RestartPolicy::No;
+        for container in containers {
+            match container.state {
+                ContainerState::Running | ContainerState::Restarting => {}
+                ContainerState::Exited { code: 0 } if one_shot => {}
+                ContainerState::Exited { code } if one_shot => {
+                    return Some(format!("{} exited with code {code}", container.name));
+                }
+                ref other => return Some(format!("{} is {other:?}, not running", container.name)),
+            }
+            if container.config_hash != service.config_hash() {
+                return Some(format!("{} does not have the deployed configuration", container.name));
+            }
+        }
+    }
+    None
+}
+
+pub struct Reconciler {
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    pub events: Arc<Events>,
+    wake: Notify,
+    in_flight: Mutex<HashSet<Uuid>>,
+    last_repair: Mutex<HashMap<Uuid, std::time::Instant>>,
+}
+
+impl std::fmt::Debug for Reconciler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reconciler")
+    }
+}
+
+impl Reconciler {
+    pub fn new(store: Arc<dyn Store>, hub: Arc<Hub>, events: Arc<Events>) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            hub,
+            events,
+            wake: Notify::new(),
+            in_flight: Mutex::new(HashSet::new()),
+            last_repair: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Asks for a pass soon (after a change of desired state).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            if let Err(error) = self.pass() {
+                tracing::error!(%error, "reconciler pass failed");
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = self.hub.changed() => {}
+                () = tokio::time::sleep(RESYNC) => {}
+                () = &mut shutdown => return,
+            }
+        }
+    }
+
+    fn pass(self: &Arc<Self>) -> Result<(), StoreError> {
+        for deployment in list(self.store.as_ref())? {
+            if self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).contains(&deployment.id) {
+                continue;
+            }
+            if !self.needs_work(&deployment) || !self.hub.is_connected(deployment.target_id) {
+                continue;
+            }
+            self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(deployment.id);
+            let this = self.clone();
+            tokio::spawn(async move {
+                let id = deployment.id;
+                this.work(deployment).await;
+                this.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                this.wake();
+            });
+        }
+        Ok(())
+    }
+
+    fn needs_work(&self, deployment: &Deployment) -> bool {
+        match deployment.desired {
+            Desired::Removed { .. } => deployment.state != State::Removed,
+            Desired::Running if deployment.settled_generation < deployment.generation => true,
+            Desired::Running if deployment.state == State::Running => {
+                let recently = self
+                    .last_repair
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&deployment.id)
+                    .is_some_and(|at| at.elapsed() < REPAIR_BACKOFF);
+                !recently && self.drifted(deployment).is_some()
+            }
+            Desired::Running => false,
+        }
+    }
+
+    fn spec(&self, deployment: &Deployment, version: u32) -> Result<StackSpec, String> {
+        let stack = stacks::get(self.store.as_ref(), deployment.stack_id)
+            .map_err(|e| e.to_string())?
+            .ok_or("the stack was deleted")?;
+        let stored = stacks::version(self.store.as_ref(), stack.id, version)
+            .map_err(|e| e.to_string())?
+            .ok_or(format!("stack version {version} does not exist"))?;
+        let mut spec = stacks::spec_of(&stack, &stored).map_err(|e| e.to_string())?;
+        spec.project = deployment.project.clone();
+        Ok(spec)
+    }
+
+    fn drifted(&self, deployment: &Deployment) -> Option<String> {
+        let observed = self.hub.observed(deployment.id)?;
+        let spec = self.spec(deployment, deployment.version).ok()?;
+        drift(&spec, &observed)
+    }
+
+    async fn work(&self, deployment: Deployment) {
+        match deployment.desired {
+            Desired::Running => self.deploy(deployment).await,
+            Desired::Removed { volumes } => self.remove(deployment, volumes).await,
+        }
+    }
+
+    fn set(&self, id: Uuid, change: impl FnMut(&mut Deployment)) {
+        if let Err(error) = modify(self.store.as_ref(), id, change) {
+            tracing::error!(deployment_id = %id, %error, "could not record a deployment's state");
+        }
+    }
+
+    async fn deploy(&self, deployment: Deployment) {
+        let id = deployment.id;
+        let generation = deployment.generation;
+        let repairing = deployment.settled_generation >= generation;
+        if repairing {
+            let why = self.drifted(&deployment).unwrap_or_default();
+            self.last_repair.lock().unwrap_or_else(|e| e.into_inner()).insert(id, std::time::Instant::now());
+            self.events.append(id, Level::Warning, format!("drift detected: {why}; repairing"), None);
+        }
+        let spec = match self.spec(&deployment, deployment.version) {
+            Ok(spec) => spec,
+            Err(reason) => {
+                self.events.append(id, Level::Error, format!("cannot deploy: {reason}"), None);
+                self.set(id, |d| {
+                    d.state = State::Failed;
+                    d.reason = Some(reason.clone());
+                    d.settled_generation = d.settled_generation.max(generation);
+                });
+                return;
+            }
+        };
+        if !repairing {
+            self.set(id, |d| {
+                d.state = State::Deploying;
+                d.reason = None;
+            });
+            self.events.append(
+                id,
+                Level::Info,
+                format!("deploying version {} of the stack", deployment.version),
+                Some(0),
+            );
+        }
+        match self.run_deploy(&deployment, spec).await {
+            Ok(()) => {
+                self.events.append(
+                    id,
+                    Level::Info,
+                    if repairing {
+                        "drift repaired".to_owned()
+                    } else {
+                        format!("version {} is running", deployment.version)
+                    },
+                    Some(100),
+                );
+                self.set(id, |d| {
+                    d.state = State::Running;
+                    d.reason = None;
+                    d.running_version = Some(deployment.version);
+                    d.settled_generation = d.settled_generation.max(generation);
+                });
+            }
+            Err(HubError::Link(_) | HubError::NotConnected | HubError::Timeout) if !repairing => {
+                let reason = "the target disconnected; the deployment resumes when it is back".to_owned();
+                self.events.append(id, Level::Warning, reason.clone(), None);
+                self.set(id, |d| {
+                    d.state = State::Pending;
+                    d.reason = Some(reason.clone());
+                });
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                self.events.append(id, Level::Error, format!("version {} failed: {reason}", deployment.version), None);
+                self.set(id, |d| {
+                    d.state = State::Failed;
+                    d.reason = Some(reason.clone());
+                    d.settled_generation = d.settled_generation.max(generation);
+                });
+                if let Some(previous) = deployment.running_version.filter(|v| *v != deployment.version) {
+                    self.roll_back(&deployment, previous).await;
+                }
+            }
+        }
+    }
+
+    async fn run_deploy(&self, deployment: &Deployment, spec: StackSpec) -> Result<(), HubError> {
+        let id = deployment.id;
+        let events = self.events.clone();
+        let payload = JobPayload::DeployStack { deployment_id: id, spec };
+        let outcome = self
+            .hub
+            .run_job_with_progress(deployment.target_id, payload, DEPLOY_TIMEOUT, move |step, percent| {
+                events.append(id, Level::Progress, step, percent);
+            })
+            .await?;
+        match outcome {
+            JobOutcome::Succeeded(JobOutput::Stack(status)) => {
+                self.hub.record_observed(status);
+                Ok(())
+            }
+            JobOutcome::Succeeded(_) => Ok(()),
+            JobOutcome::Failed { message } => Err(HubError::JobFailed(message)),
+        }
+    }
+
+    /// Puts the last version that ran back in place after a failed update, so that services the
+    /// failed deploy already changed return to what worked.
+    async fn roll_back(&self, deployment: &Deployment, previous: u32) {
+        let id = deployment.id;
+        self.events.append(id, Level::Warning, format!("rolling back to version {previous}"), None);
+        let spec = match self.spec(deployment, previous) {
+            Ok(spec) => spec,
+            Err(reason) => {
+                self.events.append(id, Level::Error, format!("rollback impossible: {reason}"), None);
+                return;
+            }
+        };
+        match self.run_deploy(deployment, spec).await {
+            Ok(()) => {
+                self.events.append(id, Level::Info, format!("rolled back: version {previous} is running again"), None)
+            }
+            Err(error) => {
+                self.events.append(id, Level::Error, format!("rollback to version {previous} failed: {error}"), None)
+            }
+        }
+    }
+
+    async fn remove(&self, deployment: Deployment, volumes: bool) {
+        let id = deployment.id;
+        self.set(id, |d| d.state = State::Removing);
+        self.events.append(
+            id,
+            Level::Info,
+            if volumes { "removing containers, networks and volumes" } else { "removing containers and networks" },
+            None,
+        );
+        let events = self.events.clone();
+        let payload =
+            JobPayload::RemoveStack { deployment_id: id, project: deployment.project.clone(), remove_volumes: volumes };
+        let outcome = self
+            .hub
+            .run_job_with_progress(deployment.target_id, payload, DEPLOY_TIMEOUT, move |step, percent| {
+                events.append(id, Level::Progress, step, percent);
+            })
+            .await;
+        match outcome {
+            Ok(JobOutcome::Succeeded(_)) => {
+                self.events.append(id, Level::Info, "removed", Some(100));
+                self.set(id, |d| {
+                    d.state = State::Removed;
+                    d.reason = None;
+                    d.settled_generation = d.generation;
+                });
+            }
+            Ok(JobOutcome::Failed { message }) => {
+                self.events.append(id, Level::Error, format!("removal failed: {message}"), None);
+                self.set(id, |d| {
+                    d.state = State::Failed;
+                    d.reason = Some(message.clone());
+                });
+            }
+            Err(error) => {
+                self.events.append(
+                    id,
+                    Level::Warning,
+                    format!("removal interrupted: {error}; retrying when the target is back"),
+                    None,
+                );
+                self.set(id, |d| d.state = State::Removing);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use windflow_protocol::messages::{ContainerStatus, ServiceStatus};
+
+    use super::*;
+
+    fn spec() -> StackSpec {
+        crate::compose::parse(
+            "services:\n  init: { image: a }\n  web: { image: a, restart: always, deploy: { replicas: 2 } }\n",
+            "p",
+            &BTreeMap::new(),
+        )
+        .expect("valid")
+        .spec
+    }
+
+    fn container(spec: &StackSpec, service: &str, n: u32, state: ContainerState) -> ContainerStatus {
+        let hash = spec.services.iter().find(|s| s.name == service).expect("service").config_hash();
+        ContainerStatus {
+            name: format!("p-{service}-{n}"),
+            id: format!("{service}{n}"),
+            state,
+            health: None,
+            restart_count: 0,
+            config_hash: hash,
+        }
+    }
+
+    fn observed(spec: &StackSpec, web: Vec<ContainerStatus>, init: ContainerState) -> StackStatus {
+        StackStatus {
+            deployment_id: Uuid::nil(),
+            project: "p".into(),
+            services: vec![
+                ServiceStatus { service: "init".into(), containers: vec![container(spec, "init", 1, init)] },
+                ServiceStatus { service: "web".into(), containers: web },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_healthy_stack_has_no_drift_and_completed_one_shots_are_fine() {
+        let spec = spec();
+        let web = vec![
+            container(&spec, "web", 1, ContainerState::Running),
+            container(&spec, "web", 2, ContainerState::Running),
+        ];
+        assert_eq!(drift(&spec, &observed(&spec, web, ContainerState::Exited { code: 0 })), None);
+    }
+
+    #[test]
+    fn a_missing_or_stopped_container_is_drift() {
+        let spec = spec();
+        let one = vec![container(&spec, "web", 1, ContainerState::Running)];
+        assert_eq!(
+            drift(&spec, &observed(&spec, one, ContainerState::Exited { code: 0 })),
+            Some("service web has 1 of 2 containers".into())
+        );
+        let stopped = vec![
+            container(&spec, "web", 1, ContainerState::Running),
+            container(&spec, "web", 2, ContainerState::Exited { code: 137 }),
+        ];
+        assert!(
+            drift(&spec, &observed(&spec, stopped, ContainerState::Exited { code: 0 }))
+                .is_some_and(|d| d.contains("p-web-2"))
+        );
+    }
+
+    #[test]
+    fn a_failed_one_shot_is_drift() {
+        let spec = spec();
+        let web = vec![
+            container(&spec, "web", 1, ContainerState::Running),
+            container(&spec, "web", 2, ContainerState::Running),
+        ];
+        assert!(drift(&spec, &observed(&spec, web, ContainerState::Exited { code: 3 })).is_some());
+    }
+}

@@ -1,0 +1,256 @@
+//! Deploying Compose stacks through the API onto a real agent and a real Docker engine.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use windflow_tests::*;
+
+fn compose(image: &str, port: u16, line: &str) -> String {
+    format!(
+        r#"
+services:
+  init:
+    image: {image}
+    command: ["sh", "-c", "echo '<h1>deployed by windflow</h1>' > /www/index.html"]
+    volumes: [site:/www]
+  web:
+    image: {image}
+    command: ["httpd", "-f", "-p", "80", "-h", "/www"]
+    ports: ["127.0.0.1:{port}:80"]
+    volumes: ["site:/www:ro"]
+    depends_on:
+      init: {{ condition: service_completed_successfully }}
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1/"]
+      interval: 1s
+      retries: 10
+    restart: unless-stopped
+    stop_grace_period: 1s
+  worker:
+    image: {image}
+    command: ["sh", "-c", "while true; do echo \"$$LINE\"; sleep 1; done"]
+    environment:
+      LINE: "{line}"
+    depends_on:
+      web: {{ condition: service_healthy }}
+    restart: unless-stopped
+    stop_grace_period: 1s
+volumes:
+  site: {{}}
+"#
+    )
+}
+
+async fn wait_state(cp: &mut ControlPlane, id: &str, want: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (_, deployment) = cp.api(Method::GET, &format!("/deployments/{id}"), None).await;
+        if deployment["state"] == want {
+            return deployment;
+        }
+        if Instant::now() >= deadline {
+            let (_, events) = cp.api(Method::GET, &format!("/deployments/{id}/events"), None).await;
+            panic!("deployment never became {want}: {deployment:#}\nevents: {events:#}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn container_id(deployment: &Value, service: &str) -> String {
+    let services = deployment["services"].as_array().expect("services");
+    let service = services.iter().find(|s| s["name"] == service).expect("service");
+    service["containers"][0]["id"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn messages(cp: &mut ControlPlane, id: &str) -> Vec<String> {
+    let (_, events) = cp.api(Method::GET, &format!("/deployments/{id}/events"), None).await;
+    events["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+async fn page(port: u16) -> Option<String> {
+    reqwest::get(format!("http://127.0.0.1:{port}/")).await.ok()?.text().await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stack_deploys_updates_rolls_back_heals_and_is_removed() {
+    let image = busybox_image();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cp = ControlPlane::start(dir.path()).await;
+    let token = cp.join_token(1, 600).await;
+    let mut agent =
+        Agent::enroll(&cp, &dir.path().join("agent"), token["token"].as_str().expect("token")).expect("enrolls");
+    agent.start();
+    let target = agent.id();
+    let port = free_tcp_port();
+    let name = format!("shop-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+
+    let (status, stack) = cp
+        .api(Method::POST, "/stacks", Some(json!({"name": name, "compose": compose(&image, port, "first line")})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{stack}");
+    let stack_id = stack["id"].as_str().expect("id").to_owned();
+
+    // Deploy: accepted at once, then running.
+    let (status, deployment) = cp.api(Method::POST, &format!("/stacks/{stack_id}/deploy/{target}"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{deployment}");
+    assert!(["pending", "deploying"].contains(&deployment["state"].as_str().expect("state")), "{deployment}");
+    let id = deployment["id"].as_str().expect("id").to_owned();
+    let running = wait_state(&mut cp, &id, "running", Duration::from_secs(60)).await;
+    assert!(page(port).await.expect("web answers").contains("deployed by windflow"));
+    let web = container_id(&running, "web");
+    let worker = container_id(&running, "worker");
+    assert!(!web.is_empty() && !worker.is_empty(), "{running:#}");
+    let log = messages(&mut cp, &id).await;
+    for expected in ["waiting for init to complete", "waiting for web to be healthy", "version 1 is running"] {
+        assert!(log.iter().any(|m| m.contains(expected)), "{expected} missing from {log:#?}");
+    }
+
+    // The live event stream replays history then follows.
+    let response = cp
+        .http()
+        .get(cp.url(&format!("/api/v1/deployments/{id}/events?follow=true")))
+        .bearer_auth(admin_token(&mut cp).await)
+        .send()
+        .await
+        .expect("sse");
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.bytes_stream();
+    use futures_util::StreamExt;
+    let first = tokio::time::timeout(Duration::from_secs(5), body.next())
+        .await
+        .expect("an event")
+        .expect("chunk")
+        .expect("bytes");
+    assert!(String::from_utf8_lossy(&first).contains("event: deployment"));
+    drop(body);
+
+    // Update only the worker: web keeps its container.
+    let (status, _) = cp
+        .api(
+            Method::PUT,
+            &format!("/stacks/{stack_id}"),
+            Some(json!({"compose": compose(&image, port, "second line")})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = cp.api(Method::POST, &format!("/stacks/{stack_id}/deploy/{target}"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let updated = wait_until(&mut cp, &id, |d| d["state"] == "running" && d["running_version"] == 2).await;
+    assert_eq!(container_id(&updated, "web"), web, "web untouched by the worker's change");
+    assert_ne!(container_id(&updated, "worker"), worker, "worker recreated");
+
+    // Roll back to version 1.
+    let (status, rolled) = cp.api(Method::POST, &format!("/deployments/{id}/rollback"), None).await;
+    assert_eq!((status, rolled["version"].clone()), (StatusCode::ACCEPTED, json!(1)));
+    let back = wait_until(&mut cp, &id, |d| d["state"] == "running" && d["running_version"] == 1).await;
+    assert_eq!(container_id(&back, "web"), web);
+
+    // A container removed by hand comes back on its own.
+    assert!(std::process::Command::new("docker").args(["rm", "-f", &web]).status().expect("docker").success());
+    let healed = wait_until(&mut cp, &id, |d| {
+        let id = container_id(d, "web");
+        !id.is_empty() && id != web
+    })
+    .await;
+    assert_eq!(healed["state"], "running");
+    assert!(eventually(Duration::from_secs(10), || async { page(port).await.is_some() }).await, "web serves again");
+    let log = messages(&mut cp, &id).await;
+    assert!(log.iter().any(|m| m.starts_with("drift detected")), "{log:#?}");
+
+    // Remove with volumes: nothing labelled with the project is left.
+    let project = running["project"].as_str().expect("project").to_owned();
+    let (status, _) = cp.api(Method::DELETE, &format!("/deployments/{id}?volumes=true"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    wait_state(&mut cp, &id, "removed", Duration::from_secs(60)).await;
+    assert!(docker_objects(&project).is_empty(), "{:?}", docker_objects(&project));
+    let (_, listed) = cp.api(Method::GET, "/deployments?state=removed", None).await;
+    assert_eq!(listed["total"], 1);
+}
+
+async fn wait_for_message(cp: &mut ControlPlane, id: &str, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = messages(cp, id).await;
+        if log.iter().any(|m| m.contains(text)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{text:?} never appeared in {log:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn admin_token(cp: &mut ControlPlane) -> String {
+    let (_, login) = cp
+        .call_with(
+            None,
+            Method::POST,
+            "/api/v1/auth/login",
+            Some(json!({"username": "admin", "password": ADMIN_PASSWORD})),
+        )
+        .await;
+    login["access_token"].as_str().expect("token").to_owned()
+}
+
+async fn wait_until(cp: &mut ControlPlane, id: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, deployment) = cp.api(Method::GET, &format!("/deployments/{id}"), None).await;
+        if check(&deployment) {
+            return deployment;
+        }
+        assert!(Instant::now() < deadline, "condition never held: {deployment:#}\n{:#?}", messages(cp, id).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_to_a_disconnected_target_waits_and_a_failed_update_rolls_back() {
+    let image = busybox_image();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cp = ControlPlane::start(dir.path()).await;
+    let token = cp.join_token(1, 600).await;
+    let mut agent =
+        Agent::enroll(&cp, &dir.path().join("agent"), token["token"].as_str().expect("token")).expect("enrolls");
+    let target = agent.id();
+    let name = format!("api-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let good = format!(
+        "services:\n  app:\n    image: {image}\n    command: [\"sleep\", \"3600\"]\n    stop_grace_period: 1s\n"
+    );
+    let (_, stack) = cp.api(Method::POST, "/stacks", Some(json!({"name": name, "compose": good}))).await;
+    let stack_id = stack["id"].as_str().expect("id").to_owned();
+
+    // The agent is not running: the deploy is accepted and stays pending.
+    let (status, deployment) = cp.api(Method::POST, &format!("/stacks/{stack_id}/deploy/{target}"), None).await;
+    assert_eq!(
+        (status, deployment["state"].clone(), deployment["target_connected"].clone()),
+        (StatusCode::ACCEPTED, json!("pending"), json!(false))
+    );
+    let id = deployment["id"].as_str().expect("id").to_owned();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(cp.api(Method::GET, &format!("/deployments/{id}"), None).await.1["state"], "pending");
+    agent.start();
+    let running = wait_state(&mut cp, &id, "running", Duration::from_secs(60)).await;
+    let app = container_id(&running, "app");
+
+    // Version 2 adds a service whose image does not exist: it fails with Docker's message and
+    // version 1 is put back.
+    let broken = format!("{good}  extra:\n    image: windflow-test/missing:0\n    pull_policy: never\n");
+    let (status, _) = cp.api(Method::PUT, &format!("/stacks/{stack_id}"), Some(json!({"compose": broken}))).await;
+    assert_eq!(status, StatusCode::OK);
+    cp.api(Method::POST, &format!("/stacks/{stack_id}/deploy/{target}"), None).await;
+    let failed = wait_state(&mut cp, &id, "failed", Duration::from_secs(60)).await;
+    assert!(failed["reason"].as_str().expect("reason").contains("windflow-test/missing:0"), "{failed:#}");
+    wait_for_message(&mut cp, &id, "rolled back: version 1 is running again").await;
+    let after = cp.api(Method::GET, &format!("/deployments/{id}"), None).await.1;
+    assert_eq!(container_id(&after, "app"), app, "the unchanged service kept running");
+    let project = after["project"].as_str().expect("project").to_owned();
+    cp.api(Method::DELETE, &format!("/deployments/{id}?volumes=true"), None).await;
+    wait_state(&mut cp, &id, "removed", Duration::from_secs(60)).await;
+    assert!(docker_objects(&project).is_empty());
+}
