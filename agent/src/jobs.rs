@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::VerifyingKey;
+use tokio::sync::mpsc;
 use uuid::Uuid;
-use windflow_protocol::messages::{JobOutcome, JobOutput};
+use windflow_protocol::messages::{JobOutcome, JobOutput, LogChunk};
 use windflow_protocol::{JobEnvelope, JobPayload, JobRejection, SignedJob};
 
 use crate::driver::ProgressSender;
@@ -77,7 +78,14 @@ impl Executor {
         self.deployments.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(id, p)| (*id, p.clone())).collect()
     }
 
-    pub async fn execute(&self, payload: &JobPayload, progress: &ProgressSender) -> JobOutcome {
+    /// Runs a job. Progress goes to `progress`; log lines of a `StreamLogs` job go to `logs`,
+    /// and the job ends when `logs` is closed (the control plane stopped listening).
+    pub async fn execute(
+        &self,
+        payload: &JobPayload,
+        progress: &ProgressSender,
+        logs: &mpsc::Sender<LogChunk>,
+    ) -> JobOutcome {
         let failed = |e: DockerError| JobOutcome::Failed { message: e.to_string() };
         match payload {
             JobPayload::CollectFacts => JobOutcome::Succeeded(JobOutput::Facts(crate::facts::collect().await)),
@@ -89,6 +97,22 @@ impl Executor {
                         Ok(status) => {
                             self.track(*deployment_id, Some(&spec.project));
                             JobOutcome::Succeeded(JobOutput::Stack(status))
+                        }
+                        Err(e) => failed(e),
+                    },
+                    Err(e) => failed(e),
+                }
+            }
+            JobPayload::StreamLogs { project, service, tail, since_unix_s, follow } => {
+                match DockerDriver::connect().await {
+                    Ok(driver) => match driver.logs(project, service.as_deref(), *tail, *since_unix_s, *follow).await {
+                        Ok(mut chunks) => {
+                            while let Some(chunk) = chunks.recv().await {
+                                if logs.send(chunk).await.is_err() {
+                                    break;
+                                }
+                            }
+                            JobOutcome::Succeeded(JobOutput::None)
                         }
                         Err(e) => failed(e),
                     },

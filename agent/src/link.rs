@@ -334,13 +334,27 @@ async fn handle_job(
             // The job runs to its end even if the control plane stops listening: it is
             // journalled as applied, so it must really be applied.
             let (progress, mut steps) = mpsc::unbounded_channel();
-            let run = executor.execute(&envelope.payload, &progress);
+            let (logs, mut lines) = mpsc::channel(64);
+            let run = executor.execute(&envelope.payload, &progress, &logs);
             tokio::pin!(run);
+            // The control plane stops a log stream by stopping its end of this stream.
+            let stopped = send.stopped();
+            tokio::pin!(stopped);
+            let mut stop_seen = false;
             let outcome = loop {
                 tokio::select! {
                     outcome = &mut run => break outcome,
                     Some((step, percent)) = steps.recv() => {
                         let _ = write_frame(&mut send, &JobEvent::Progress { job_id, step, percent }, MAX_FRAME_LEN).await;
+                    }
+                    Some(chunk) = lines.recv() => {
+                        if write_frame(&mut send, &JobEvent::Log(chunk), MAX_FRAME_LEN).await.is_err() {
+                            lines.close();
+                        }
+                    }
+                    _ = &mut stopped, if !stop_seen => {
+                        stop_seen = true;
+                        lines.close();
                     }
                 }
             };

@@ -430,6 +430,36 @@ impl Hub {
         }
     }
 
+    /// Signs a job, opens its stream and sends it; the caller reads the job's events. Dropping
+    /// or stopping the receive side tells the agent to stop (used by log follows).
+    pub async fn open_job(
+        &self,
+        agent_id: Uuid,
+        payload: JobPayload,
+        validity: Duration,
+    ) -> Result<quinn::RecvStream, HubError> {
+        let connection = self.lock_live().get(&agent_id).map(|l| l.connection.clone()).ok_or(HubError::NotConnected)?;
+        let now = unix_ms();
+        let envelope = JobEnvelope {
+            job_id: Uuid::now_v7(),
+            agent_id,
+            issued_at_unix_ms: now,
+            expires_at_unix_ms: now + u64::try_from(validity.as_millis()).unwrap_or(u64::MAX),
+            payload,
+        };
+        let signed = envelope.sign(self.pki.job_key());
+        let (mut send, recv) = connection.open_bi().await.map_err(|e| HubError::Link(e.to_string()))?;
+        write_frame(&mut send, &JobRequest::Job(signed), self.config.max_frame)
+            .await
+            .map_err(|e| HubError::Link(e.to_string()))?;
+        let _ = send.finish();
+        Ok(recv)
+    }
+
+    pub fn max_frame(&self) -> usize {
+        self.config.max_frame
+    }
+
     /// Signs a job for the agent, sends it on a new stream and waits for its outcome.
     pub async fn run_job(
         &self,
@@ -448,22 +478,8 @@ impl Hub {
         timeout: Duration,
         mut on_progress: impl FnMut(String, Option<u8>) + Send,
     ) -> Result<JobOutcome, HubError> {
-        let connection = self.lock_live().get(&agent_id).map(|l| l.connection.clone()).ok_or(HubError::NotConnected)?;
-        let now = unix_ms();
-        let envelope = JobEnvelope {
-            job_id: Uuid::now_v7(),
-            agent_id,
-            issued_at_unix_ms: now,
-            expires_at_unix_ms: now + u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            payload,
-        };
-        let signed = envelope.sign(self.pki.job_key());
         let exchange = async {
-            let (mut send, mut recv) = connection.open_bi().await.map_err(|e| HubError::Link(e.to_string()))?;
-            write_frame(&mut send, &JobRequest::Job(signed), self.config.max_frame)
-                .await
-                .map_err(|e| HubError::Link(e.to_string()))?;
-            let _ = send.finish();
+            let mut recv = self.open_job(agent_id, payload, timeout).await?;
             loop {
                 match read_frame::<JobEvent, _>(&mut recv, self.config.max_frame).await {
                     Ok(Some(JobEvent::Completed { outcome, .. })) => return Ok(outcome),

@@ -14,6 +14,7 @@ pub mod deployments;
 pub mod fsutil;
 pub mod hub;
 pub mod join_tokens;
+pub mod logs;
 pub mod metrics;
 pub mod pki;
 pub mod secrets;

@@ -22,7 +22,8 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn render(&self, connected_agents: usize) -> String {
+    /// The counters, then the given gauges as (name, help, value).
+    pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
         let mut out = String::new();
         let counters = [
             (
@@ -56,10 +57,9 @@ impl Metrics {
             let _ =
                 writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
         }
-        let _ = writeln!(
-            out,
-            "# HELP windflow_agents_connected Agents with a live session.\n# TYPE windflow_agents_connected gauge\nwindflow_agents_connected {connected_agents}"
-        );
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
         out
     }
 }

@@ -102,6 +102,7 @@ pub async fn serve(
         hub: hub.clone(),
         auth,
         reconciler: reconciler.clone(),
+        logs: crate::logs::LogHub::new(hub.clone()),
         settings: Arc::new(settings.clone()),
     };
 

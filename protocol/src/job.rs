@@ -26,6 +26,10 @@ pub enum JobPayload {
     DeployStack { deployment_id: Uuid, spec: crate::stack::StackSpec },
     /// Remove everything labelled with the project; named volumes only when asked.
     RemoveStack { deployment_id: Uuid, project: String, remove_volumes: bool },
+    /// Stream the logs of the project's containers as `JobEvent::Log` frames: the last `tail`
+    /// lines (all when `None`) since `since_unix_s`, then, with `follow`, new lines until the
+    /// control plane closes the stream.
+    StreamLogs { project: String, service: Option<String>, tail: Option<u32>, since_unix_s: Option<i64>, follow: bool },
 }
 
 impl JobPayload {
@@ -35,6 +39,7 @@ impl JobPayload {
             JobPayload::CollectFacts => "collect_facts",
             JobPayload::DeployStack { .. } => "deploy_stack",
             JobPayload::RemoveStack { .. } => "remove_stack",
+            JobPayload::StreamLogs { .. } => "stream_logs",
         }
     }
 }

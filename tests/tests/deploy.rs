@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use windflow_tests::*;
@@ -111,6 +112,48 @@ async fn a_stack_deploys_updates_rolls_back_heals_and_is_removed() {
         assert!(log.iter().any(|m| m.contains(expected)), "{expected} missing from {log:#?}");
     }
 
+    // Logs: the last lines of one service.
+    let (status, tail) = cp.api(Method::GET, &format!("/deployments/{id}/logs?service=worker&tail=3"), None).await;
+    assert_eq!(status, StatusCode::OK, "{tail}");
+    let lines = tail["items"].as_array().expect("items");
+    assert!(!lines.is_empty() && lines.len() <= 3, "{tail}");
+    assert!(
+        lines.iter().all(|l| l["line"] == "first line" && l["service"] == "worker" && l["at"].is_string()),
+        "{tail}"
+    );
+    let (status, bad) = cp.api(Method::GET, &format!("/deployments/{id}/logs?service=nope"), None).await;
+    assert_eq!((status, bad["error"]["field"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("service")));
+
+    // Two followers share one agent stream and both see new lines; when both leave, it closes.
+    let token = admin_token(&mut cp).await;
+    let follow_url = cp.url(&format!("/api/v1/deployments/{id}/logs?service=worker&follow=true&tail=0"));
+    let mut followers = Vec::new();
+    for _ in 0..2 {
+        let response = cp.http().get(&follow_url).bearer_auth(&token).send().await.expect("follow");
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        followers.push(response.bytes_stream());
+    }
+    assert_eq!(cp.metric("windflow_log_follows_open").await, 1, "one shared agent stream");
+    for follower in &mut followers {
+        let mut seen = String::new();
+        let found = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(Ok(bytes)) = follower.next().await {
+                seen.push_str(&String::from_utf8_lossy(&bytes));
+                if seen.contains("event: log") && seen.contains("first line") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(found, Ok(true), "{seen}");
+    }
+    drop(followers);
+    assert!(
+        eventually(Duration::from_secs(5), || async { cp.metric("windflow_log_follows_open").await == 0 }).await,
+        "the agent stream is closed"
+    );
+
     // The live event stream replays history then follows.
     let response = cp
         .http()
@@ -121,7 +164,6 @@ async fn a_stack_deploys_updates_rolls_back_heals_and_is_removed() {
         .expect("sse");
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut body = response.bytes_stream();
-    use futures_util::StreamExt;
     let first = tokio::time::timeout(Duration::from_secs(5), body.next())
         .await
         .expect("an event")

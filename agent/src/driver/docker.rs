@@ -17,11 +17,13 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions, ListNetworksOptions,
-    ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions,
+    ListVolumesOptions, LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions,
 };
 use futures_util::StreamExt;
 use uuid::Uuid;
-use windflow_protocol::messages::{ContainerState, ContainerStatus, HealthState, ServiceStatus, StackStatus};
+use windflow_protocol::messages::{
+    ContainerState, ContainerStatus, HealthState, LogChunk, LogStream, ServiceStatus, StackStatus,
+};
 use windflow_protocol::stack::{
     DependencyCondition, MountSource, Protocol, PullPolicy, RestartPolicy, ServiceSpec, StackSpec,
 };
@@ -611,6 +613,47 @@ impl DockerDriver {
         })
     }
 
+    /// The logs of the project's containers (of one service, or all), merged into one channel.
+    /// With `follow`, containers that appear later (recreated by an update or a repair) are
+    /// joined as they start. Dropping the receiver stops everything.
+    pub async fn logs(
+        &self,
+        project: &str,
+        service: Option<&str>,
+        tail: Option<u32>,
+        since_unix_s: Option<i64>,
+        follow: bool,
+    ) -> Result<tokio::sync::mpsc::Receiver<LogChunk>, DockerError> {
+        let (out, chunks) = tokio::sync::mpsc::channel(256);
+        let wanted = |c: &Existing| service.is_none_or(|s| c.service == s);
+        let initial: Vec<Existing> = self.existing(project).await?.into_iter().filter(wanted).collect();
+        let mut attached: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for container in initial {
+            attached.insert(container.id.clone());
+            tokio::spawn(pipe_logs(self.docker.clone(), container, tail, since_unix_s, follow, out.clone()));
+        }
+        if follow {
+            let driver = self.clone();
+            let project = project.to_owned();
+            let service = service.map(str::to_owned);
+            tokio::spawn(async move {
+                while !out.is_closed() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let Ok(containers) = driver.existing(&project).await else { continue };
+                    for container in
+                        containers.into_iter().filter(|c| service.as_deref().is_none_or(|s| c.service == s))
+                    {
+                        if attached.insert(container.id.clone()) {
+                            // A newcomer: all of its lines, it started after the follow did.
+                            tokio::spawn(pipe_logs(driver.docker.clone(), container, None, None, true, out.clone()));
+                        }
+                    }
+                }
+            });
+        }
+        Ok(chunks)
+    }
+
     /// Deployments this engine runs for WindFlow (id → project), found by their labels on
     /// containers and networks, so an agent restart knows them again.
     pub async fn managed(&self) -> Result<HashMap<Uuid, String>, DockerError> {
@@ -683,6 +726,54 @@ impl DockerDriver {
     }
 }
 
+/// Copies one container's log lines into `out` until they end or `out` is closed. The engine
+/// follows its own log files across rotation.
+async fn pipe_logs(
+    docker: Docker,
+    container: Existing,
+    tail: Option<u32>,
+    since_unix_s: Option<i64>,
+    follow: bool,
+    out: tokio::sync::mpsc::Sender<LogChunk>,
+) {
+    use bollard::container::LogOutput;
+    let options = LogsOptions {
+        follow,
+        stdout: true,
+        stderr: true,
+        timestamps: true,
+        since: since_unix_s.and_then(|s| i32::try_from(s).ok()).unwrap_or(0),
+        tail: tail.map_or_else(|| "all".to_owned(), |t| t.to_string()),
+        ..Default::default()
+    };
+    let mut stream = docker.logs(&container.id, Some(options));
+    while let Some(item) = stream.next().await {
+        let (kind, bytes) = match item {
+            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => (LogStream::Stdout, message),
+            Ok(LogOutput::StdErr { message }) => (LogStream::Stderr, message),
+            Ok(LogOutput::StdIn { .. }) => continue,
+            Err(_) => return,
+        };
+        let (timestamp_unix_ms, data) = split_timestamp(&bytes);
+        let chunk = LogChunk { source: container.name.clone(), stream: kind, timestamp_unix_ms, data: data.to_vec() };
+        if out.send(chunk).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Splits the RFC 3339 timestamp the engine puts before each line (`timestamps=true`).
+fn split_timestamp(line: &[u8]) -> (u64, &[u8]) {
+    let Some(space) = line.iter().position(|b| *b == b' ') else { return (0, line) };
+    let parsed = std::str::from_utf8(&line[..space])
+        .ok()
+        .and_then(|s| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok());
+    match parsed {
+        Some(at) => (u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0), &line[space + 1..]),
+        None => (0, line),
+    }
+}
+
 /// `Some(Ok)` when every container of the dependency is healthy, `Some(Err)` when one can no
 /// longer become healthy, `None` while it may still.
 fn healthy_verdict(service: &str, containers: &[ContainerStatus]) -> Option<Result<(), String>> {
@@ -736,6 +827,15 @@ fn split_image(image: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_lines_lose_their_engine_timestamp() {
+        assert_eq!(
+            split_timestamp(b"2026-11-25T16:54:16.123456789Z hello world\n"),
+            (1_795_625_656_123, &b"hello world\n"[..])
+        );
+        assert_eq!(split_timestamp(b"no timestamp here"), (0, &b"no timestamp here"[..]));
+    }
 
     #[test]
     fn image_references_split_into_repository_and_tag() {

@@ -29,6 +29,7 @@ pub fn routes() -> Router<AppState> {
         .route("/deployments/{id}", get(show).delete(remove))
         .route("/deployments/{id}/rollback", post(rollback))
         .route("/deployments/{id}/events", get(events))
+        .route("/deployments/{id}/logs", get(logs))
 }
 
 fn load(state: &AppState, raw: &str) -> Result<Deployment, ApiError> {
@@ -350,4 +351,98 @@ async fn events(
 
 fn sse(event: &Event) -> SseEvent {
     SseEvent::default().event("deployment").id(event.seq.to_string()).data(event_json(event).to_string())
+}
+
+#[derive(Debug, Deserialize)]
+struct LogsQuery {
+    service: Option<String>,
+    tail: Option<u32>,
+    /// Unix seconds or RFC 3339.
+    since: Option<String>,
+    #[serde(default = "yes")]
+    timestamps: bool,
+    #[serde(default)]
+    follow: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn parse_since(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .ok()
+        .or_else(|| {
+            time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+                .ok()
+                .map(|t| t.unix_timestamp())
+        })
+        .ok_or_else(|| ApiError::invalid("since", "since must be Unix seconds or an RFC 3339 time"))
+}
+
+fn line_json(line: &crate::logs::LogLine, timestamps: bool) -> Value {
+    let mut value = json!({
+        "service": line.service,
+        "container": line.container,
+        "stream": match line.stream { windflow_protocol::messages::LogStream::Stdout => "stdout", windflow_protocol::messages::LogStream::Stderr => "stderr" },
+        "line": line.text,
+    });
+    if timestamps {
+        value["at"] = json!(rfc3339_ms(line.at_unix_ms));
+    }
+    value
+}
+
+/// Logs of a deployment's containers: the last lines as JSON, or with `follow=true` those
+/// lines and then new ones as Server-Sent Events (`log`, and `skipped` when this follower
+/// fell behind).
+async fn logs(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(id): Path<String>,
+    Query(query): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let deployment = load(&state, &id)?;
+    let since = query.since.as_deref().map(parse_since).transpose()?;
+    if let Some(service) = &query.service {
+        let known = stacks::get(state.store.as_ref(), deployment.stack_id)?
+            .and_then(|stack| {
+                stacks::version(state.store.as_ref(), stack.id, deployment.version).ok().flatten().map(|v| (stack, v))
+            })
+            .and_then(|(stack, version)| stacks::spec_of(&stack, &version).ok())
+            .is_some_and(|spec| spec.services.iter().any(|s| &s.name == service));
+        if !known {
+            return Err(ApiError::invalid("service", format!("the deployment has no service {service:?}")));
+        }
+    }
+    let source = crate::logs::Source {
+        deployment_id: deployment.id,
+        target_id: deployment.target_id,
+        project: deployment.project.clone(),
+        service: query.service.clone(),
+    };
+    let timestamps = query.timestamps;
+    if !query.follow {
+        let lines = state.logs.fetch(&source, Some(query.tail.unwrap_or(1000)), since).await?;
+        return Ok(Json(json!({ "items": lines.iter().map(|l| line_json(l, timestamps)).collect::<Vec<_>>() }))
+            .into_response());
+    }
+    // Subscribe first, then read the tail: a line may show twice, none goes missing.
+    let live = state.logs.follow(&source).await?;
+    let history = state.logs.fetch(&source, Some(query.tail.unwrap_or(100)), since).await?;
+    let past = stream::iter(history.into_iter().map(move |l| {
+        Ok::<_, Infallible>(SseEvent::default().event("log").data(line_json(&l, timestamps).to_string()))
+    }));
+    let future = stream::unfold(live, move |mut live| async move {
+        match live.recv().await {
+            Ok(line) => {
+                Some((Ok(SseEvent::default().event("log").data(line_json(&line, timestamps).to_string())), live))
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(skipped)) => {
+                Some((Ok(SseEvent::default().event("skipped").data(json!({ "skipped": skipped }).to_string())), live))
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+        }
+    });
+    Ok(Sse::new(past.chain(future)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
 }

@@ -30,6 +30,9 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::V
 async fn metrics(State(state): State<AppState>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     (
         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.hub.metrics.render(state.hub.connected_count()),
+        state.hub.metrics.render(&[
+            ("windflow_agents_connected", "Agents with a live session.", state.hub.connected_count() as u64),
+            ("windflow_log_follows_open", "Agent log streams open for followers.", state.logs.open_follows() as u64),
+        ]),
     )
 }

@@ -48,6 +48,7 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub auth: Arc<Auth>,
     pub reconciler: Arc<crate::deployments::Reconciler>,
+    pub logs: Arc<crate::logs::LogHub>,
     pub settings: Arc<Settings>,
 }
 
