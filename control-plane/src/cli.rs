@@ -124,6 +124,53 @@ impl Client {
         bail!("not authorised; log in again")
     }
 
+    /// Opens a Server-Sent Events stream and calls `on_event(event, data)` for each event until
+    /// it returns false or the stream ends.
+    pub async fn follow(&mut self, path: &str, mut on_event: impl FnMut(&str, &Value) -> bool) -> anyhow::Result<()> {
+        use futures_util::StreamExt;
+        let mut response = None;
+        for attempt in 0..2 {
+            let sent = self
+                .http
+                .get(format!("{}/api/v1{path}", self.config.server))
+                .bearer_auth(&self.config.access_token)
+                .send()
+                .await?;
+            if sent.status() == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
+                self.refresh().await?;
+                continue;
+            }
+            if !sent.status().is_success() {
+                answer(sent).await?;
+                bail!("the stream could not be opened");
+            }
+            response = Some(sent);
+            break;
+        }
+        let Some(response) = response else { bail!("not authorised; log in again") };
+        let mut body = response.bytes_stream();
+        let mut buffer = String::new();
+        let mut event = String::from("message");
+        while let Some(chunk) = body.next().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk?));
+            while let Some(end) = buffer.find('\n') {
+                let line: String = buffer.drain(..=end).collect();
+                let line = line.trim_end_matches(['\r', '\n']);
+                if let Some(name) = line.strip_prefix("event:") {
+                    event = name.trim().to_owned();
+                } else if let Some(data) = line.strip_prefix("data:") {
+                    let value: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+                    if !on_event(&event, &value) {
+                        return Ok(());
+                    }
+                } else if line.is_empty() {
+                    event = "message".into();
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn refresh(&mut self) -> anyhow::Result<()> {
         let tokens = answer(
             self.http

@@ -110,6 +110,9 @@ pub struct Event {
     pub level: Level,
     pub message: String,
     pub percent: Option<u8>,
+    /// Set on the event that ends an operation: the state it ended in.
+    #[serde(default)]
+    pub outcome: Option<State>,
 }
 
 impl Record for Event {
@@ -165,7 +168,24 @@ impl Events {
         Self { store, next_seq: Mutex::new(HashMap::new()), live: broadcast::channel(4096).0 }
     }
 
-    pub fn append(&self, deployment_id: Uuid, level: Level, message: impl Into<String>, percent: Option<u8>) {
+    /// Appends an event and returns its sequence number.
+    pub fn append(&self, deployment_id: Uuid, level: Level, message: impl Into<String>, percent: Option<u8>) -> u64 {
+        self.record(deployment_id, level, message.into(), percent, None)
+    }
+
+    /// Appends the event that ends an operation, with the state it ended in.
+    pub fn finish(&self, deployment_id: Uuid, level: Level, message: impl Into<String>, outcome: State) {
+        self.record(deployment_id, level, message.into(), None, Some(outcome));
+    }
+
+    fn record(
+        &self,
+        deployment_id: Uuid,
+        level: Level,
+        message: String,
+        percent: Option<u8>,
+        outcome: Option<State>,
+    ) -> u64 {
         let seq = {
             let mut next = self.next_seq.lock().unwrap_or_else(|e| e.into_inner());
             let seq = match next.get(&deployment_id) {
@@ -175,11 +195,12 @@ impl Events {
             next.insert(deployment_id, seq + 1);
             seq
         };
-        let event = Event { deployment_id, seq, at_unix_ms: unix_ms(), level, message: message.into(), percent };
+        let event = Event { deployment_id, seq, at_unix_ms: unix_ms(), level, message, percent, outcome };
         if let Err(error) = self.store.save(&event) {
             tracing::error!(%deployment_id, %error, "could not store a deployment event");
         }
         let _ = self.live.send(event);
+        seq
     }
 
     /// Stored events with a sequence number above `after`.
@@ -363,7 +384,7 @@ impl Reconciler {
         let spec = match self.spec(&deployment, deployment.version) {
             Ok(spec) => spec,
             Err(reason) => {
-                self.events.append(id, Level::Error, format!("cannot deploy: {reason}"), None);
+                self.events.finish(id, Level::Error, format!("cannot deploy: {reason}"), State::Failed);
                 self.set(id, |d| {
                     d.state = State::Failed;
                     d.reason = Some(reason.clone());
@@ -386,16 +407,12 @@ impl Reconciler {
         }
         match self.run_deploy(&deployment, spec).await {
             Ok(()) => {
-                self.events.append(
-                    id,
-                    Level::Info,
-                    if repairing {
-                        "drift repaired".to_owned()
-                    } else {
-                        format!("version {} is running", deployment.version)
-                    },
-                    Some(100),
-                );
+                let message = if repairing {
+                    "drift repaired".to_owned()
+                } else {
+                    format!("version {} is running", deployment.version)
+                };
+                self.events.finish(id, Level::Info, message, State::Running);
                 self.set(id, |d| {
                     d.state = State::Running;
                     d.reason = None;
@@ -405,7 +422,7 @@ impl Reconciler {
             }
             Err(HubError::Link(_) | HubError::NotConnected | HubError::Timeout) if !repairing => {
                 let reason = "the target disconnected; the deployment resumes when it is back".to_owned();
-                self.events.append(id, Level::Warning, reason.clone(), None);
+                self.events.finish(id, Level::Warning, reason.clone(), State::Pending);
                 self.set(id, |d| {
                     d.state = State::Pending;
                     d.reason = Some(reason.clone());
@@ -413,13 +430,20 @@ impl Reconciler {
             }
             Err(error) => {
                 let reason = error.to_string();
-                self.events.append(id, Level::Error, format!("version {} failed: {reason}", deployment.version), None);
+                let failure = format!("version {} failed: {reason}", deployment.version);
+                let previous = deployment.running_version.filter(|v| *v != deployment.version);
+                match previous {
+                    Some(_) => {
+                        self.events.append(id, Level::Error, failure, None);
+                    }
+                    None => self.events.finish(id, Level::Error, failure, State::Failed),
+                }
                 self.set(id, |d| {
                     d.state = State::Failed;
                     d.reason = Some(reason.clone());
                     d.settled_generation = d.settled_generation.max(generation);
                 });
-                if let Some(previous) = deployment.running_version.filter(|v| *v != deployment.version) {
+                if let Some(previous) = previous {
                     self.roll_back(&deployment, previous).await;
                 }
             }
@@ -454,17 +478,23 @@ impl Reconciler {
         let spec = match self.spec(deployment, previous) {
             Ok(spec) => spec,
             Err(reason) => {
-                self.events.append(id, Level::Error, format!("rollback impossible: {reason}"), None);
+                self.events.finish(id, Level::Error, format!("rollback impossible: {reason}"), State::Failed);
                 return;
             }
         };
         match self.run_deploy(deployment, spec).await {
-            Ok(()) => {
-                self.events.append(id, Level::Info, format!("rolled back: version {previous} is running again"), None)
-            }
-            Err(error) => {
-                self.events.append(id, Level::Error, format!("rollback to version {previous} failed: {error}"), None)
-            }
+            Ok(()) => self.events.finish(
+                id,
+                Level::Info,
+                format!("rolled back: version {previous} is running again"),
+                State::Failed,
+            ),
+            Err(error) => self.events.finish(
+                id,
+                Level::Error,
+                format!("rollback to version {previous} failed: {error}"),
+                State::Failed,
+            ),
         }
     }
 
@@ -488,7 +518,7 @@ impl Reconciler {
             .await;
         match outcome {
             Ok(JobOutcome::Succeeded(_)) => {
-                self.events.append(id, Level::Info, "removed", Some(100));
+                self.events.finish(id, Level::Info, "removed", State::Removed);
                 self.set(id, |d| {
                     d.state = State::Removed;
                     d.reason = None;
@@ -496,7 +526,7 @@ impl Reconciler {
                 });
             }
             Ok(JobOutcome::Failed { message }) => {
-                self.events.append(id, Level::Error, format!("removal failed: {message}"), None);
+                self.events.finish(id, Level::Error, format!("removal failed: {message}"), State::Failed);
                 self.set(id, |d| {
                     d.state = State::Failed;
                     d.reason = Some(message.clone());

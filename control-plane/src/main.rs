@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use reqwest::Method;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use windflow_control_plane::cli::Client;
 use windflow_control_plane::server::{ServeConfig, serve};
 
@@ -45,6 +46,154 @@ enum Command {
         #[command(subcommand)]
         command: TargetsCommand,
     },
+    /// Compose stacks.
+    Stack {
+        #[command(subcommand)]
+        command: StackCommand,
+    },
+    /// Deployments of stacks onto targets.
+    Deployments {
+        #[command(subcommand)]
+        command: DeploymentsCommand,
+    },
+    /// Show a deployment's logs.
+    Logs {
+        deployment: String,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
+    },
+    /// Return a deployment to its previous stack version (or --version N).
+    Rollback {
+        deployment: String,
+        #[arg(long)]
+        version: Option<u32>,
+        /// Return at once instead of following the rollback.
+        #[arg(long)]
+        detach: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StackCommand {
+    /// Save a Compose file as a new stack.
+    Create {
+        name: String,
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// A variable for interpolation, KEY=VALUE (repeatable).
+        #[arg(long = "var", value_parser = parse_var)]
+        vars: Vec<(String, String)>,
+    },
+    /// Save a new version of a stack.
+    Update {
+        name: String,
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        #[arg(long = "var", value_parser = parse_var)]
+        vars: Vec<(String, String)>,
+    },
+    List,
+    /// Deploy a stack onto a target and follow it until it runs or fails.
+    Deploy {
+        name: String,
+        /// Target id or name.
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        version: Option<u32>,
+        #[arg(long)]
+        detach: bool,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeploymentsCommand {
+    List {
+        #[arg(long)]
+        stack: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+    /// Stop and remove the deployment's containers and networks.
+    Remove {
+        id: String,
+        /// Remove its named volumes too.
+        #[arg(long)]
+        volumes: bool,
+    },
+}
+
+fn parse_var(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{raw:?} is not KEY=VALUE"))
+}
+
+fn read_compose(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+async fn find_stack(client: &mut Client, name: &str) -> anyhow::Result<Value> {
+    let page = client.request(Method::GET, "/stacks?per_page=500", None).await?;
+    page["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == name || s["id"] == name)
+        .cloned()
+        .with_context(|| format!("no stack named {name}"))
+}
+
+async fn find_target(client: &mut Client, name: &str) -> anyhow::Result<Value> {
+    let page = client.request(Method::GET, "/targets?per_page=500", None).await?;
+    let matches: Vec<Value> = page["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["name"] == name || t["id"] == name)
+        .cloned()
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => anyhow::bail!("no target named {name}"),
+        _ => anyhow::bail!("several targets are named {name}; use its id"),
+    }
+}
+
+/// Prints a deployment's events as they happen until it is running, failed or removed.
+async fn follow_deployment(client: &mut Client, id: &str, from: u64) -> anyhow::Result<()> {
+    let mut last_percent = None;
+    client
+        .follow(&format!("/deployments/{id}/events?follow=true&after={}", from.saturating_sub(1)), |event, data| {
+            if event != "deployment" {
+                return true;
+            }
+            let message = data["message"].as_str().unwrap_or_default();
+            let percent = data["percent"].as_u64();
+            if percent.is_some() && percent != last_percent {
+                last_percent = percent;
+            }
+            let prefix = last_percent.map(|p| format!("[{p:>3}%] ")).unwrap_or_default();
+            println!("{prefix}{message}");
+            // The event that ends the operation carries the state it ended in.
+            data["outcome"].is_null()
+        })
+        .await?;
+    let deployment = client.request(Method::GET, &format!("/deployments/{id}"), None).await?;
+    println!("deployment {id}: {}", deployment["state"].as_str().unwrap_or("?"));
+    if deployment["state"] == "failed" {
+        anyhow::bail!("{}", deployment["reason"].as_str().unwrap_or("the deployment failed"));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,9 +255,19 @@ fn print(value: &Value) {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(config) => serve(config, shutdown_signal()).await,
         Command::Login { server, ca_file, username, password_stdin } => {
@@ -185,6 +344,161 @@ async fn main() -> anyhow::Result<()> {
                     client.request(Method::POST, &format!("/targets/{id}/revoke"), None).await?;
                     println!("target {id} revoked; its connection is closed and will be refused");
                 }
+            }
+            Ok(())
+        }
+        Command::Stack { command } => {
+            let mut client = Client::load()?;
+            match command {
+                StackCommand::Create { name, file, vars } => {
+                    let variables: BTreeMap<String, String> = vars.into_iter().collect();
+                    let body = json!({"name": name, "compose": read_compose(&file)?, "variables": variables});
+                    let stack = client.request(Method::POST, "/stacks", Some(body)).await?;
+                    for warning in stack["warnings"].as_array().into_iter().flatten() {
+                        eprintln!(
+                            "warning: {}: {}",
+                            warning["path"].as_str().unwrap_or(""),
+                            warning["message"].as_str().unwrap_or("")
+                        );
+                    }
+                    println!("stack {name} created ({}), version 1", stack["id"].as_str().unwrap_or("?"));
+                }
+                StackCommand::Update { name, file, vars } => {
+                    let stack = find_stack(&mut client, &name).await?;
+                    let mut body = json!({});
+                    if let Some(file) = file {
+                        body["compose"] = json!(read_compose(&file)?);
+                    }
+                    if !vars.is_empty() {
+                        body["variables"] = json!(vars.into_iter().collect::<BTreeMap<_, _>>());
+                    }
+                    let updated = client
+                        .request(Method::PUT, &format!("/stacks/{}", stack["id"].as_str().unwrap_or("")), Some(body))
+                        .await?;
+                    println!("stack {name} is now at version {}", updated["version"]);
+                }
+                StackCommand::List => {
+                    let page = client.request(Method::GET, "/stacks?per_page=500", None).await?;
+                    println!("{:<38} {:<24} {:>7}  UPDATED", "ID", "NAME", "VERSION");
+                    for s in page["items"].as_array().into_iter().flatten() {
+                        println!(
+                            "{:<38} {:<24} {:>7}  {}",
+                            s["id"].as_str().unwrap_or(""),
+                            s["name"].as_str().unwrap_or(""),
+                            s["version"],
+                            s["updated_at"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+                StackCommand::Deploy { name, target, version, detach } => {
+                    let stack = find_stack(&mut client, &name).await?;
+                    let target = find_target(&mut client, &target).await?;
+                    let mut path = format!(
+                        "/stacks/{}/deploy/{}",
+                        stack["id"].as_str().unwrap_or(""),
+                        target["id"].as_str().unwrap_or("")
+                    );
+                    if let Some(version) = version {
+                        path.push_str(&format!("?version={version}"));
+                    }
+                    let deployment = client.request(Method::POST, &path, None).await?;
+                    let id = deployment["id"].as_str().unwrap_or_default().to_owned();
+                    println!(
+                        "deployment {id}: {} (version {})",
+                        deployment["state"].as_str().unwrap_or("?"),
+                        deployment["version"]
+                    );
+                    if !detach {
+                        follow_deployment(&mut client, &id, deployment["events_from"].as_u64().unwrap_or(0)).await?;
+                    }
+                }
+                StackCommand::Delete { name } => {
+                    let stack = find_stack(&mut client, &name).await?;
+                    client
+                        .request(Method::DELETE, &format!("/stacks/{}", stack["id"].as_str().unwrap_or("")), None)
+                        .await?;
+                    println!("stack {name} deleted");
+                }
+            }
+            Ok(())
+        }
+        Command::Deployments { command } => {
+            let mut client = Client::load()?;
+            match command {
+                DeploymentsCommand::List { stack, state } => {
+                    let mut path = "/deployments?per_page=500".to_owned();
+                    if let Some(stack) = stack {
+                        path.push_str(&format!("&stack={stack}"));
+                    }
+                    if let Some(state) = state {
+                        path.push_str(&format!("&state={state}"));
+                    }
+                    let page = client.request(Method::GET, &path, None).await?;
+                    println!("{:<38} {:<20} {:<20} {:>7}  STATE", "ID", "STACK", "TARGET", "VERSION");
+                    for d in page["items"].as_array().into_iter().flatten() {
+                        println!(
+                            "{:<38} {:<20} {:<20} {:>7}  {}",
+                            d["id"].as_str().unwrap_or(""),
+                            d["stack_name"].as_str().unwrap_or("?"),
+                            d["target_name"].as_str().unwrap_or("?"),
+                            d["version"],
+                            d["state"].as_str().unwrap_or(""),
+                        );
+                    }
+                }
+                DeploymentsCommand::Show { id } => {
+                    print(&client.request(Method::GET, &format!("/deployments/{id}"), None).await?)
+                }
+                DeploymentsCommand::Remove { id, volumes } => {
+                    let removing =
+                        client.request(Method::DELETE, &format!("/deployments/{id}?volumes={volumes}"), None).await?;
+                    follow_deployment(&mut client, &id, removing["events_from"].as_u64().unwrap_or(0)).await?;
+                }
+            }
+            Ok(())
+        }
+        Command::Logs { deployment, follow, service, tail } => {
+            let mut client = Client::load()?;
+            let mut query = format!("tail={tail}");
+            if let Some(service) = &service {
+                query.push_str(&format!("&service={service}"));
+            }
+            let print_line = |line: &Value| {
+                println!(
+                    "{} {} | {}",
+                    line["at"].as_str().unwrap_or(""),
+                    line["container"].as_str().unwrap_or(""),
+                    line["line"].as_str().unwrap_or("")
+                );
+            };
+            if follow {
+                client
+                    .follow(&format!("/deployments/{deployment}/logs?{query}&follow=true"), |event, data| {
+                        match event {
+                            "log" => print_line(data),
+                            "skipped" => eprintln!("… {} lines skipped (this terminal fell behind)", data["skipped"]),
+                            _ => {}
+                        }
+                        true
+                    })
+                    .await?;
+            } else {
+                let lines =
+                    client.request(Method::GET, &format!("/deployments/{deployment}/logs?{query}"), None).await?;
+                lines["items"].as_array().into_iter().flatten().for_each(print_line);
+            }
+            Ok(())
+        }
+        Command::Rollback { deployment, version, detach } => {
+            let mut client = Client::load()?;
+            let path = match version {
+                Some(v) => format!("/deployments/{deployment}/rollback?version={v}"),
+                None => format!("/deployments/{deployment}/rollback"),
+            };
+            let rolled = client.request(Method::POST, &path, None).await?;
+            println!("deployment {deployment}: rolling back to version {}", rolled["version"]);
+            if !detach {
+                follow_deployment(&mut client, &deployment, rolled["events_from"].as_u64().unwrap_or(0)).await?;
             }
             Ok(())
         }

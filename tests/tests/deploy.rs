@@ -112,9 +112,16 @@ async fn a_stack_deploys_updates_rolls_back_heals_and_is_removed() {
         assert!(log.iter().any(|m| m.contains(expected)), "{expected} missing from {log:#?}");
     }
 
-    // Logs: the last lines of one service.
-    let (status, tail) = cp.api(Method::GET, &format!("/deployments/{id}/logs?service=worker&tail=3"), None).await;
-    assert_eq!(status, StatusCode::OK, "{tail}");
+    // Logs: the last lines of one service (the worker prints once a second).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let tail = loop {
+        let (status, tail) = cp.api(Method::GET, &format!("/deployments/{id}/logs?service=worker&tail=3"), None).await;
+        assert_eq!(status, StatusCode::OK, "{tail}");
+        if tail["items"].as_array().is_some_and(|items| !items.is_empty()) || Instant::now() >= deadline {
+            break tail;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let lines = tail["items"].as_array().expect("items");
     assert!(!lines.is_empty() && lines.len() <= 3, "{tail}");
     assert!(
@@ -295,4 +302,89 @@ async fn a_deploy_to_a_disconnected_target_waits_and_a_failed_update_rolls_back(
     cp.api(Method::DELETE, &format!("/deployments/{id}?volumes=true"), None).await;
     wait_state(&mut cp, &id, "removed", Duration::from_secs(60)).await;
     assert!(docker_objects(&project).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_creates_deploys_with_progress_shows_logs_and_rolls_back() {
+    let image = busybox_image();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cp = ControlPlane::start(dir.path()).await;
+    let token = cp.join_token(1, 600).await;
+    let mut agent =
+        Agent::enroll(&cp, &dir.path().join("agent"), token["token"].as_str().expect("token")).expect("enrolls");
+    agent.start();
+    let target = agent.id();
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(bin("windflow"))
+            .args(args)
+            .env("WINDFLOW_CLI_CONFIG", dir.path().join("cli.json"))
+            .env("WINDFLOW_PASSWORD", ADMIN_PASSWORD)
+            .output()
+            .expect("cli runs");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let ca = dir.path().join("data/ca.pem");
+    assert!(cli(&["login", "--server", &cp.url(""), "--ca-file", ca.to_str().expect("path")]).0);
+
+    let name = format!("cli-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let file = dir.path().join("compose.yml");
+    let app = |line: &str| {
+        format!(
+            "services:\n  app:\n    image: {image}\n    command: [\"sh\", \"-c\", \"while true; do echo {line}; sleep 1; done\"]\n    stop_grace_period: 1s\n"
+        )
+    };
+    std::fs::write(&file, "services:\n  app:\n    image: x\n    depends_on: [ghost]\n").expect("write");
+    let (ok, _, err) = cli(&["stack", "create", &name, "-f", file.to_str().expect("path")]);
+    assert!(!ok && err.contains("services.app.depends_on.ghost"), "{err}");
+
+    std::fs::write(&file, app("one")).expect("write");
+    let (ok, out, err) = cli(&["stack", "create", &name, "-f", file.to_str().expect("path")]);
+    assert!(ok, "{out}{err}");
+    assert!(eventually(Duration::from_secs(10), || async { cp_connected(&dir, &target).await }).await);
+    let (ok, out, err) = cli(&["stack", "deploy", &name, "--target", &target]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("creating ") && out.contains("version 1 is running") && out.contains(": running"),
+        "progress is shown: {out}"
+    );
+    let deployment = out
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("deployment "))
+        .and_then(|l| l.split(':').next())
+        .expect("id")
+        .to_owned();
+
+    let (ok, listed, _) = cli(&["deployments", "list", "--stack", &name]);
+    assert!(ok && listed.contains(&deployment) && listed.contains("running"), "{listed}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ok, logs, _) = cli(&["logs", &deployment, "--tail", "2"]);
+    assert!(ok && logs.contains(&format!("{name}-app-1 | one")), "{logs}");
+
+    std::fs::write(&file, app("two")).expect("write");
+    assert!(cli(&["stack", "update", &name, "-f", file.to_str().expect("path")]).0);
+    let (ok, out, err) = cli(&["stack", "deploy", &name, "--target", &target]);
+    assert!(ok && out.contains("version 2 is running"), "{out}{err}");
+    let (ok, out, err) = cli(&["rollback", &deployment]);
+    assert!(ok && out.contains("version 1 is running"), "{out}{err}");
+
+    let (ok, _, err) = cli(&["stack", "delete", &name]);
+    assert!(!ok && err.contains("the stack is deployed"), "{err}");
+    let (ok, out, err) = cli(&["deployments", "remove", &deployment, "--volumes"]);
+    assert!(ok && out.contains("removed"), "{out}{err}");
+    assert!(cli(&["stack", "delete", &name]).0);
+    let _ = &mut cp;
+}
+
+async fn cp_connected(dir: &tempfile::TempDir, target: &str) -> bool {
+    let output = std::process::Command::new(bin("windflow"))
+        .args(["targets", "show", target])
+        .env("WINDFLOW_CLI_CONFIG", dir.path().join("cli.json"))
+        .output()
+        .expect("cli runs");
+    String::from_utf8_lossy(&output.stdout).contains("\"connected\": true")
 }

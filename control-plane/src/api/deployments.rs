@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use windflow_protocol::messages::{ContainerState, HealthState};
 
-use super::error::ApiError;
+use super::error::{ApiError, ApiQuery};
 use super::{AppState, Page, PageQuery, rfc3339_ms, rfc3339_s};
 use crate::auth::{Caller, now_unix_s};
 use crate::deployments::{self, Deployment, Desired, Event, Level, State as DeploymentState};
@@ -109,6 +109,14 @@ pub fn view(state: &AppState, deployment: &Deployment) -> Value {
     })
 }
 
+/// The answer to a change of desired state: the deployment, and `events_from`, the sequence
+/// number of the event recording this request, from which its progress can be followed.
+fn accepted(state: &AppState, deployment: &Deployment, events_from: u64) -> Value {
+    let mut view = view(state, deployment);
+    view["events_from"] = json!(events_from);
+    view
+}
+
 #[derive(Debug, Deserialize)]
 struct VersionQuery {
     version: Option<u32>,
@@ -118,7 +126,7 @@ async fn deploy(
     State(state): State<AppState>,
     caller: Caller,
     Path((stack_id, target_id)): Path<(String, String)>,
-    Query(query): Query<VersionQuery>,
+    ApiQuery(query): ApiQuery<VersionQuery>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let stack = super::stacks::load(&state, &stack_id)?;
     let target_id = Uuid::try_parse(&target_id).map_err(|_| ApiError::not_found("target"))?;
@@ -170,7 +178,7 @@ async fn deploy(
     } else {
         "; the target is disconnected, so it stays pending until the target is back"
     };
-    state.reconciler.events.append(
+    let seq = state.reconciler.events.append(
         deployment.id,
         Level::Info,
         format!("{} asked for version {version} of {}{note}", caller.username, stack.name),
@@ -178,7 +186,7 @@ async fn deploy(
     );
     tracing::info!(deployment_id = %deployment.id, stack = %stack.name, %version, target = %target.id, by = %caller.username, "deploy requested");
     state.reconciler.wake();
-    Ok((StatusCode::ACCEPTED, Json(view(&state, &deployment))))
+    Ok((StatusCode::ACCEPTED, Json(accepted(&state, &deployment, seq))))
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,14 +194,14 @@ struct ListQuery {
     stack: Option<String>,
     target: Option<String>,
     state: Option<String>,
-    #[serde(flatten)]
-    page: PageQuery,
+    page: Option<usize>,
+    per_page: Option<usize>,
 }
 
 async fn list(
     State(state): State<AppState>,
     _caller: Caller,
-    Query(query): Query<ListQuery>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<Value>>, ApiError> {
     let states = ["pending", "deploying", "running", "failed", "removing", "removed"];
     if let Some(wanted) = &query.state
@@ -213,7 +221,7 @@ async fn list(
         .filter(|d| query.state.as_ref().is_none_or(|s| d.state.as_str() == s))
         .map(|d| view(&state, &d))
         .collect();
-    Ok(Json(query.page.apply(all)?))
+    Ok(Json(PageQuery { page: query.page, per_page: query.per_page }.apply(all)?))
 }
 
 fn stack_name(state: &AppState, deployment: &Deployment) -> Option<String> {
@@ -235,7 +243,7 @@ async fn remove(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(query): Query<RemoveQuery>,
+    ApiQuery(query): ApiQuery<RemoveQuery>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let deployment = load(&state, &id)?;
     let deployment = deployments::modify(state.store.as_ref(), deployment.id, |d| {
@@ -246,21 +254,21 @@ async fn remove(
         }
     })?
     .ok_or_else(|| ApiError::not_found("deployment"))?;
-    state.reconciler.events.append(
+    let seq = state.reconciler.events.append(
         deployment.id,
         Level::Info,
         format!("{} asked for removal{}", caller.username, if query.volumes { " with volumes" } else { "" }),
         None,
     );
     state.reconciler.wake();
-    Ok((StatusCode::ACCEPTED, Json(view(&state, &deployment))))
+    Ok((StatusCode::ACCEPTED, Json(accepted(&state, &deployment, seq))))
 }
 
 async fn rollback(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(query): Query<VersionQuery>,
+    ApiQuery(query): ApiQuery<VersionQuery>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let deployment = load(&state, &id)?;
     let target_version = match query.version {
@@ -284,14 +292,14 @@ async fn rollback(
         d.reason = None;
     })?
     .ok_or_else(|| ApiError::not_found("deployment"))?;
-    state.reconciler.events.append(
+    let seq = state.reconciler.events.append(
         deployment.id,
         Level::Info,
         format!("{} asked to roll back to version {target_version}", caller.username),
         None,
     );
     state.reconciler.wake();
-    Ok((StatusCode::ACCEPTED, Json(view(&state, &deployment))))
+    Ok((StatusCode::ACCEPTED, Json(accepted(&state, &deployment, seq))))
 }
 
 #[derive(Debug, Deserialize)]
@@ -309,6 +317,7 @@ fn event_json(event: &Event) -> Value {
         "level": event.level,
         "message": event.message,
         "percent": event.percent,
+        "outcome": event.outcome.map(DeploymentState::as_str),
     })
 }
 
@@ -316,7 +325,7 @@ async fn events(
     State(state): State<AppState>,
     _caller: Caller,
     Path(id): Path<String>,
-    Query(query): Query<EventsQuery>,
+    ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Response, ApiError> {
     let deployment = load(&state, &id)?;
     let events = state.reconciler.events.clone();
@@ -400,7 +409,7 @@ async fn logs(
     State(state): State<AppState>,
     _caller: Caller,
     Path(id): Path<String>,
-    Query(query): Query<LogsQuery>,
+    ApiQuery(query): ApiQuery<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let deployment = load(&state, &id)?;
     let since = query.since.as_deref().map(parse_since).transpose()?;

@@ -146,6 +146,18 @@ impl From<crate::stacks::StackError> for ApiError {
     }
 }
 
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
+        // serde names the parameter, e.g. "per_page: invalid digit found in string".
+        Self::new(StatusCode::BAD_REQUEST, "invalid_query", rejection.body_text())
+    }
+}
+
+/// `Query<T>` whose rejections use the API's error shape.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
 /// `Json<T>` whose rejections use the API's error shape.
 #[derive(Debug, axum::extract::FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]

@@ -94,8 +94,8 @@ async fn security_headers(request: axum::extract::Request, next: Next) -> Respon
 /// `?page=&per_page=` on list routes (pages start at 1; 50 per page by default, 500 at most).
 #[derive(Debug, serde::Deserialize)]
 pub struct PageQuery {
-    page: Option<usize>,
-    per_page: Option<usize>,
+    pub page: Option<usize>,
+    pub per_page: Option<usize>,
 }
 
 /// One page of a list.

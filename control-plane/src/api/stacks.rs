@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ApiQuery};
 use super::{AppState, Page, PageQuery, rfc3339_s};
 use crate::auth::Caller;
 use crate::compose::Diagnostic;
@@ -64,7 +64,7 @@ pub fn load(state: &AppState, raw: &str) -> Result<Stack, ApiError> {
 async fn list(
     State(state): State<AppState>,
     _caller: Caller,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Value>>, ApiError> {
     let all = stacks::list(state.store.as_ref())?.iter().map(summary).collect();
     Ok(Json(query.apply(all)?))
@@ -131,6 +131,17 @@ async fn update(
 
 async fn remove(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let stack = load(&state, &id)?;
+    let active: Vec<String> = crate::deployments::list(state.store.as_ref())?
+        .into_iter()
+        .filter(|d| d.stack_id == stack.id && d.state != crate::deployments::State::Removed)
+        .map(|d| d.id.to_string())
+        .collect();
+    if !active.is_empty() {
+        return Err(ApiError {
+            details: Some(json!({ "deployments": active })),
+            ..ApiError::new(StatusCode::CONFLICT, "stack_in_use", "the stack is deployed; remove its deployments first")
+        });
+    }
     stacks::delete(state.store.as_ref(), &stack)?;
     tracing::info!(stack_id = %stack.id, by = %caller.username, "stack deleted");
     Ok(StatusCode::NO_CONTENT)
@@ -140,7 +151,7 @@ async fn versions(
     State(state): State<AppState>,
     _caller: Caller,
     Path(id): Path<String>,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Value>>, ApiError> {
     let stack = load(&state, &id)?;
     let mut all: Vec<Value> = stacks::versions(state.store.as_ref(), stack.id)?

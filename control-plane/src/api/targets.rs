@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use windflow_protocol::{HostFacts, JobOutcome, JobOutput, JobPayload, SwarmState};
 
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ApiQuery};
 use super::{AppState, Page, PageQuery, rfc3339_ms, rfc3339_s};
 use crate::agents::{self, Agent};
 use crate::auth::Caller;
@@ -77,7 +77,7 @@ fn view(state: &AppState, agent: Agent) -> TargetView {
 async fn list(
     State(state): State<AppState>,
     _caller: Caller,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<TargetView>>, ApiError> {
     let all = agents::list(state.store.as_ref())?.into_iter().map(|a| view(&state, a)).collect();
     Ok(Json(query.apply(all)?))
@@ -242,7 +242,7 @@ async fn create_join_token(
 async fn list_join_tokens(
     State(state): State<AppState>,
     _caller: Caller,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<JoinTokenView>>, ApiError> {
     let all = join_tokens::list(state.store.as_ref())?.into_iter().map(JoinTokenView::from).collect();
     Ok(Json(query.apply(all)?))
