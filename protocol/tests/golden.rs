@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use uuid::Uuid;
 use windflow_protocol::messages::*;
-use windflow_protocol::{JobEnvelope, JobPayload, JobRejection, MAX_FRAME_LEN, encode_frame};
+use windflow_protocol::{JobEnvelope, JobPayload, JobRejection, MAX_FRAME_LEN, StackSpec, encode_frame};
 
 fn facts() -> HostFacts {
     HostFacts {
@@ -114,4 +114,82 @@ fn job_stream_messages() {
     );
     check("job_failed", &JobEvent::Completed { job_id: JOB, outcome: JobOutcome::Failed { message: "boom".into() } });
     check("job_refused", &JobEvent::Refused { job_id: None, reason: JobRejection::BadSignature });
+    check("job_stack_status", &JobEvent::Completed { job_id: JOB, outcome: JobOutcome::Succeeded(JobOutput::Stack(stack_status())) });
+}
+
+fn stack_status() -> StackStatus {
+    StackStatus {
+        deployment_id: JOB,
+        project: "shop".into(),
+        services: vec![ServiceStatus {
+            service: "web".into(),
+            containers: vec![ContainerStatus {
+                name: "shop-web-1".into(),
+                id: "abc".into(),
+                state: ContainerState::Exited { code: 137 },
+                health: Some(HealthState::Unhealthy),
+                restart_count: 3,
+                config_hash: "00ff".into(),
+            }],
+        }],
+    }
+}
+
+fn stack_spec() -> StackSpec {
+    use std::collections::BTreeMap;
+    use windflow_protocol::stack::*;
+    StackSpec {
+        project: "shop".into(),
+        services: vec![ServiceSpec {
+            name: "web".into(),
+            image: "busybox:1.36".into(),
+            pull_policy: PullPolicy::Missing,
+            command: Some(vec!["httpd".into(), "-f".into()]),
+            entrypoint: None,
+            environment: BTreeMap::from([("MODE".into(), "prod".into())]),
+            ports: vec![PortSpec { container_port: 80, host_port: Some(8080), host_ip: Some("127.0.0.1".into()), protocol: Protocol::Tcp }],
+            mounts: vec![
+                MountSpec { source: MountSource::Volume("site".into()), target: "/www".into(), read_only: true },
+                MountSpec { source: MountSource::Tmpfs { size_bytes: Some(1024) }, target: "/tmp".into(), read_only: false },
+            ],
+            networks: BTreeMap::from([("default".into(), vec!["www".into()])]),
+            depends_on: vec![Dependency { service: "init".into(), condition: DependencyCondition::CompletedSuccessfully }],
+            healthcheck: Some(Healthcheck { test: vec!["CMD".into(), "true".into()], interval_ms: Some(1000), timeout_ms: None, retries: Some(3), start_period_ms: None }),
+            restart: RestartPolicy::OnFailure { max_retries: Some(5) },
+            resources: Resources { nano_cpus: Some(500_000_000), memory_bytes: Some(64 << 20), memory_reservation_bytes: None, pids_limit: Some(100) },
+            labels: BTreeMap::from([("team".into(), "web".into())]),
+            replicas: 2,
+            user: Some("1000".into()),
+            working_dir: Some("/www".into()),
+            hostname: None,
+            extra_hosts: vec!["db:10.0.0.2".into()],
+            stop_grace_period_ms: Some(1000),
+            read_only: false,
+            privileged: false,
+            cap_add: vec![],
+            cap_drop: vec!["ALL".into()],
+        }],
+        networks: vec![NetworkSpec { name: "default".into(), external: false, driver: None, internal: false, labels: BTreeMap::new() }],
+        volumes: vec![VolumeSpec { name: "site".into(), external: false, driver: None, labels: BTreeMap::new() }],
+    }
+}
+
+#[test]
+fn stack_jobs_and_status() {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let deploy = JobEnvelope {
+        job_id: JOB,
+        agent_id: AGENT,
+        issued_at_unix_ms: 1_700_000_000_000,
+        expires_at_unix_ms: 1_700_000_060_000,
+        payload: JobPayload::DeployStack { deployment_id: JOB, spec: stack_spec() },
+    };
+    check("job_deploy_stack", &JobRequest::Job(deploy.sign(&key)));
+    let remove = JobPayload::RemoveStack { deployment_id: JOB, project: "shop".into(), remove_volumes: true };
+    check("job_remove_stack", &remove);
+    let logs = JobPayload::StreamLogs { project: "shop".into(), service: Some("web".into()), tail: Some(100), since_unix_s: None, follow: true };
+    check("job_stream_logs", &logs);
+    check("agent_stack_status", &AgentMessage::StackStatus(stack_status()));
+    // The configuration hash is part of the contract with running containers: it must not move.
+    assert_eq!(stack_spec().services[0].config_hash(), include_str!("golden/config_hash.txt").trim());
 }
