@@ -114,7 +114,10 @@ fn job_stream_messages() {
     );
     check("job_failed", &JobEvent::Completed { job_id: JOB, outcome: JobOutcome::Failed { message: "boom".into() } });
     check("job_refused", &JobEvent::Refused { job_id: None, reason: JobRejection::BadSignature });
-    check("job_stack_status", &JobEvent::Completed { job_id: JOB, outcome: JobOutcome::Succeeded(JobOutput::Stack(stack_status())) });
+    check(
+        "job_stack_status",
+        &JobEvent::Completed { job_id: JOB, outcome: JobOutcome::Succeeded(JobOutput::Stack(stack_status())) },
+    );
 }
 
 fn stack_status() -> StackStatus {
@@ -147,16 +150,39 @@ fn stack_spec() -> StackSpec {
             command: Some(vec!["httpd".into(), "-f".into()]),
             entrypoint: None,
             environment: BTreeMap::from([("MODE".into(), "prod".into())]),
-            ports: vec![PortSpec { container_port: 80, host_port: Some(8080), host_ip: Some("127.0.0.1".into()), protocol: Protocol::Tcp }],
+            ports: vec![PortSpec {
+                container_port: 80,
+                host_port: Some(8080),
+                host_ip: Some("127.0.0.1".into()),
+                protocol: Protocol::Tcp,
+            }],
             mounts: vec![
                 MountSpec { source: MountSource::Volume("site".into()), target: "/www".into(), read_only: true },
-                MountSpec { source: MountSource::Tmpfs { size_bytes: Some(1024) }, target: "/tmp".into(), read_only: false },
+                MountSpec {
+                    source: MountSource::Tmpfs { size_bytes: Some(1024) },
+                    target: "/tmp".into(),
+                    read_only: false,
+                },
             ],
             networks: BTreeMap::from([("default".into(), vec!["www".into()])]),
-            depends_on: vec![Dependency { service: "init".into(), condition: DependencyCondition::CompletedSuccessfully }],
-            healthcheck: Some(Healthcheck { test: vec!["CMD".into(), "true".into()], interval_ms: Some(1000), timeout_ms: None, retries: Some(3), start_period_ms: None }),
+            depends_on: vec![Dependency {
+                service: "init".into(),
+                condition: DependencyCondition::CompletedSuccessfully,
+            }],
+            healthcheck: Some(Healthcheck {
+                test: vec!["CMD".into(), "true".into()],
+                interval_ms: Some(1000),
+                timeout_ms: None,
+                retries: Some(3),
+                start_period_ms: None,
+            }),
             restart: RestartPolicy::OnFailure { max_retries: Some(5) },
-            resources: Resources { nano_cpus: Some(500_000_000), memory_bytes: Some(64 << 20), memory_reservation_bytes: None, pids_limit: Some(100) },
+            resources: Resources {
+                nano_cpus: Some(500_000_000),
+                memory_bytes: Some(64 << 20),
+                memory_reservation_bytes: None,
+                pids_limit: Some(100),
+            },
             labels: BTreeMap::from([("team".into(), "web".into())]),
             replicas: 2,
             user: Some("1000".into()),
@@ -169,7 +195,13 @@ fn stack_spec() -> StackSpec {
             cap_add: vec![],
             cap_drop: vec!["ALL".into()],
         }],
-        networks: vec![NetworkSpec { name: "default".into(), external: false, driver: None, internal: false, labels: BTreeMap::new() }],
+        networks: vec![NetworkSpec {
+            name: "default".into(),
+            external: false,
+            driver: None,
+            internal: false,
+            labels: BTreeMap::new(),
+        }],
         volumes: vec![VolumeSpec { name: "site".into(), external: false, driver: None, labels: BTreeMap::new() }],
     }
 }
@@ -187,7 +219,13 @@ fn stack_jobs_and_status() {
     check("job_deploy_stack", &JobRequest::Job(deploy.sign(&key)));
     let remove = JobPayload::RemoveStack { deployment_id: JOB, project: "shop".into(), remove_volumes: true };
     check("job_remove_stack", &remove);
-    let logs = JobPayload::StreamLogs { project: "shop".into(), service: Some("web".into()), tail: Some(100), since_unix_s: None, follow: true };
+    let logs = JobPayload::StreamLogs {
+        project: "shop".into(),
+        service: Some("web".into()),
+        tail: Some(100),
+        since_unix_s: None,
+        follow: true,
+    };
     check("job_stream_logs", &logs);
     check("agent_stack_status", &AgentMessage::StackStatus(stack_status()));
     // The configuration hash is part of the contract with running containers: it must not move.
