@@ -64,19 +64,24 @@ pub fn enroll(
     if name.is_empty() || name.len() > 253 {
         return Err(EnrollError::BadName);
     }
-    let redemption = join_tokens::check(store, token)?;
+    // Fails early, before any certificate is made, for a token that cannot be used.
+    join_tokens::check(store, token)?;
     let id = Uuid::now_v7();
     let certificate = pki.issue_agent_certificate(csr_der, id, cert_lifetime)?;
-    let agent = Agent {
+    let agent = |token: &join_tokens::JoinToken| Agent {
         id,
         name: name.into(),
         enrolled_at_unix_s: now_unix_s(),
-        join_token_id: redemption.token.id,
+        join_token_id: token.id,
         revoked_at_unix_s: None,
         last_seen_unix_ms: None,
         facts: None,
     };
-    redemption.spend(store, vec![Write { table: Table::Agents, key: agent.key(), value: Some(agent.encode()) }])?;
+    let spent = join_tokens::redeem(store, token, |t| {
+        let agent = agent(t);
+        vec![Write { table: Table::Agents, key: agent.key(), value: Some(agent.encode()) }]
+    })?;
+    let agent = agent(&spent);
     Ok(Enrollment { agent, certificate_pem: certificate.pem() })
 }
 

@@ -29,6 +29,13 @@ use crate::metrics::Metrics;
 use crate::pki::{Pki, agent_id_from_certificate};
 use crate::store::Store;
 
+/// Streams a fan-out keeps in flight at once: enough to fill the link, few enough that a large
+/// fleet does not overflow the UDP receive buffers.
+const FAN_OUT_IN_FLIGHT: usize = 1000;
+/// Receive buffer asked for on the QUIC socket (the kernel caps it at net.core.rmem_max): the
+/// default of about 200 KB drops datagrams when a thousand agents handshake at once.
+const UDP_RECEIVE_BUFFER: usize = 32 * 1024 * 1024;
+
 /// ALPN of the agent link; a client speaking anything else is refused by TLS.
 pub const ALPN: &[u8] = b"windflow/1";
 
@@ -163,7 +170,17 @@ impl Hub {
         transport.max_concurrent_uni_streams(0u8.into());
         transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
         server.transport_config(Arc::new(transport));
-        Ok(quinn::Endpoint::server(server, addr)?)
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        if let Err(error) = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER) {
+            tracing::warn!(%error, "could not enlarge the QUIC receive buffer");
+        }
+        socket.bind(&addr.into())?;
+        let runtime = quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("no async runtime"))?;
+        Ok(quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket.into(), runtime)?)
     }
 
     /// Accepts agents until `shutdown` resolves, then closes every connection.
@@ -283,7 +300,10 @@ impl Hub {
                     tracing::info!(%agent_id, %remote, hostname = %hello.facts.hostname, version = %hello.agent_version, "agent connected");
                     self.register(agent_id, &connection, commands_tx.clone(), last_seen.clone(), hello.facts);
                 }
-                Some(ControlSessionEvent::Status(report)) => self.update_facts(agent_id, report.facts),
+                Some(ControlSessionEvent::Status(report)) => {
+                    Metrics::inc(&self.metrics.agent_status_reports);
+                    self.update_facts(agent_id, report.facts);
+                }
                 Some(ControlSessionEvent::StackStatus(status)) => self.record_observed(status),
                 Some(ControlSessionEvent::Event(event)) => {
                     tracing::info!(%agent_id, event = ?event.kind, "agent event")
@@ -354,7 +374,7 @@ impl Hub {
         }
     }
 
-    fn update_facts(&self, agent_id: Uuid, facts: HostFacts) {
+    pub fn update_facts(&self, agent_id: Uuid, facts: HostFacts) {
         if let Some(live) = self.lock_live().get_mut(&agent_id) {
             live.facts = facts;
         }
@@ -454,6 +474,40 @@ impl Hub {
             .map_err(|e| HubError::Link(e.to_string()))?;
         let _ = send.finish();
         Ok(recv)
+    }
+
+    /// Agents with a live session.
+    pub fn connected_agents(&self) -> Vec<Uuid> {
+        self.lock_live().keys().copied().collect()
+    }
+
+    /// Runs `payload` on every connected agent at once, at most `FAN_OUT_IN_FLIGHT` streams in
+    /// flight, and returns each agent's outcome with how long it took.
+    pub async fn fan_out(
+        self: &Arc<Self>,
+        payload: JobPayload,
+        timeout: Duration,
+    ) -> Vec<(Uuid, Duration, Result<JobOutcome, HubError>)> {
+        let permits = Arc::new(tokio::sync::Semaphore::new(FAN_OUT_IN_FLIGHT));
+        let mut tasks = tokio::task::JoinSet::new();
+        for agent_id in self.connected_agents() {
+            let hub = self.clone();
+            let payload = payload.clone();
+            let permits = permits.clone();
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let started = Instant::now();
+                let outcome = hub.run_job(agent_id, payload, timeout).await;
+                (agent_id, started.elapsed(), outcome)
+            });
+        }
+        let mut results = Vec::with_capacity(tasks.len());
+        while let Some(result) = tasks.join_next().await {
+            if let Ok(result) = result {
+                results.push(result);
+            }
+        }
+        results
     }
 
     pub fn max_frame(&self) -> usize {

@@ -116,17 +116,30 @@ pub fn check(store: &dyn Store, presented: &str) -> Result<Redemption, JoinToken
 }
 
 impl Redemption {
-    /// Uses the token once and applies `writes` in the same transaction. Fails with
-    /// `UsedUp` when a concurrent enrollment took the last use first.
-    pub fn spend(&self, store: &dyn Store, writes: Vec<Write>) -> Result<(), JoinTokenError> {
+    /// Uses the token once and applies `writes` in the same transaction. Returns false, having
+    /// written nothing, when the token changed since it was checked (another enrollment used it
+    /// meanwhile): check it again and retry.
+    pub fn spend(&self, store: &dyn Store, writes: &[Write]) -> Result<bool, JoinTokenError> {
         let spent = JoinToken { uses: self.token.uses + 1, ..self.token.clone() };
         let mut all = vec![Write { table: Table::JoinTokens, key: spent.key(), value: Some(spent.encode()) }];
-        all.extend(writes);
+        all.extend_from_slice(writes);
         let check = Check { table: Table::JoinTokens, key: self.token.key(), expected: Some(self.token.encode()) };
-        if store.atomic(&[check], &all)? {
-            Ok(())
-        } else {
-            Err(JoinTokenError::UsedUp { uses: self.token.uses_allowed })
+        Ok(store.atomic(&[check], &all)?)
+    }
+}
+
+/// Checks the token and spends one use together with `writes`, retrying while concurrent
+/// enrollments with the same token win the race; fails once it is really used up (or revoked
+/// or expired meanwhile).
+pub fn redeem(
+    store: &dyn Store,
+    presented: &str,
+    writes: impl Fn(&JoinToken) -> Vec<Write>,
+) -> Result<JoinToken, JoinTokenError> {
+    loop {
+        let redemption = check(store, presented)?;
+        if redemption.spend(store, &writes(&redemption.token))? {
+            return Ok(redemption.token);
         }
     }
 }
@@ -147,9 +160,24 @@ mod tests {
         let (_dir, store) = store();
         let (_, token) = create(&store, "admin", Duration::from_secs(60), 2).expect("create");
         for _ in 0..2 {
-            check(&store, &token).expect("usable").spend(&store, vec![]).expect("spent");
+            assert!(check(&store, &token).expect("usable").spend(&store, &[]).expect("spent"));
         }
         assert!(matches!(check(&store, &token), Err(JoinTokenError::UsedUp { uses: 2 })));
+    }
+
+    #[test]
+    fn concurrent_enrollments_each_get_a_use_until_none_is_left() {
+        let (_dir, store) = store();
+        let (_, token) = create(&store, "admin", Duration::from_secs(60), 40).expect("create");
+        let store = std::sync::Arc::new(store);
+        let threads: Vec<_> = (0..50)
+            .map(|_| {
+                let (store, token) = (store.clone(), token.clone());
+                std::thread::spawn(move || redeem(store.as_ref(), &token, |_| vec![]).is_ok())
+            })
+            .collect();
+        let succeeded = threads.into_iter().map(|t| t.join()).filter(|joined| matches!(joined, Ok(true))).count();
+        assert_eq!(succeeded, 40);
     }
 
     #[test]
@@ -158,8 +186,9 @@ mod tests {
         let (_, token) = create(&store, "admin", Duration::from_secs(60), 1).expect("create");
         let a = check(&store, &token).expect("usable");
         let b = check(&store, &token).expect("usable");
-        a.spend(&store, vec![]).expect("first wins");
-        assert!(matches!(b.spend(&store, vec![]), Err(JoinTokenError::UsedUp { .. })));
+        assert!(a.spend(&store, &[]).expect("first wins"));
+        assert!(!b.spend(&store, &[]).expect("the stale one writes nothing"));
+        assert!(matches!(redeem(&store, &token, |_| vec![]), Err(JoinTokenError::UsedUp { .. })));
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub struct Metrics {
     /// A frame that was oversize or not a valid message.
     pub agent_frames_rejected: AtomicU64,
     pub agent_heartbeats: AtomicU64,
+    pub agent_status_reports: AtomicU64,
 }
 
 impl Metrics {
@@ -52,6 +53,7 @@ impl Metrics {
                 &self.agent_frames_rejected,
             ),
             ("windflow_agent_heartbeats_total", "Heartbeats received from agents.", &self.agent_heartbeats),
+            ("windflow_agent_status_reports_total", "Status reports received from agents.", &self.agent_status_reports),
         ];
         for (name, help, value) in counters {
             let _ =

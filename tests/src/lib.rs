@@ -18,11 +18,12 @@ pub const ADMIN_PASSWORD: &str = "correct-horse-battery";
 /// A binary of the workspace, built next to this test executable.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/<test> → target/debug/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target directory");
-    let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
-    path
+    // Tests run from target/<profile>/deps, the bench binary from target/<profile>.
+    let own_dir = exe.parent().expect("executable directory");
+    let candidates = [own_dir.join(name), own_dir.parent().map(|d| d.join(name)).unwrap_or_default()];
+    let found = candidates.iter().find(|p| p.exists()).cloned();
+    found
+        .unwrap_or_else(|| panic!("{} is missing: run `cargo build --workspace --bins` first", candidates[1].display()))
 }
 
 pub fn free_tcp_port() -> u16 {

@@ -377,7 +377,6 @@ async fn the_cli_creates_deploys_with_progress_shows_logs_and_rolls_back() {
     let (ok, out, err) = cli(&["deployments", "remove", &deployment, "--volumes"]);
     assert!(ok && out.contains("removed"), "{out}{err}");
     assert!(cli(&["stack", "delete", &name]).0);
-    let _ = &mut cp;
 }
 
 async fn cp_connected(dir: &tempfile::TempDir, target: &str) -> bool {

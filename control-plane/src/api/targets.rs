@@ -26,6 +26,7 @@ pub fn routes() -> Router<AppState> {
         .route("/targets/{id}/test", post(test))
         .route("/targets/{id}/revoke", post(revoke))
         .route("/targets/{id}/facts", post(refresh_facts))
+        .route("/targets/facts", post(refresh_all_facts))
 }
 
 #[derive(Debug, Serialize)]
@@ -132,6 +133,37 @@ async fn refresh_facts(
         )),
         JobOutcome::Failed { message } => Err(ApiError::new(StatusCode::BAD_GATEWAY, "job_failed", message)),
     }
+}
+
+/// Refreshes the facts of every connected target at once, by signed jobs. Answers with how
+/// many succeeded and how long they took (per target: p50, p99, max).
+async fn refresh_all_facts(State(state): State<AppState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+    let started = std::time::Instant::now();
+    let results = state.hub.fan_out(JobPayload::CollectFacts, Duration::from_secs(60)).await;
+    let elapsed = started.elapsed();
+    let mut durations: Vec<f64> = Vec::with_capacity(results.len());
+    let mut failures = Vec::new();
+    for (agent_id, took, outcome) in results {
+        match outcome {
+            Ok(JobOutcome::Succeeded(JobOutput::Facts(facts))) => {
+                durations.push(took.as_secs_f64() * 1000.0);
+                state.hub.update_facts(agent_id, facts);
+            }
+            Ok(other) => failures.push(serde_json::json!({ "target_id": agent_id, "error": format!("{other:?}") })),
+            Err(error) => failures.push(serde_json::json!({ "target_id": agent_id, "error": error.to_string() })),
+        }
+    }
+    durations.sort_by(f64::total_cmp);
+    let percentile =
+        |p: f64| durations.get(((durations.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
+    tracing::info!(targets = durations.len() + failures.len(), failed = failures.len(), by = %caller.username, "facts refreshed on every target");
+    Ok(Json(serde_json::json!({
+        "targets": durations.len() + failures.len(),
+        "succeeded": durations.len(),
+        "failures": failures,
+        "duration_ms": elapsed.as_secs_f64() * 1000.0,
+        "latency_ms": { "p50": percentile(0.5), "p99": percentile(0.99), "max": durations.last().copied().unwrap_or(0.0) },
+    })))
 }
 
 async fn revoke(
