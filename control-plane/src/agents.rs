@@ -101,6 +101,19 @@ pub fn update(store: &dyn Store, id: Uuid, change: impl FnOnce(&mut Agent)) -> R
     Ok(Some(agent))
 }
 
+/// Like [`update`], without waiting for the disk: for observations (facts, last seen).
+pub fn observe(store: &dyn Store, id: Uuid, change: impl FnOnce(&mut Agent)) -> Result<Option<Agent>, StoreError> {
+    let Some(mut agent) = get(store, id)? else { return Ok(None) };
+    change(&mut agent);
+    store.save_relaxed(&agent)?;
+    Ok(Some(agent))
+}
+
+/// One page of agents in enrollment order (their ids are UUIDv7), and how many there are.
+pub fn page(store: &dyn Store, offset: usize, limit: usize) -> Result<(usize, Vec<Agent>), StoreError> {
+    store.load_page(offset, limit)
+}
+
 pub fn delete(store: &dyn Store, id: Uuid) -> Result<(), StoreError> {
     store.delete(Table::Agents, id.as_bytes())
 }

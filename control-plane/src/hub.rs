@@ -22,7 +22,7 @@ use windflow_protocol::messages::{
     AgentMessage, ControlMessage, HostFacts, JobEvent, JobOutcome, JobRequest, StackStatus,
 };
 use windflow_protocol::session::{CloseReason, ControlSession, ControlSessionEvent};
-use windflow_protocol::{JobEnvelope, JobPayload, MAX_FRAME_LEN, Refusal};
+use windflow_protocol::{FrameDecoder, JobEnvelope, JobPayload, MAX_FRAME_LEN, Refusal};
 
 use crate::agents;
 use crate::metrics::Metrics;
@@ -35,6 +35,9 @@ const FAN_OUT_IN_FLIGHT: usize = 1000;
 /// Receive buffer asked for on the QUIC socket (the kernel caps it at net.core.rmem_max): the
 /// default of about 200 KB drops datagrams when a thousand agents handshake at once.
 const UDP_RECEIVE_BUFFER: usize = 32 * 1024 * 1024;
+
+/// Largest read from the control stream at once.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// ALPN of the agent link; a client speaking anything else is refused by TLS.
 pub const ALPN: &[u8] = b"windflow/1";
@@ -250,8 +253,11 @@ impl Hub {
                 return Ok(());
             }
         };
-        let (frames_tx, mut frames) = mpsc::channel(32);
-        tokio::spawn(read_frames(recv, self.config.max_frame, frames_tx));
+        let mut recv = recv;
+        // Bytes go through the protocol's decoder on this task: `read_chunk` is cancel-safe, so
+        // no reader task and no channel per agent are needed.
+        let mut decoder = FrameDecoder::new(self.config.max_frame);
+        let mut events: Vec<ControlSessionEvent> = Vec::new();
         let (commands_tx, mut commands) = mpsc::channel(16);
         let mut session =
             ControlSession::new(agent_id, Instant::now(), self.config.heartbeat_interval, self.config.hello_timeout);
@@ -259,82 +265,87 @@ impl Hub {
         let mut pending_pings: HashMap<u64, oneshot::Sender<Duration>> = HashMap::new();
         let mut registered = false;
 
-        let outcome = loop {
+        let outcome = 'session: loop {
             if let Err(error) = flush(&mut session, &mut send, self.config.max_frame).await {
                 break Err(error);
             }
             let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
-            let event = tokio::select! {
-                frame = frames.recv() => match frame {
-                    Some(Ok(message)) => {
-                        last_seen.store(unix_ms(), Ordering::Relaxed);
-                        if matches!(message, AgentMessage::Heartbeat { .. }) {
-                            Metrics::inc(&self.metrics.agent_heartbeats);
-                        }
-                        session.handle(message, Instant::now(), unix_ms())
-                    }
-                    Some(Err(error)) => {
-                        Metrics::inc(&self.metrics.agent_frames_rejected);
-                        tracing::warn!(%agent_id, %remote, %error, "bad frame on the control stream; closing");
-                        connection.close(close_code::BAD_FRAME.into(), error.to_string().as_bytes());
-                        break Err(error);
-                    }
-                    None => break Ok(()),
-                },
-                Some(command) = commands.recv() => {
-                    match command {
-                        Command::Ping(reply) => {
-                            let nonce = session.ping(Instant::now());
-                            pending_pings.insert(nonce, reply);
-                        }
-                    }
-                    None
-                }
-                () = sleep_until(deadline) => session.handle_timeout(Instant::now()),
-                _ = connection.closed() => break Ok(()),
-            };
-            match event {
-                None => {}
-                Some(ControlSessionEvent::Registered(hello)) => {
-                    registered = true;
-                    tracing::info!(%agent_id, %remote, hostname = %hello.facts.hostname, version = %hello.agent_version, "agent connected");
-                    self.register(agent_id, &connection, commands_tx.clone(), last_seen.clone(), hello.facts);
-                }
-                Some(ControlSessionEvent::Status(report)) => {
-                    Metrics::inc(&self.metrics.agent_status_reports);
-                    self.update_facts(agent_id, report.facts);
-                }
-                Some(ControlSessionEvent::StackStatus(status)) => self.record_observed(status),
-                Some(ControlSessionEvent::Event(event)) => {
-                    tracing::info!(%agent_id, event = ?event.kind, "agent event")
-                }
-                Some(ControlSessionEvent::PingAnswered { nonce, round_trip }) => {
-                    if let Some(reply) = pending_pings.remove(&nonce) {
-                        let _ = reply.send(round_trip);
-                    }
-                }
-                Some(ControlSessionEvent::RenewalRequested { csr_der }) => {
-                    let answer =
-                        match self.pki.issue_agent_certificate(&csr_der, agent_id, self.config.agent_cert_lifetime) {
-                            Ok(cert) => {
-                                tracing::info!(%agent_id, "agent certificate renewed");
-                                ControlMessage::CertificateRenewed { cert_der: cert.der().to_vec() }
+            tokio::select! {
+                chunk = recv.read_chunk(READ_CHUNK, true) => match chunk {
+                    Ok(Some(chunk)) => {
+                        let now = Instant::now();
+                        let decoded = decoder.push(&chunk.bytes).and_then(|()| {
+                            while let Some(message) = decoder.next_message::<AgentMessage>()? {
+                                if matches!(message, AgentMessage::Heartbeat { .. }) {
+                                    Metrics::inc(&self.metrics.agent_heartbeats);
+                                }
+                                events.extend(session.handle(message, now, unix_ms()));
                             }
-                            Err(error) => ControlMessage::RenewalRefused { reason: error.to_string() },
-                        };
-                    session.send(answer);
-                }
-                Some(ControlSessionEvent::Closed(reason)) => {
-                    let _ = flush(&mut session, &mut send, self.config.max_frame).await;
-                    let _ = send.finish();
-                    match &reason {
-                        CloseReason::Refused(refusal) => self.refuse(&connection, remote, Some(agent_id), refusal),
-                        other => {
-                            tracing::info!(%agent_id, reason = ?other, "agent session closed");
-                            connection.close(close_code::NORMAL.into(), b"session closed");
+                            Ok(())
+                        });
+                        last_seen.store(unix_ms(), Ordering::Relaxed);
+                        if let Err(error) = decoded {
+                            Metrics::inc(&self.metrics.agent_frames_rejected);
+                            tracing::warn!(%agent_id, %remote, %error, "bad frame on the control stream; closing");
+                            connection.close(close_code::BAD_FRAME.into(), error.to_string().as_bytes());
+                            break 'session Err(StreamError::Frame(error));
                         }
                     }
-                    break Ok(());
+                    Ok(None) | Err(_) => break 'session Ok(()),
+                },
+                Some(command) = commands.recv() => match command {
+                    Command::Ping(reply) => {
+                        let nonce = session.ping(Instant::now());
+                        pending_pings.insert(nonce, reply);
+                    }
+                },
+                () = sleep_until(deadline) => events.extend(session.handle_timeout(Instant::now())),
+                _ = connection.closed() => break 'session Ok(()),
+            }
+            for event in events.drain(..) {
+                match event {
+                    ControlSessionEvent::Registered(hello) => {
+                        registered = true;
+                        tracing::info!(%agent_id, %remote, hostname = %hello.facts.hostname, version = %hello.agent_version, "agent connected");
+                        self.register(agent_id, &connection, commands_tx.clone(), last_seen.clone(), hello.facts);
+                    }
+                    ControlSessionEvent::Status(report) => {
+                        Metrics::inc(&self.metrics.agent_status_reports);
+                        self.update_facts(agent_id, report.facts);
+                    }
+                    ControlSessionEvent::StackStatus(status) => self.record_observed(status),
+                    ControlSessionEvent::Event(event) => {
+                        tracing::info!(%agent_id, event = ?event.kind, "agent event")
+                    }
+                    ControlSessionEvent::PingAnswered { nonce, round_trip } => {
+                        if let Some(reply) = pending_pings.remove(&nonce) {
+                            let _ = reply.send(round_trip);
+                        }
+                    }
+                    ControlSessionEvent::RenewalRequested { csr_der } => {
+                        let answer =
+                            match self.pki.issue_agent_certificate(&csr_der, agent_id, self.config.agent_cert_lifetime)
+                            {
+                                Ok(cert) => {
+                                    tracing::info!(%agent_id, "agent certificate renewed");
+                                    ControlMessage::CertificateRenewed { cert_der: cert.der().to_vec() }
+                                }
+                                Err(error) => ControlMessage::RenewalRefused { reason: error.to_string() },
+                            };
+                        session.send(answer);
+                    }
+                    ControlSessionEvent::Closed(reason) => {
+                        let _ = flush(&mut session, &mut send, self.config.max_frame).await;
+                        let _ = send.finish();
+                        match &reason {
+                            CloseReason::Refused(refusal) => self.refuse(&connection, remote, Some(agent_id), refusal),
+                            other => {
+                                tracing::info!(%agent_id, reason = ?other, "agent session closed");
+                                connection.close(close_code::NORMAL.into(), b"session closed");
+                            }
+                        }
+                        break 'session Ok(());
+                    }
                 }
             }
         };
@@ -366,7 +377,7 @@ impl Hub {
         if let Some(previous) = previous {
             previous.connection.close(close_code::REPLACED.into(), b"replaced by a newer connection");
         }
-        if let Err(error) = agents::update(self.store.as_ref(), agent_id, |a| {
+        if let Err(error) = agents::observe(self.store.as_ref(), agent_id, |a| {
             a.facts = Some(facts);
             a.last_seen_unix_ms = Some(unix_ms());
         }) {
@@ -387,7 +398,7 @@ impl Hub {
             live.remove(&agent_id);
             drop(live);
             tracing::info!(%agent_id, "agent disconnected");
-            let _ = agents::update(self.store.as_ref(), agent_id, |a| a.last_seen_unix_ms = Some(last_seen));
+            let _ = agents::observe(self.store.as_ref(), agent_id, |a| a.last_seen_unix_ms = Some(last_seen));
         }
     }
 
@@ -560,25 +571,6 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Reads the control stream on its own task (reads are not cancel-safe) and hands messages on.
-async fn read_frames(mut recv: quinn::RecvStream, max: usize, out: mpsc::Sender<Result<AgentMessage, StreamError>>) {
-    loop {
-        match read_frame::<AgentMessage, _>(&mut recv, max).await {
-            Ok(Some(message)) => {
-                if out.send(Ok(message)).await.is_err() {
-                    return;
-                }
-            }
-            Ok(None) => return,
-            Err(error) => {
-                let _ = recv.stop(close_code::BAD_FRAME.into());
-                let _ = out.send(Err(error)).await;
-                return;
-            }
-        }
     }
 }
 

@@ -97,6 +97,20 @@ pub trait Store: Send + Sync + 'static {
     /// returning. Returns false (and writes nothing) when a check failed.
     fn atomic(&self, checks: &[Check], writes: &[Write]) -> Result<bool, StoreError>;
 
+    /// Writes without waiting for the disk: for observations (facts, last seen) that the next
+    /// report rewrites anyway. The backend makes them durable within its flush interval.
+    fn put_relaxed(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        self.put(table, key, value)
+    }
+
+    /// One page of a table in key order, and how many entries the table holds, without
+    /// decoding or copying the entries outside the page.
+    fn page(&self, table: Table, offset: usize, limit: usize) -> Result<(usize, Vec<Entry>), StoreError> {
+        let all = self.scan(table)?;
+        let total = all.len();
+        Ok((total, all.into_iter().skip(offset).take(limit).collect()))
+    }
+
     fn put(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
         self.atomic(&[], &[Write { table, key: key.to_vec(), value: Some(value) }]).map(drop)
     }
@@ -136,6 +150,22 @@ impl Store for SledStore {
             .scan_prefix(prefix)
             .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from))
             .collect()
+    }
+
+    fn put_relaxed(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        self.tree(table).insert(key, value)?;
+        Ok(())
+    }
+
+    fn page(&self, table: Table, offset: usize, limit: usize) -> Result<(usize, Vec<Entry>), StoreError> {
+        let tree = self.tree(table);
+        let page = tree
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from))
+            .collect::<Result<_, _>>()?;
+        Ok((tree.len(), page))
     }
 
     fn atomic(&self, checks: &[Check], writes: &[Write]) -> Result<bool, StoreError> {
@@ -200,6 +230,9 @@ pub trait RecordStore {
     fn load_all<R: Record>(&self) -> Result<Vec<R>, StoreError>;
     fn load_prefix<R: Record>(&self, prefix: &[u8]) -> Result<Vec<R>, StoreError>;
     fn save<R: Record>(&self, record: &R) -> Result<(), StoreError>;
+    fn save_relaxed<R: Record>(&self, record: &R) -> Result<(), StoreError>;
+    /// One page of records in key order, and the table's size.
+    fn load_page<R: Record>(&self, offset: usize, limit: usize) -> Result<(usize, Vec<R>), StoreError>;
     /// Replaces `old` by `new` only if the stored record is still exactly `old`.
     fn replace<R: Record>(&self, old: &R, new: &R) -> Result<bool, StoreError>;
 }
@@ -219,6 +252,15 @@ impl<S: Store + ?Sized> RecordStore for S {
 
     fn save<R: Record>(&self, record: &R) -> Result<(), StoreError> {
         self.put(R::TABLE, &record.key(), record.encode())
+    }
+
+    fn save_relaxed<R: Record>(&self, record: &R) -> Result<(), StoreError> {
+        self.put_relaxed(R::TABLE, &record.key(), record.encode())
+    }
+
+    fn load_page<R: Record>(&self, offset: usize, limit: usize) -> Result<(usize, Vec<R>), StoreError> {
+        let (total, entries) = self.page(R::TABLE, offset, limit)?;
+        Ok((total, entries.into_iter().map(|(_, v)| R::decode(&v)).collect::<Result<_, _>>()?))
     }
 
     fn replace<R: Record>(&self, old: &R, new: &R) -> Result<bool, StoreError> {

@@ -108,7 +108,8 @@ pub struct Page<T> {
 }
 
 impl PageQuery {
-    pub fn apply<T>(&self, all: Vec<T>) -> Result<Page<T>, ApiError> {
+    /// Page number and size, checked: (page, per_page, offset).
+    pub fn bounds(&self) -> Result<(usize, usize, usize), ApiError> {
         let page = self.page.unwrap_or(1);
         let per_page = self.per_page.unwrap_or(50);
         if page == 0 {
@@ -117,9 +118,20 @@ impl PageQuery {
         if !(1..=500).contains(&per_page) {
             return Err(ApiError::invalid("per_page", "per_page must be between 1 and 500"));
         }
-        let total = all.len();
-        let items = all.into_iter().skip((page - 1) * per_page).take(per_page).collect();
+        Ok((page, per_page, (page - 1) * per_page))
+    }
+
+    /// A page of items that the store already paged, with the total.
+    pub fn paged<T>(&self, total: usize, items: Vec<T>) -> Result<Page<T>, ApiError> {
+        let (page, per_page, _) = self.bounds()?;
         Ok(Page { items, total, page, per_page })
+    }
+
+    /// Pages a list held in full.
+    pub fn apply<T>(&self, all: Vec<T>) -> Result<Page<T>, ApiError> {
+        let (_, per_page, offset) = self.bounds()?;
+        let total = all.len();
+        self.paged(total, all.into_iter().skip(offset).take(per_page).collect())
     }
 }
 

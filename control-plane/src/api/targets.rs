@@ -80,8 +80,11 @@ async fn list(
     _caller: Caller,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<TargetView>>, ApiError> {
-    let all = agents::list(state.store.as_ref())?.into_iter().map(|a| view(&state, a)).collect();
-    Ok(Json(query.apply(all)?))
+    // Paged in the store: a large fleet costs a request only the page it returns.
+    let (_, per_page, offset) = query.bounds()?;
+    let (total, page) = agents::page(state.store.as_ref(), offset, per_page)?;
+    let items = page.into_iter().map(|a| view(&state, a)).collect();
+    Ok(Json(query.paged(total, items)?))
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -123,7 +126,7 @@ async fn refresh_facts(
     let agent = load(&state, &id)?;
     match state.hub.run_job(agent.id, JobPayload::CollectFacts, Duration::from_secs(30)).await? {
         JobOutcome::Succeeded(JobOutput::Facts(facts)) => {
-            agents::update(state.store.as_ref(), agent.id, |a| a.facts = Some(facts.clone()))?;
+            agents::observe(state.store.as_ref(), agent.id, |a| a.facts = Some(facts.clone()))?;
             Ok(Json(facts))
         }
         JobOutcome::Succeeded(other) => Err(ApiError::new(
