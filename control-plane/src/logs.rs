@@ -19,6 +19,8 @@ use crate::hub::{Hub, HubError};
 
 /// How long a log request stays valid for the agent (follows then run until stopped).
 const REQUEST_VALIDITY: Duration = Duration::from_secs(60);
+/// Bytes read from an agent's log stream at once.
+const READ_BUFFER: usize = 256 * 1024;
 /// Lines a follower may fall behind before it starts skipping.
 const FOLLOWER_BUFFER: usize = 2048;
 
@@ -150,7 +152,9 @@ impl LogHub {
         let max = self.hub.max_frame();
         // Reads on their own task: a read is not cancel-safe.
         let reader = tokio::spawn(async move {
-            while let Ok(Some(event)) = read_frame::<JobEvent, _>(&mut recv, max).await {
+            // Log frames are small and many: read the stream in large pieces.
+            let mut buffered = tokio::io::BufReader::with_capacity(READ_BUFFER, &mut recv);
+            while let Ok(Some(event)) = read_frame::<JobEvent, _>(&mut buffered, max).await {
                 if frames_tx.send(event).await.is_err() {
                     break;
                 }

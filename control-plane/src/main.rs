@@ -476,6 +476,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .follow(&format!("/deployments/{deployment}/logs?{query}&follow=true"), |event, data| {
                         match event {
                             "log" => print_line(data),
+                            "logs" => data.as_array().into_iter().flatten().for_each(print_line),
                             "skipped" => eprintln!("… {} lines skipped (this terminal fell behind)", data["skipped"]),
                             _ => {}
                         }

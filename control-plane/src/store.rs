@@ -124,14 +124,26 @@ pub trait Store: Send + Sync + 'static {
 pub struct SledStore {
     db: sled::Db,
     trees: std::collections::HashMap<Table, sled::Tree>,
+    /// Entries per table: sled counts by scanning, which a paged list cannot afford per request.
+    counts: std::collections::HashMap<Table, std::sync::atomic::AtomicI64>,
 }
 
 impl SledStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(path).open()?;
-        let trees =
+        let trees: std::collections::HashMap<Table, sled::Tree> =
             Table::ALL.into_iter().map(|t| Ok((t, db.open_tree(t.name())?))).collect::<Result<_, sled::Error>>()?;
-        Ok(Self { db, trees })
+        // One scan per table at start; the counts are kept up to date by every write after.
+        let counts = trees.iter().map(|(t, tree)| (*t, std::sync::atomic::AtomicI64::new(tree.len() as i64))).collect();
+        Ok(Self { db, trees, counts })
+    }
+
+    /// Adjusts a table's count by what a committed write did: +1 for a new key, -1 for a removed one.
+    fn count_write(&self, table: Table, existed: bool, exists: bool) {
+        let delta = i64::from(exists) - i64::from(existed);
+        if delta != 0 {
+            self.counts[&table].fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     fn tree(&self, table: Table) -> &sled::Tree {
@@ -153,7 +165,8 @@ impl Store for SledStore {
     }
 
     fn put_relaxed(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
-        self.tree(table).insert(key, value)?;
+        let previous = self.tree(table).insert(key, value)?;
+        self.count_write(table, previous.is_some(), true);
         Ok(())
     }
 
@@ -165,7 +178,8 @@ impl Store for SledStore {
             .take(limit)
             .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from))
             .collect::<Result<_, _>>()?;
-        Ok((tree.len(), page))
+        let total = usize::try_from(self.counts[&table].load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0);
+        Ok((total, page))
     }
 
     fn atomic(&self, checks: &[Check], writes: &[Write]) -> Result<bool, StoreError> {
@@ -181,18 +195,26 @@ impl Store for SledStore {
                     return abort(());
                 }
             }
+            // Which keys existed before each write; counted only once the transaction commits
+            // (a conflicting transaction runs this closure again).
+            let mut existed = Vec::with_capacity(writes.len());
             for write in writes {
                 let tree = &tx[index(write.table)];
-                match &write.value {
+                let previous = match &write.value {
                     Some(value) => tree.insert(write.key.as_slice(), value.as_slice())?,
                     None => tree.remove(write.key.as_slice())?,
                 };
+                existed.push(previous.is_some());
             }
-            Ok::<_, ConflictableTransactionError<()>>(())
+            Ok::<_, ConflictableTransactionError<()>>(existed)
         });
         match outcome {
-            Ok(()) => {
+            Ok(existed) => {
                 self.db.flush()?;
+                // A key written twice in one batch would be counted twice; batches never do that.
+                for (write, existed) in writes.iter().zip(existed) {
+                    self.count_write(write.table, existed, write.value.is_some());
+                }
                 Ok(true)
             }
             Err(sled::transaction::TransactionError::Abort(())) => Ok(false),
@@ -309,6 +331,24 @@ mod tests {
         let stale = Thing { id: 1, name: "stale".into() };
         assert!(!store.replace(&stale, &Thing { id: 1, name: "b".into() }).expect("ran"));
         assert_eq!(store.load::<Thing>(&old.key()).expect("load"), Some(old));
+    }
+
+    #[test]
+    fn pages_report_the_table_size_through_puts_deletes_and_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = SledStore::open(dir.path()).expect("open");
+            for id in 0..5u32 {
+                store.save(&Thing { id, name: "a".into() }).expect("save");
+            }
+            store.save(&Thing { id: 0, name: "again".into() }).expect("overwrite");
+            store.save_relaxed(&Thing { id: 9, name: "relaxed".into() }).expect("relaxed");
+            store.delete(Table::Users, &1u32.to_be_bytes()).expect("delete");
+            let (total, page) = store.load_page::<Thing>(1, 2).expect("page");
+            assert_eq!((total, page.iter().map(|t| t.id).collect::<Vec<_>>()), (5, vec![2, 3]));
+        }
+        let store = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.load_page::<Thing>(0, 10).expect("page").0, 5);
     }
 
     #[test]

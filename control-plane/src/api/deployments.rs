@@ -362,6 +362,9 @@ fn sse(event: &Event) -> SseEvent {
     SseEvent::default().event("deployment").id(event.seq.to_string()).data(event_json(event).to_string())
 }
 
+/// Most lines sent in one `logs` event.
+const LOG_BATCH: usize = 512;
+
 #[derive(Debug, Deserialize)]
 struct LogsQuery {
     service: Option<String>,
@@ -403,8 +406,8 @@ fn line_json(line: &crate::logs::LogLine, timestamps: bool) -> Value {
 }
 
 /// Logs of a deployment's containers: the last lines as JSON, or with `follow=true` those
-/// lines and then new ones as Server-Sent Events (`log`, and `skipped` when this follower
-/// fell behind).
+/// lines and then new ones as Server-Sent Events: `log` (one line), `logs` (an array of lines
+/// that were waiting together), and `skipped` when this follower fell behind.
 async fn logs(
     State(state): State<AppState>,
     _caller: Caller,
@@ -445,7 +448,20 @@ async fn logs(
     let future = stream::unfold(live, move |mut live| async move {
         match live.recv().await {
             Ok(line) => {
-                Some((Ok(SseEvent::default().event("log").data(line_json(&line, timestamps).to_string())), live))
+                // Lines already waiting go out together, as one `logs` event: a busy service
+                // costs a follower one event per batch, not one per line.
+                let mut batch = vec![line_json(&line, timestamps)];
+                while batch.len() < LOG_BATCH {
+                    match live.try_recv() {
+                        Ok(line) => batch.push(line_json(&line, timestamps)),
+                        Err(_) => break,
+                    }
+                }
+                let event = match batch.len() {
+                    1 => SseEvent::default().event("log").data(batch[0].to_string()),
+                    _ => SseEvent::default().event("logs").data(Value::Array(batch).to_string()),
+                };
+                Some((Ok(event), live))
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(skipped)) => {
                 Some((Ok(SseEvent::default().event("skipped").data(json!({ "skipped": skipped }).to_string())), live))

@@ -184,6 +184,17 @@ fn client_config(ca_pem: &str, identity: &Identity) -> anyhow::Result<quinn::Cli
     Ok(config)
 }
 
+/// A client endpoint shared by up to 500 simulated agents. Its socket gets a large receive
+/// buffer: the handshake flights of hundreds of agents arrive at once, and a dropped datagram
+/// costs a retransmission timeout, which would measure the bench, not the control plane.
+fn client_endpoint() -> anyhow::Result<quinn::Endpoint> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    let _ = socket.set_recv_buffer_size(16 * 1024 * 1024);
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    let runtime = quinn::default_runtime().context("no async runtime")?;
+    Ok(quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket.into(), runtime)?)
+}
+
 /// One simulated agent: connects, says Hello, then heartbeats, reports and answers jobs until
 /// the benchmark stops.
 async fn run_agent(
@@ -427,7 +438,7 @@ async fn main() -> anyhow::Result<()> {
     let connect_permits = Arc::new(Semaphore::new(500));
     for (n, identity) in identities.iter().enumerate() {
         if n % 500 == 0 {
-            endpoints.push(quinn::Endpoint::client("127.0.0.1:0".parse()?)?);
+            endpoints.push(client_endpoint()?);
         }
         let endpoint = endpoints.last().cloned().context("endpoint")?;
         let config = client_config(&ca, identity)?;
@@ -551,16 +562,18 @@ async fn main() -> anyhow::Result<()> {
         buffer.push_str(&String::from_utf8_lossy(&chunk?));
         while let Some(end) = buffer.find('\n') {
             let line: String = buffer.drain(..=end).collect();
-            if let Some(data) = line.strip_prefix("data:")
-                && let Ok(value) = serde_json::from_str::<Value>(data.trim())
-                && let Some(text) = value["line"].as_str()
-            {
+            let Some(data) = line.strip_prefix("data:") else { continue };
+            let Ok(value) = serde_json::from_str::<Value>(data.trim()) else { continue };
+            // A `log` event holds one line, a `logs` event an array of them.
+            let lines = match value {
+                Value::Array(lines) => lines,
+                single => vec![single],
+            };
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            for text in lines.iter().filter_map(|l| l["line"].as_str()) {
                 line_bytes += text.len() as u64 + 1;
                 if let Some(sent) = text.get(..20).and_then(|n| n.parse::<u128>().ok()) {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_nanos())
-                        .unwrap_or(0);
                     latencies.push(now.saturating_sub(sent) as f64 / 1e6);
                 }
             }
