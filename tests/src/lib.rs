@@ -282,6 +282,78 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// Enrolls a new agent in `dir/name` with a fresh one-use token and starts it.
+    pub async fn start_agent(&mut self, dir: &Path, name: &str) -> Agent {
+        let token = self.join_token(1, 600).await;
+        let mut agent = Agent::enroll(self, &dir.join(name), token["token"].as_str().expect("token")).expect("enrolls");
+        agent.start();
+        agent
+    }
+
+    /// Runs the `windflow` CLI with its session kept in `dir`: (succeeded, stdout, stderr).
+    pub fn cli(&self, dir: &Path, args: &[&str]) -> (bool, String, String) {
+        let output = Command::new(bin("windflow"))
+            .args(args)
+            .env("WINDFLOW_CLI_CONFIG", dir.join("cli.json"))
+            .env("WINDFLOW_PASSWORD", ADMIN_PASSWORD)
+            .output()
+            .expect("the CLI runs");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// Logs the CLI in as the admin, with its session kept in `dir`.
+    pub fn cli_login(&self, dir: &Path) {
+        let ca = self.dir.join("data/ca.pem");
+        let (ok, out, err) =
+            self.cli(dir, &["login", "--server", &self.url(""), "--ca-file", ca.to_str().expect("path")]);
+        assert!(ok, "login: {out}{err}");
+    }
+}
+
+/// The stack the Docker tests deploy: `init` writes a page into a named volume and exits, `web`
+/// (busybox httpd) serves it on `127.0.0.1:port` once `init` completed and reports healthy, and
+/// `worker` prints `line` every second once `web` is healthy.
+pub fn three_service_stack(image: &str, port: u16, line: &str) -> String {
+    format!(
+        r#"
+services:
+  init:
+    image: {image}
+    command: ["sh", "-c", "echo '<h1>deployed by windflow</h1>' > /www/index.html"]
+    volumes: [site:/www]
+  web:
+    image: {image}
+    command: ["httpd", "-f", "-p", "80", "-h", "/www"]
+    ports: ["127.0.0.1:{port}:80"]
+    volumes: ["site:/www:ro"]
+    depends_on:
+      init: {{ condition: service_completed_successfully }}
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1/"]
+      interval: 1s
+      retries: 10
+    restart: unless-stopped
+    stop_grace_period: 1s
+  worker:
+    image: {image}
+    command: ["sh", "-c", "while true; do echo \"$$LINE\"; sleep 1; done"]
+    environment:
+      LINE: "{line}"
+    depends_on:
+      web: {{ condition: service_healthy }}
+    restart: unless-stopped
+    stop_grace_period: 1s
+volumes:
+  site: {{}}
+"#
+    )
+}
+
 /// An agent's data directory and, once started, its process.
 #[derive(Debug)]
 pub struct Agent {

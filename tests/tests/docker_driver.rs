@@ -8,44 +8,7 @@ use uuid::Uuid;
 use windflow_agent::driver::docker::DockerDriver;
 use windflow_protocol::StackSpec;
 use windflow_protocol::messages::{ContainerState, HealthState, StackStatus};
-use windflow_tests::{busybox_image, docker_objects, free_tcp_port};
-
-fn three_services(image: &str, port: u16, worker_line: &str) -> String {
-    format!(
-        r#"
-services:
-  init:
-    image: {image}
-    command: ["sh", "-c", "echo '<h1>hello from windflow</h1>' > /www/index.html"]
-    volumes: [site:/www]
-  web:
-    image: {image}
-    command: ["httpd", "-f", "-p", "80", "-h", "/www"]
-    ports: ["127.0.0.1:{port}:80"]
-    volumes: ["site:/www:ro"]
-    depends_on:
-      init: {{ condition: service_completed_successfully }}
-    healthcheck:
-      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1/"]
-      interval: 1s
-      timeout: 2s
-      retries: 10
-    restart: unless-stopped
-    stop_grace_period: 1s
-  worker:
-    image: {image}
-    command: ["sh", "-c", "while true; do echo \"$$LINE\"; sleep 1; done"]
-    environment:
-      LINE: "{worker_line}"
-    depends_on:
-      web: {{ condition: service_healthy }}
-    restart: unless-stopped
-    stop_grace_period: 1s
-volumes:
-  site: {{}}
-"#
-    )
-}
+use windflow_tests::{busybox_image, docker_objects, free_tcp_port, three_service_stack};
 
 fn spec(project: &str, yaml: &str) -> StackSpec {
     windflow_control_plane::compose::parse(yaml, project, &BTreeMap::new()).expect("valid stack").spec
@@ -75,7 +38,7 @@ async fn a_three_service_stack_comes_up_in_order_updates_minimally_and_goes_away
     let deployment = Uuid::now_v7();
     let (progress, mut steps) = tokio::sync::mpsc::unbounded_channel();
 
-    let first = spec(&project, &three_services(&image, port, "worker says hi"));
+    let first = spec(&project, &three_service_stack(&image, port, "worker says hi"));
     let status = driver.apply(deployment, &first, &progress).await.expect("deploys");
     let mut seen = Vec::new();
     while let Ok((step, _)) = steps.try_recv() {
@@ -93,7 +56,7 @@ async fn a_three_service_stack_comes_up_in_order_updates_minimally_and_goes_away
     assert_eq!(state("worker").state, ContainerState::Running);
     assert_eq!(state("web").name, format!("{project}-web-1"));
     let page = http_get(port).await.expect("web answers");
-    assert!(page.contains("hello from windflow"), "{page}");
+    assert!(page.contains("deployed by windflow"), "{page}");
 
     // Same spec again: nothing is recreated.
     let again = driver.apply(deployment, &first, &progress).await.expect("idempotent");
@@ -102,7 +65,7 @@ async fn a_three_service_stack_comes_up_in_order_updates_minimally_and_goes_away
     }
 
     // Only the worker's environment changes: only the worker is recreated.
-    let second = spec(&project, &three_services(&image, port, "worker says bye"));
+    let second = spec(&project, &three_service_stack(&image, port, "worker says bye"));
     let updated = driver.apply(deployment, &second, &progress).await.expect("updates");
     assert_eq!(container_id(&updated, "web"), container_id(&status, "web"));
     assert_eq!(container_id(&updated, "init"), container_id(&status, "init"));
@@ -123,7 +86,7 @@ async fn a_three_service_stack_comes_up_in_order_updates_minimally_and_goes_away
     })
     .await
     .expect("web is back");
-    assert!(page.contains("hello from windflow"), "the volume kept the page");
+    assert!(page.contains("deployed by windflow"), "the volume kept the page");
 
     // Removal without volumes keeps the volume; with volumes, nothing is left.
     driver.remove(&project, false, &progress).await.expect("removes");

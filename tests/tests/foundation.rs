@@ -12,13 +12,6 @@ fn scratch() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
 
-async fn enrolled_agent(cp: &mut ControlPlane, dir: &std::path::Path, name: &str) -> Agent {
-    let token = cp.join_token(1, 600).await;
-    let mut agent = Agent::enroll(cp, &dir.join(name), token["token"].as_str().expect("token")).expect("enrolls");
-    agent.start();
-    agent
-}
-
 async fn wait_connected(cp: &mut ControlPlane, id: &str, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
@@ -190,7 +183,9 @@ async fn wrong_expired_used_up_and_revoked_join_tokens_are_refused_and_write_not
 
     let valid = cp.join_token(1, 600).await;
     let valid_token = valid["token"].as_str().expect("token").to_owned();
-    let forged = format!("{}A", &valid_token[..valid_token.len() - 1]);
+    // Change the secret's last character, whatever it was.
+    let last = if valid_token.ends_with('A') { 'B' } else { 'A' };
+    let forged = format!("{}{last}", &valid_token[..valid_token.len() - 1]);
     let (status, body) = enroll_with(&cp, forged, &csr).await;
     assert_eq!((status, body["error"]["code"].clone()), (StatusCode::UNAUTHORIZED, json!("join_token_invalid")));
 
@@ -278,7 +273,7 @@ async fn clients_without_a_certificate_from_our_ca_are_refused_and_counted() {
 async fn a_revoked_agent_is_cut_off_at_once_and_refused_afterwards() {
     let dir = scratch();
     let mut cp = ControlPlane::start(dir.path()).await;
-    let mut agent = enrolled_agent(&mut cp, dir.path(), "a").await;
+    let mut agent = cp.start_agent(dir.path(), "a").await;
     let id = agent.id();
     assert!(wait_connected(&mut cp, &id, Duration::from_secs(10)).await, "{}", agent.logs());
 
@@ -318,7 +313,7 @@ fn windflow_agent_exit_revoked() -> i32 {
 async fn garbage_and_oversize_frames_close_the_connection_and_the_control_plane_stays_healthy() {
     let dir = scratch();
     let mut cp = ControlPlane::start(dir.path()).await;
-    let witness = enrolled_agent(&mut cp, dir.path(), "witness").await;
+    let witness = cp.start_agent(dir.path(), "witness").await;
     assert!(wait_connected(&mut cp, &witness.id(), Duration::from_secs(10)).await);
 
     // A legitimately enrolled identity, driven by hand.
@@ -371,7 +366,7 @@ async fn garbage_and_oversize_frames_close_the_connection_and_the_control_plane_
 async fn an_agent_reconnects_by_itself_with_the_same_identity_after_the_control_plane_restarts() {
     let dir = scratch();
     let mut cp = ControlPlane::start(dir.path()).await;
-    let agent = enrolled_agent(&mut cp, dir.path(), "a").await;
+    let agent = cp.start_agent(dir.path(), "a").await;
     let id = agent.id();
     assert!(wait_connected(&mut cp, &id, Duration::from_secs(10)).await);
     let ca_before = cp.ca_pem();
@@ -395,7 +390,7 @@ async fn an_agent_renews_its_certificate_before_expiry_and_reconnects_with_the_n
         vec!["--agent-cert-ttl".into(), "24s".into()],
     )
     .await;
-    let agent = enrolled_agent(&mut cp, dir.path(), "a").await;
+    let agent = cp.start_agent(dir.path(), "a").await;
     let id = agent.id();
     assert!(wait_connected(&mut cp, &id, Duration::from_secs(10)).await);
     let first = std::fs::read_to_string(agent.data_dir.join("cert.pem")).expect("cert");
@@ -506,37 +501,24 @@ async fn the_api_requires_a_session_and_answers_bad_input_with_clear_errors() {
 async fn the_cli_logs_in_creates_tokens_and_lists_and_revokes_targets() {
     let dir = scratch();
     let mut cp = ControlPlane::start(dir.path()).await;
-    let cli = |args: &[&str]| {
-        Command::new(bin("windflow"))
-            .args(args)
-            .env("WINDFLOW_CLI_CONFIG", dir.path().join("cli.json"))
-            .env("WINDFLOW_PASSWORD", ADMIN_PASSWORD)
-            .output()
-            .expect("cli runs")
-    };
-    let ca = dir.path().join("data/ca.pem");
-    let login = cli(&["login", "--server", &cp.url(""), "--ca-file", ca.to_str().expect("path")]);
-    assert!(login.status.success(), "{}", String::from_utf8_lossy(&login.stderr));
+    cp.cli_login(dir.path());
 
-    let created = cli(&["token", "create", "--uses", "2", "--ttl", "10m"]);
-    let out = String::from_utf8_lossy(&created.stdout);
-    assert!(created.status.success() && out.contains("--pinnedpubkey") && out.contains("usable 2 time(s)"), "{out}");
+    let (ok, out, _) = cp.cli(dir.path(), &["token", "create", "--uses", "2", "--ttl", "10m"]);
+    assert!(ok && out.contains("--pinnedpubkey") && out.contains("usable 2 time(s)"), "{out}");
     let token = out.split("WINDFLOW_JOIN_TOKEN='").nth(1).and_then(|s| s.split('\'').next()).expect("token in command");
 
     let mut agent = Agent::enroll(&cp, &dir.path().join("a"), token).expect("enrolls");
     agent.start();
     let id = agent.id();
     assert!(wait_connected(&mut cp, &id, Duration::from_secs(10)).await);
-    let listed = String::from_utf8_lossy(&cli(&["targets", "list"]).stdout).into_owned();
+    let (_, listed, _) = cp.cli(dir.path(), &["targets", "list"]);
     assert!(listed.contains(&id) && listed.contains("connected"), "{listed}");
-    let tested = cli(&["targets", "test", &id]);
-    assert!(String::from_utf8_lossy(&tested.stdout).contains("agent answered in"));
-    let revoked = cli(&["targets", "revoke", &id]);
-    assert!(revoked.status.success());
-    let listed = String::from_utf8_lossy(&cli(&["targets", "list"]).stdout).into_owned();
+    let (_, tested, _) = cp.cli(dir.path(), &["targets", "test", &id]);
+    assert!(tested.contains("agent answered in"), "{tested}");
+    assert!(cp.cli(dir.path(), &["targets", "revoke", &id]).0);
+    let (_, listed, _) = cp.cli(dir.path(), &["targets", "list"]);
     assert!(listed.contains("revoked"), "{listed}");
 
-    let refused = cli(&["targets", "show", "01900000-0000-7000-8000-000000000000"]);
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("target not found"));
+    let (ok, _, err) = cp.cli(dir.path(), &["targets", "show", "01900000-0000-7000-8000-000000000000"]);
+    assert!(!ok && err.contains("target not found"), "{err}");
 }
