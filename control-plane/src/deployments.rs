@@ -18,6 +18,7 @@ use windflow_protocol::JobPayload;
 use windflow_protocol::messages::{ContainerState, JobOutcome, JobOutput, StackStatus};
 use windflow_protocol::stack::{RestartPolicy, StackSpec};
 
+use crate::audit::{AuditLog, Fact};
 use crate::auth::now_unix_s;
 use crate::hub::{Hub, HubError, unix_ms};
 use crate::stacks;
@@ -264,6 +265,7 @@ pub struct Reconciler {
     wake: Notify,
     in_flight: Mutex<HashSet<Uuid>>,
     last_repair: Mutex<HashMap<Uuid, std::time::Instant>>,
+    audit: Arc<AuditLog>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -273,7 +275,7 @@ impl std::fmt::Debug for Reconciler {
 }
 
 impl Reconciler {
-    pub fn new(store: Arc<dyn Store>, hub: Arc<Hub>, events: Arc<Events>) -> Arc<Self> {
+    pub fn new(store: Arc<dyn Store>, hub: Arc<Hub>, events: Arc<Events>, audit: Arc<AuditLog>) -> Arc<Self> {
         Arc::new(Self {
             store,
             hub,
@@ -281,6 +283,7 @@ impl Reconciler {
             wake: Notify::new(),
             in_flight: Mutex::new(HashSet::new()),
             last_repair: Mutex::new(HashMap::new()),
+            audit,
         })
     }
 
@@ -366,6 +369,16 @@ impl Reconciler {
         }
     }
 
+    fn audit(&self, kind: &'static str, deployment: &Deployment, detail: String) {
+        self.audit.record(Fact {
+            actor: "system".into(),
+            kind,
+            object: deployment.id.to_string(),
+            detail: Some(detail),
+            ..Fact::default()
+        });
+    }
+
     fn set(&self, id: Uuid, change: impl FnMut(&mut Deployment)) {
         if let Err(error) = modify(self.store.as_ref(), id, change) {
             tracing::error!(deployment_id = %id, %error, "could not record a deployment's state");
@@ -412,6 +425,11 @@ impl Reconciler {
                 } else {
                     format!("version {} is running", deployment.version)
                 };
+                self.audit(
+                    if repairing { "deployment.drift_repaired" } else { "deployment.applied" },
+                    &deployment,
+                    message.clone(),
+                );
                 self.events.finish(id, Level::Info, message, State::Running);
                 self.set(id, |d| {
                     d.state = State::Running;
@@ -431,6 +449,7 @@ impl Reconciler {
             Err(error) => {
                 let reason = error.to_string();
                 let failure = format!("version {} failed: {reason}", deployment.version);
+                self.audit("deployment.failed", &deployment, failure.clone());
                 let previous = deployment.running_version.filter(|v| *v != deployment.version);
                 match previous {
                     Some(_) => {
@@ -518,6 +537,11 @@ impl Reconciler {
             .await;
         match outcome {
             Ok(JobOutcome::Succeeded(_)) => {
+                self.audit(
+                    "deployment.removed",
+                    &deployment,
+                    if volumes { "with volumes".into() } else { "volumes kept".into() },
+                );
                 self.events.finish(id, Level::Info, "removed", State::Removed);
                 self.set(id, |d| {
                     d.state = State::Removed;

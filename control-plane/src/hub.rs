@@ -25,6 +25,7 @@ use windflow_protocol::session::{CloseReason, ControlSession, ControlSessionEven
 use windflow_protocol::{FrameDecoder, JobEnvelope, JobPayload, MAX_FRAME_LEN, Refusal};
 
 use crate::agents;
+use crate::audit::{AuditLog, Fact};
 use crate::metrics::Metrics;
 use crate::pki::{Pki, agent_id_from_certificate};
 use crate::store::Store;
@@ -117,6 +118,7 @@ pub struct Hub {
     /// Woken when an agent connects or reports, so the reconciler looks again.
     changes: tokio::sync::Notify,
     pub metrics: Arc<Metrics>,
+    audit: Arc<AuditLog>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -135,6 +137,7 @@ impl Hub {
         pki: Arc<Pki>,
         config: HubConfig,
         metrics: Arc<Metrics>,
+        audit: Arc<AuditLog>,
     ) -> Result<Arc<Self>, crate::store::StoreError> {
         let revoked =
             agents::list(store.as_ref())?.into_iter().filter(|a| a.revoked_at_unix_s.is_some()).map(|a| a.id).collect();
@@ -147,6 +150,7 @@ impl Hub {
             observed: Mutex::new(HashMap::new()),
             changes: tokio::sync::Notify::new(),
             metrics,
+            audit,
         }))
     }
 
@@ -209,6 +213,14 @@ impl Hub {
             Err(error) => {
                 Metrics::inc(&self.metrics.agent_handshakes_refused);
                 tracing::warn!(%remote, %error, "agent handshake refused");
+                self.audit.record(Fact {
+                    actor: "anonymous".into(),
+                    kind: "agent.handshake_refused",
+                    object: remote.to_string(),
+                    detail: Some(error.to_string()),
+                    remote: Some(remote.to_string()),
+                    ..Fact::default()
+                });
                 return;
             }
         };
@@ -236,6 +248,14 @@ impl Hub {
         Metrics::inc(&self.metrics.agent_sessions_refused);
         tracing::warn!(%remote, agent_id = ?agent_id, %refusal, "agent session refused");
         let code = if *refusal == Refusal::Revoked { close_code::REVOKED } else { close_code::REFUSED };
+        self.audit.record(Fact {
+            actor: agent_id.map_or_else(|| "anonymous".to_owned(), |id| format!("agent:{id}")),
+            kind: "agent.refused",
+            object: agent_id.map_or_else(|| remote.to_string(), |id| id.to_string()),
+            detail: Some(refusal.to_string()),
+            remote: Some(remote.to_string()),
+            ..Fact::default()
+        });
         connection.close(code.into(), refusal.to_string().as_bytes());
     }
 
@@ -307,6 +327,14 @@ impl Hub {
                     ControlSessionEvent::Registered(hello) => {
                         registered = true;
                         tracing::info!(%agent_id, %remote, hostname = %hello.facts.hostname, version = %hello.agent_version, "agent connected");
+                        self.audit.record(Fact {
+                            actor: format!("agent:{agent_id}"),
+                            kind: "agent.connected",
+                            object: agent_id.to_string(),
+                            detail: Some(format!("{} ({})", hello.facts.hostname, hello.agent_version)),
+                            remote: Some(remote.to_string()),
+                            ..Fact::default()
+                        });
                         self.register(agent_id, &connection, commands_tx.clone(), last_seen.clone(), hello.facts);
                     }
                     ControlSessionEvent::Status(report) => {
@@ -398,6 +426,12 @@ impl Hub {
             live.remove(&agent_id);
             drop(live);
             tracing::info!(%agent_id, "agent disconnected");
+            self.audit.record(Fact {
+                actor: format!("agent:{agent_id}"),
+                kind: "agent.disconnected",
+                object: agent_id.to_string(),
+                ..Fact::default()
+            });
             let _ = agents::observe(self.store.as_ref(), agent_id, |a| a.last_seen_unix_ms = Some(last_seen));
         }
     }
@@ -459,6 +493,12 @@ impl Hub {
             live.connection.close(close_code::REVOKED.into(), b"agent revoked");
             tracing::warn!(%agent_id, "revoked agent disconnected");
         }
+        self.audit.record(Fact {
+            actor: "system".into(),
+            kind: "agent.revoked",
+            object: agent_id.to_string(),
+            ..Fact::default()
+        });
     }
 
     /// Signs a job, opens its stream and sends it; the caller reads the job's events. Dropping

@@ -67,6 +67,11 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         tail: u32,
     },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Return a deployment to its previous stack version (or --version N).
     Rollback {
         deployment: String,
@@ -75,6 +80,19 @@ enum Command {
         /// Return at once instead of following the rollback.
         #[arg(long)]
         detach: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of the whole trail; exits 1 if an entry was changed, removed or moved.
+    Verify,
+    /// The latest entries, newest first.
+    List {
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
     },
 }
 
@@ -487,6 +505,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let lines =
                     client.request(Method::GET, &format!("/deployments/{deployment}/logs?{query}"), None).await?;
                 lines["items"].as_array().into_iter().flatten().for_each(print_line);
+            }
+            Ok(())
+        }
+        Command::Audit { command } => {
+            let mut client = Client::load()?;
+            match command {
+                AuditCommand::Verify => {
+                    let result = client.request(Method::GET, "/audit/verify", None).await?;
+                    if result["valid"] == json!(true) {
+                        println!("audit trail intact: {} entries", result["entries"]);
+                    } else {
+                        anyhow::bail!(
+                            "audit trail TAMPERED at entry {}: {}",
+                            result["broken_at"],
+                            result["problem"].as_str().unwrap_or("unknown problem")
+                        );
+                    }
+                }
+                AuditCommand::List { kind, limit } => {
+                    let mut path = format!("/events?per_page={limit}");
+                    if let Some(kind) = kind {
+                        path.push_str(&format!("&kind={kind}"));
+                    }
+                    let page = client.request(Method::GET, &path, None).await?;
+                    for e in page["items"].as_array().into_iter().flatten() {
+                        println!(
+                            "{:>6} {} {:<28} {:<24} {} {}",
+                            e["seq"],
+                            e["at"].as_str().unwrap_or(""),
+                            e["kind"].as_str().unwrap_or(""),
+                            e["actor"].as_str().unwrap_or(""),
+                            e["object"].as_str().unwrap_or(""),
+                            e["status"].as_u64().map(|s| s.to_string()).unwrap_or_default(),
+                        );
+                    }
+                }
             }
             Ok(())
         }

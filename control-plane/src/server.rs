@@ -69,6 +69,8 @@ pub async fn serve(
         );
     }
 
+    let audit = Arc::new(crate::audit::AuditLog::open(store.clone()).context("opening the audit trail")?);
+    let store_for_shutdown = store.clone();
     let metrics = Arc::new(Metrics::default());
     let hub = Hub::new(
         store.clone(),
@@ -79,6 +81,7 @@ pub async fn serve(
             ..HubConfig::default()
         },
         metrics,
+        audit.clone(),
     )?;
     let endpoint = hub.endpoint(config.quic_listen).context("binding the QUIC endpoint")?;
 
@@ -95,7 +98,7 @@ pub async fn serve(
         agent_cert_lifetime: config.agent_cert_ttl,
     };
     let events = Arc::new(crate::deployments::Events::new(store.clone()));
-    let reconciler = crate::deployments::Reconciler::new(store.clone(), hub.clone(), events);
+    let reconciler = crate::deployments::Reconciler::new(store.clone(), hub.clone(), events, audit.clone());
     let state = AppState {
         store,
         pki: pki.clone(),
@@ -103,6 +106,7 @@ pub async fn serve(
         auth,
         reconciler: reconciler.clone(),
         logs: crate::logs::LogHub::new(hub.clone()),
+        audit,
         settings: Arc::new(settings.clone()),
     };
 
@@ -135,7 +139,7 @@ pub async fn serve(
     let reconciler_task = tokio::spawn(reconciler.run(until_stopped()));
     let http = axum_server::bind_rustls(config.listen, tls)
         .handle(handle.clone())
-        .serve(api::router(state).into_make_service());
+        .serve(api::router(state).into_make_service_with_connect_info::<SocketAddr>());
     let http_task = tokio::spawn(http);
     if let Some(addr) = handle.listening().await {
         tracing::info!(api = %addr, quic = %quic_addr, url = %settings.public_url, pin = %pki.server_pin(), "control plane listening");
@@ -143,6 +147,8 @@ pub async fn serve(
     http_task.await?.context("HTTPS server")?;
     let _ = hub_task.await;
     let _ = reconciler_task.await;
+    // Relaxed writes (observations, the audit trail) reach the disk before the process ends.
+    store_for_shutdown.sync().context("flushing the store")?;
     Ok(())
 }
 

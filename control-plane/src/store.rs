@@ -38,10 +38,12 @@ pub enum Table {
     Deployments,
     /// Key: deployment id, then a big-endian sequence number.
     DeploymentEvents,
+    /// Key: big-endian sequence number.
+    Audit,
 }
 
 impl Table {
-    const ALL: [Table; 8] = [
+    const ALL: [Table; 9] = [
         Table::Users,
         Table::Sessions,
         Table::JoinTokens,
@@ -50,6 +52,7 @@ impl Table {
         Table::StackVersions,
         Table::Deployments,
         Table::DeploymentEvents,
+        Table::Audit,
     ];
 
     fn name(self) -> &'static str {
@@ -62,6 +65,7 @@ impl Table {
             Table::StackVersions => "stack_versions",
             Table::Deployments => "deployments",
             Table::DeploymentEvents => "deployment_events",
+            Table::Audit => "audit",
         }
     }
 }
@@ -96,6 +100,11 @@ pub trait Store: Send + Sync + 'static {
     /// Applies all `writes` if every check holds, atomically, and makes them durable before
     /// returning. Returns false (and writes nothing) when a check failed.
     fn atomic(&self, checks: &[Check], writes: &[Write]) -> Result<bool, StoreError>;
+
+    /// Makes every write so far durable (relaxed ones included); called at shutdown.
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Writes without waiting for the disk: for observations (facts, last seen) that the next
     /// report rewrites anyway. The backend makes them durable within its flush interval.
@@ -162,6 +171,11 @@ impl Store for SledStore {
             .scan_prefix(prefix)
             .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from))
             .collect()
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
     }
 
     fn put_relaxed(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {

@@ -4,6 +4,7 @@
 //! JSON DTOs live only here; domain modules never see a request or a response. Every error
 //! has the same JSON shape (see [`error`]).
 
+pub mod audit;
 pub mod auth;
 pub mod deployments;
 pub mod enroll;
@@ -49,6 +50,7 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub reconciler: Arc<crate::deployments::Reconciler>,
     pub logs: Arc<crate::logs::LogHub>,
+    pub audit: Arc<crate::audit::AuditLog>,
     pub settings: Arc<Settings>,
 }
 
@@ -58,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .merge(targets::routes())
         .merge(stacks::routes())
         .merge(deployments::routes())
+        .merge(audit::routes())
         .merge(enroll::api_routes());
     Router::new()
         .nest("/api/v1", api)
@@ -65,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .merge(enroll::file_routes())
         .route("/", axum::routing::get(dashboard))
         .fallback(|| async { ApiError::not_found("route") })
+        .layer(middleware::from_fn_with_state(state.clone(), audit::record_requests))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
 }

@@ -1,0 +1,168 @@
+//! `/events` (the audit trail, filtered and paged, or live over SSE) and `/audit/verify`; and the
+//! middleware that records every mutating API request. Readable by installation administrators.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::stream::{self, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::{ApiError, ApiQuery};
+use super::{AppState, Page, PageQuery, rfc3339_ms};
+use crate::audit::{Entry, Fact};
+use crate::auth::Caller;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/events", get(list))
+        .route("/events/stream", get(stream_events))
+        .route("/audit/verify", get(verify))
+}
+
+/// Records every mutating request under /api: who (from the bearer token), what (method and
+/// path, never the body or the query), the status and the remote address.
+pub async fn record_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let mutating = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !mutating || !request.uri().path().starts_with("/api/") {
+        return next.run(request).await;
+    }
+    let object = format!("{} {}", request.method(), request.uri().path());
+    let remote = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+    let actor = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|token| state.auth.token_subject(token))
+        .map_or_else(|| "anonymous".to_owned(), |name| format!("user:{name}"));
+    let response = next.run(request).await;
+    state.audit.record(Fact {
+        actor,
+        kind: "api.request",
+        object,
+        status: Some(response.status().as_u16()),
+        remote,
+        ..Fact::default()
+    });
+    response
+}
+
+fn require_admin(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+    match state.auth.user(&caller.username)? {
+        Some(user) if user.is_admin => Ok(()),
+        _ => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the audit trail is for administrators")),
+    }
+}
+
+fn entry_json(entry: &Entry) -> Value {
+    json!({
+        "seq": entry.seq,
+        "at": rfc3339_ms(entry.at_unix_ms),
+        "actor": entry.actor,
+        "kind": entry.kind,
+        "object": entry.object,
+        "status": entry.status,
+        "detail": entry.detail,
+        "remote": entry.remote,
+        "hash": entry.hash,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct Filters {
+    actor: Option<String>,
+    kind: Option<String>,
+    /// Unix seconds or RFC 3339.
+    since: Option<String>,
+    until: Option<String>,
+    page: Option<usize>,
+    per_page: Option<usize>,
+}
+
+fn parse_time(field: &str, raw: &str) -> Result<u64, ApiError> {
+    raw.parse::<u64>()
+        .ok()
+        .map(|s| s * 1000)
+        .or_else(|| {
+            time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+                .ok()
+                .and_then(|t| u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
+        })
+        .ok_or_else(|| ApiError::invalid(field, format!("{field} must be Unix seconds or an RFC 3339 time")))
+}
+
+impl Filters {
+    fn matcher(&self) -> Result<impl Fn(&Entry) -> bool + '_, ApiError> {
+        let since = self.since.as_deref().map(|s| parse_time("since", s)).transpose()?;
+        let until = self.until.as_deref().map(|s| parse_time("until", s)).transpose()?;
+        Ok(move |e: &Entry| {
+            self.actor.as_ref().is_none_or(|a| &e.actor == a)
+                && self.kind.as_ref().is_none_or(|k| e.kind == *k || e.kind.starts_with(&format!("{k}.")))
+                && since.is_none_or(|s| e.at_unix_ms >= s)
+                && until.is_none_or(|u| e.at_unix_ms <= u)
+        })
+    }
+}
+
+/// The trail, newest first, with filters: `actor` (exact), `kind` (exact or a prefix such as
+/// `agent`), `since` and `until`.
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(filters): ApiQuery<Filters>,
+) -> Result<Json<Page<Value>>, ApiError> {
+    require_admin(&state, &caller)?;
+    let matches = filters.matcher()?;
+    let mut all: Vec<Value> = state.audit.entries()?.iter().filter(|e| matches(e)).map(entry_json).collect();
+    all.reverse();
+    Ok(Json(PageQuery { page: filters.page, per_page: filters.per_page }.apply(all)?))
+}
+
+/// New entries as they are written (`event: audit`), with the same filters.
+async fn stream_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(filters): ApiQuery<Filters>,
+) -> Result<Response, ApiError> {
+    require_admin(&state, &caller)?;
+    // Refuse bad filters now, not after the stream has started.
+    filters.matcher().map(drop)?;
+    let live = state.audit.subscribe();
+    let events = stream::unfold((live, filters), |(mut live, filters)| async move {
+        loop {
+            match live.recv().await {
+                Ok(entry) => {
+                    let keep = filters.matcher().map(|m| m(&entry)).unwrap_or(false);
+                    if keep {
+                        let event = SseEvent::default()
+                            .event("audit")
+                            .id(entry.seq.to_string())
+                            .data(entry_json(&entry).to_string());
+                        return Some((Ok::<_, Infallible>(event), (live, filters)));
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(skipped)) => {
+                    let marker = SseEvent::default().event("skipped").data(json!({ "skipped": skipped }).to_string());
+                    return Some((Ok(marker), (live, filters)));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(events.boxed()).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+/// Walks the hash chain: `{"valid","entries","broken_at"?,"problem"?}`.
+async fn verify(State(state): State<AppState>, caller: Caller) -> Result<Json<crate::audit::Verification>, ApiError> {
+    require_admin(&state, &caller)?;
+    Ok(Json(state.audit.verify()?))
+}
