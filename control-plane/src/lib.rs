@@ -15,6 +15,7 @@ pub mod deployments;
 pub mod fsutil;
 pub mod hub;
 pub mod join_tokens;
+pub mod login_guard;
 pub mod logs;
 pub mod metrics;
 pub mod pki;

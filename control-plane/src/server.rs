@@ -39,6 +39,12 @@ pub struct ServeConfig {
     /// How often agents send heartbeats; three missed ones end a session.
     #[arg(long, env = "WINDFLOW_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
+    /// API requests per second allowed from one address (0 turns the limit off).
+    #[arg(long, env = "WINDFLOW_RATE_LIMIT", default_value_t = 100)]
+    pub rate_limit: u32,
+    /// Requests one address may send at once above its rate.
+    #[arg(long, env = "WINDFLOW_RATE_BURST", default_value_t = 300)]
+    pub rate_burst: u32,
 }
 
 fn host_for_url(name: &str) -> String {
@@ -96,6 +102,8 @@ pub async fn serve(
         server_name: config.advertise[0].clone(),
         agent_binary,
         agent_cert_lifetime: config.agent_cert_ttl,
+        rate_limit_per_s: config.rate_limit,
+        rate_burst: config.rate_burst,
     };
     let events = Arc::new(crate::deployments::Events::new(store.clone()));
     let reconciler = crate::deployments::Reconciler::new(store.clone(), hub.clone(), events, audit.clone());
@@ -107,6 +115,7 @@ pub async fn serve(
         reconciler: reconciler.clone(),
         logs: crate::logs::LogHub::new(hub.clone()),
         audit,
+        login_guard: Arc::default(),
         settings: Arc::new(settings.clone()),
     };
 

@@ -522,3 +522,72 @@ async fn the_cli_logs_in_creates_tokens_and_lists_and_revokes_targets() {
     let (ok, _, err) = cp.cli(dir.path(), &["targets", "show", "01900000-0000-7000-8000-000000000000"]);
     assert!(!ok && err.contains("target not found"), "{err}");
 }
+
+async fn login_as(cp: &ControlPlane, username: &str, password: &str) -> (StatusCode, Option<String>) {
+    let response = cp
+        .http()
+        .post(cp.url("/api/v1/auth/login"))
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .expect("login request");
+    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(String::from);
+    (response.status(), retry_after)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_failed_logins_lock_the_account_and_then_the_address() {
+    // The account: five wrong passwords, then even the right one waits.
+    let dir = scratch();
+    let cp = ControlPlane::start(dir.path()).await;
+    for _ in 0..5 {
+        assert_eq!(login_as(&cp, "admin", "wrong-password").await.0, StatusCode::UNAUTHORIZED);
+    }
+    let (status, retry_after) = login_as(&cp, "admin", ADMIN_PASSWORD).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        retry_after.and_then(|s| s.parse::<u64>().ok()).is_some_and(|s| (1..=30).contains(&s)),
+        "Retry-After in seconds"
+    );
+
+    // The address: twenty failures over many names lock it for every account.
+    let dir = scratch();
+    let cp = ControlPlane::start(dir.path()).await;
+    for n in 0..19 {
+        assert_eq!(login_as(&cp, &format!("guess{n}"), "x").await.0, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(login_as(&cp, "admin", ADMIN_PASSWORD).await.0, StatusCode::OK, "still below the address limit");
+    assert_eq!(login_as(&cp, "guess19", "x").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(login_as(&cp, "admin", ADMIN_PASSWORD).await.0, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_address_over_its_rate_limit_gets_429_with_retry_after_and_the_error_shape() {
+    let dir = scratch();
+    let cp = ControlPlane::start_with(
+        dir.path(),
+        free_tcp_port(),
+        free_udp_port(),
+        vec!["--rate-limit".into(), "2".into(), "--rate-burst".into(), "5".into()],
+    )
+    .await;
+    let mut limited = None;
+    for _ in 0..20 {
+        let response = cp.http().get(cp.url("/api/v1/targets")).send().await.expect("request");
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(response);
+            break;
+        }
+    }
+    let response = limited.expect("the burst ran out");
+    assert!(response.headers().get("retry-after").is_some());
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], "rate_limited");
+
+    // Oversized bodies are refused with 413 before any handler reads them.
+    let big = "x".repeat(5 * 1024 * 1024);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, _) =
+        cp.call_with(None, Method::POST, "/api/v1/auth/login", Some(json!({"username": big, "password": "x"}))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}

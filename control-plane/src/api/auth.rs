@@ -1,6 +1,9 @@
 //! `/auth/*`: login, refresh, logout, me; and the [`Caller`] extractor every other route uses.
 
-use axum::extract::{FromRequestParts, State};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
@@ -9,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::{ApiError, ApiJson};
-use crate::auth::{Caller, Tokens};
+use crate::auth::{AuthError, Caller, Tokens};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -66,13 +69,39 @@ impl From<Tokens> for TokensResponse {
 
 async fn login(
     State(state): State<AppState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<Json<TokensResponse>, ApiError> {
+    let address = remote.ip().to_string();
+    // Checked before the password is: a locked account or address costs no hashing.
+    if let Err(wait) = state.login_guard.check(&body.username, &address, Instant::now()) {
+        return Err(ApiError {
+            retry_after_s: Some(wait.as_secs().max(1)),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                "too many failed logins; try again later",
+            )
+        });
+    }
+    let auth = state.auth.clone();
+    let (username, password) = (body.username.clone(), body.password);
     // argon2 is deliberately slow: keep it off the async workers.
-    let tokens = tokio::task::spawn_blocking(move || state.auth.login(&body.username, &body.password))
+    let outcome = tokio::task::spawn_blocking(move || auth.login(&username, &password))
         .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "login task failed"))??;
-    Ok(Json(tokens.into()))
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "login task failed"))?;
+    match outcome {
+        Ok(tokens) => {
+            state.login_guard.succeeded(&body.username);
+            Ok(Json(tokens.into()))
+        }
+        Err(error) => {
+            if matches!(error, AuthError::BadCredentials) {
+                state.login_guard.failed(&body.username, &address, Instant::now());
+            }
+            Err(error.into())
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -21,11 +21,13 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Extra structured data, e.g. every diagnostic of a refused Compose file.
     pub details: Option<serde_json::Value>,
+    /// Seconds for a `Retry-After` header (429 answers).
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), field: None, details: None }
+        Self { status, code, message: message.into(), field: None, details: None, retry_after_s: None }
     }
 
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
@@ -51,17 +53,18 @@ impl IntoResponse for ApiError {
         if let Some(details) = self.details {
             error["details"] = details;
         }
-        (self.status, Json(json!({ "error": error }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        let status = match rejection {
-            JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            JsonRejection::JsonDataError(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            _ => StatusCode::BAD_REQUEST,
-        };
+        // 415 without a JSON content type, 422 for wrong fields, 413 over the body limit, 400 else.
+        let status = rejection.status();
         // serde's message names the field and position, e.g. "missing field `username` at line 1 column 2".
         Self::new(status, "invalid_body", rejection.body_text())
     }

@@ -40,7 +40,13 @@ pub struct Settings {
     pub server_name: String,
     pub agent_binary: PathBuf,
     pub agent_cert_lifetime: Duration,
+    /// Requests per second allowed from one address (0: no limit), and the burst above it.
+    pub rate_limit_per_s: u32,
+    pub rate_burst: u32,
 }
+
+/// Largest request body accepted (a Compose file may be 1 MiB, plus its JSON envelope).
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -51,6 +57,7 @@ pub struct AppState {
     pub reconciler: Arc<crate::deployments::Reconciler>,
     pub logs: Arc<crate::logs::LogHub>,
     pub audit: Arc<crate::audit::AuditLog>,
+    pub login_guard: Arc<crate::login_guard::LoginGuard>,
     pub settings: Arc<Settings>,
 }
 
@@ -62,15 +69,62 @@ pub fn router(state: AppState) -> Router {
         .merge(deployments::routes())
         .merge(audit::routes())
         .merge(enroll::api_routes());
-    Router::new()
+    let router = Router::new()
         .nest("/api/v1", api)
         .merge(health::routes())
         .merge(enroll::file_routes())
         .route("/", axum::routing::get(dashboard))
         .fallback(|| async { ApiError::not_found("route") })
         .layer(middleware::from_fn_with_state(state.clone(), audit::record_requests))
-        .layer(middleware::from_fn(security_headers))
-        .with_state(state)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
+    let router = match rate_limit(&state.settings) {
+        Some(limit) => router.layer(limit),
+        None => router,
+    };
+    router.layer(middleware::from_fn(security_headers)).with_state(state)
+}
+
+type RateLimit = tower_governor::GovernorLayer<
+    tower_governor::key_extractor::PeerIpKeyExtractor,
+    governor::middleware::NoOpMiddleware<governor::clock::QuantaInstant>,
+    axum::body::Body,
+>;
+
+/// Per-address rate limiting: a token bucket per client IP, answered with the API's error shape
+/// and `Retry-After`. Idle addresses are forgotten every minute.
+fn rate_limit(settings: &Settings) -> Option<RateLimit> {
+    if settings.rate_limit_per_s == 0 {
+        return None;
+    }
+    let config = tower_governor::governor::GovernorConfigBuilder::default()
+        .per_nanosecond(1_000_000_000 / u64::from(settings.rate_limit_per_s))
+        .burst_size(settings.rate_burst.max(1))
+        .finish()?;
+    let limiter = config.limiter().clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            limiter.retain_recent();
+        }
+    });
+    Some(tower_governor::GovernorLayer::new(config).error_handler(|error| {
+        use tower_governor::GovernorError;
+        let error = match error {
+            GovernorError::TooManyRequests { wait_time, .. } => ApiError {
+                retry_after_s: Some(wait_time.max(1)),
+                ..ApiError::new(
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many requests from this address; slow down",
+                )
+            },
+            GovernorError::UnableToExtractKey => {
+                ApiError::new(axum::http::StatusCode::BAD_REQUEST, "no_peer_address", "the client address is unknown")
+            }
+            GovernorError::Other { code, msg, .. } => ApiError::new(code, "rate_limit_error", msg.unwrap_or_default()),
+        };
+        axum::response::IntoResponse::into_response(error)
+    }))
 }
 
 async fn dashboard() -> axum::response::Html<&'static str> {

@@ -405,7 +405,13 @@ async fn main() -> anyhow::Result<()> {
         work.path(),
         free_tcp_port(),
         free_udp_port(),
-        vec!["--heartbeat-interval".into(), humantime::format_duration(args.heartbeat).to_string()],
+        vec![
+            "--heartbeat-interval".into(),
+            humantime::format_duration(args.heartbeat).to_string(),
+            // The whole simulated fleet enrolls and calls the API from one address.
+            "--rate-limit".into(),
+            "0".into(),
+        ],
     )
     .await;
     let cp_pid = cp.process.pid().context("control plane pid")?;
