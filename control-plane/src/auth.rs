@@ -89,7 +89,10 @@ struct Claims {
 pub struct Caller {
     pub user_id: Uuid,
     pub username: String,
+    /// The session family; nil for an API token.
     pub session_id: Uuid,
+    /// Set when the caller is an API token: its id and scope.
+    pub token: Option<(Uuid, crate::api_tokens::Scope)>,
 }
 
 #[derive(Debug)]
@@ -236,7 +239,7 @@ impl Auth {
         if session.revoked {
             return Err(AuthError::SessionRevoked);
         }
-        Ok(Caller { user_id: claims.sub, username: claims.name, session_id: claims.sid })
+        Ok(Caller { user_id: claims.sub, username: claims.name, session_id: claims.sid, token: None })
     }
 
     /// The user name in a well-signed, unexpired access token, without touching the store: for

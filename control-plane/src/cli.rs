@@ -83,6 +83,17 @@ impl Client {
         Ok(client)
     }
 
+    /// Uses an API token instead of a password session; it is checked once here.
+    pub async fn login_with_token(server: &str, ca_file: &std::path::Path, token: &str) -> anyhow::Result<Value> {
+        let ca_pem = std::fs::read_to_string(ca_file).with_context(|| format!("reading {}", ca_file.display()))?;
+        let http = http_client(&ca_pem)?;
+        let server = server.trim_end_matches('/').to_owned();
+        let me = answer(http.get(format!("{server}/api/v1/auth/me")).bearer_auth(token).send().await?).await?;
+        let config = CliConfig { server, ca_pem, access_token: token.to_owned(), refresh_token: String::new() };
+        Self { http, config }.save()?;
+        Ok(me)
+    }
+
     pub fn load() -> anyhow::Result<Self> {
         let path = config_path();
         let text = std::fs::read_to_string(&path)
@@ -112,7 +123,10 @@ impl Client {
                 request = request.json(body);
             }
             let response = request.send().await?;
-            if response.status() == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
+            if response.status() == reqwest::StatusCode::UNAUTHORIZED
+                && attempt == 0
+                && !self.config.refresh_token.is_empty()
+            {
                 self.refresh().await?;
                 continue;
             }

@@ -7,6 +7,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod api_tokens;
 pub mod audit;
 pub mod auth;
 pub mod cli;

@@ -35,6 +35,14 @@ enum Command {
         /// Read the password from standard input instead of WINDFLOW_PASSWORD.
         #[arg(long)]
         password_stdin: bool,
+        /// Use an API token (wft_…) instead of a user name and password.
+        #[arg(long, env = "WINDFLOW_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// API tokens for automation (made from a signed-in session).
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
     },
     /// Join tokens for adding servers.
     Token {
@@ -80,6 +88,24 @@ enum Command {
         /// Return at once instead of following the rollback.
         #[arg(long)]
         detach: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Make a token; it is printed once.
+    Create {
+        name: String,
+        /// read, deploy or admin.
+        #[arg(long, default_value = "read")]
+        scope: String,
+        /// Lifetime, e.g. 30d (default: no expiry).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+    },
+    List,
+    Revoke {
+        id: String,
     },
 }
 
@@ -288,7 +314,36 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(config) => serve(config, shutdown_signal()).await,
-        Command::Login { server, ca_file, username, password_stdin } => {
+        Command::Login { server, ca_file, token: Some(token), .. } => {
+            let me = Client::login_with_token(&server, &ca_file, &token).await?;
+            println!("using an API token of {} on {server}", me["username"].as_str().unwrap_or("?"));
+            Ok(())
+        }
+        Command::Tokens { command } => {
+            let mut client = Client::load()?;
+            match command {
+                TokensCommand::Create { name, scope, ttl } => {
+                    let mut body = json!({"name": name, "scope": scope});
+                    if let Some(ttl) = ttl {
+                        body["ttl_seconds"] = json!(ttl.as_secs());
+                    }
+                    let created = client.request(Method::POST, "/tokens", Some(body)).await?;
+                    println!("{}", created["token"].as_str().unwrap_or_default());
+                    eprintln!(
+                        "token {} ({} scope): shown once, keep it safe",
+                        created["id"].as_str().unwrap_or("?"),
+                        created["scope"].as_str().unwrap_or("?")
+                    );
+                }
+                TokensCommand::List => print(&client.request(Method::GET, "/tokens", None).await?),
+                TokensCommand::Revoke { id } => {
+                    client.request(Method::DELETE, &format!("/tokens/{id}"), None).await?;
+                    println!("token {id} revoked");
+                }
+            }
+            Ok(())
+        }
+        Command::Login { server, ca_file, username, password_stdin, token: None } => {
             let password = if password_stdin {
                 let mut input = String::new();
                 std::io::stdin().read_to_string(&mut input)?;

@@ -40,10 +40,11 @@ pub enum Table {
     DeploymentEvents,
     /// Key: big-endian sequence number.
     Audit,
+    ApiTokens,
 }
 
 impl Table {
-    const ALL: [Table; 9] = [
+    const ALL: [Table; 10] = [
         Table::Users,
         Table::Sessions,
         Table::JoinTokens,
@@ -53,6 +54,7 @@ impl Table {
         Table::Deployments,
         Table::DeploymentEvents,
         Table::Audit,
+        Table::ApiTokens,
     ];
 
     fn name(self) -> &'static str {
@@ -66,6 +68,7 @@ impl Table {
             Table::Deployments => "deployments",
             Table::DeploymentEvents => "deployment_events",
             Table::Audit => "audit",
+            Table::ApiTokens => "api_tokens",
         }
     }
 }

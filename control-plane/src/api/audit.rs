@@ -42,8 +42,11 @@ pub async fn record_requests(State(state): State<AppState>, request: Request, ne
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|token| state.auth.token_subject(token))
-        .map_or_else(|| "anonymous".to_owned(), |name| format!("user:{name}"));
+        .and_then(|bearer| match crate::api_tokens::unverified_id(bearer) {
+            Some(id) => Some(format!("token:{id}")),
+            None => state.auth.token_subject(bearer).map(|name| format!("user:{name}")),
+        })
+        .unwrap_or_else(|| "anonymous".to_owned());
     let response = next.run(request).await;
     state.audit.record(Fact {
         actor,
