@@ -596,7 +596,16 @@ impl Hub {
                 }
             }
         };
-        tokio::time::timeout(timeout, exchange).await.map_err(|_| HubError::Timeout)?
+        let result = tokio::time::timeout(timeout, exchange).await.map_err(|_| HubError::Timeout).and_then(|r| r);
+        self.metrics.observe_job(match &result {
+            Ok(JobOutcome::Succeeded(_)) => "succeeded",
+            Ok(JobOutcome::Failed { .. }) => "failed",
+            Err(HubError::JobRefused(_)) => "refused",
+            Err(HubError::Timeout) => "timeout",
+            Err(HubError::NotConnected) => "not_connected",
+            Err(HubError::Link(_) | HubError::JobFailed(_)) => "link_error",
+        });
+        result
     }
 }
 

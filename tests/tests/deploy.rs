@@ -135,6 +135,7 @@ async fn a_stack_deploys_updates_rolls_back_heals_and_is_removed() {
         .await
         .expect("sse");
     assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert!(cp.metric("windflow_sse_streams_open").await >= 1, "the open stream is counted");
     let mut body = response.bytes_stream();
     let first = tokio::time::timeout(Duration::from_secs(5), body.next())
         .await

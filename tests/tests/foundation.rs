@@ -73,6 +73,18 @@ async fn three_agents_connect_report_their_host_and_answer_pings_and_jobs() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(error["error"]["field"], "per_page");
 
+    // Metrics: requests by route template (not by id), jobs by outcome, deployments by state.
+    let metrics = cp.http().get(cp.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    for series in [
+        r#"windflow_http_requests_total{method="GET",route="/api/v1/targets",status="200"}"#,
+        r#"windflow_http_request_duration_seconds_bucket{route="/api/v1/targets/{id}/test",le="+Inf"} 1"#,
+        r#"windflow_jobs_total{outcome="succeeded"} 1"#,
+        r#"windflow_deployments{state="running"} 0"#,
+        "windflow_agents_connected 3",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from\n{metrics}");
+    }
+
     // The token allowed three enrollments and is now used up.
     let (_, tokens) = cp.api(Method::GET, "/targets/join-tokens", None).await;
     let listed = &tokens["items"][0];

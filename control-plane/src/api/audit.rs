@@ -161,7 +161,9 @@ async fn stream_events(
             }
         }
     });
-    Ok(Sse::new(events.boxed()).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+    Ok(Sse::new(crate::metrics::tracked(events.boxed(), state.hub.metrics.clone()))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }
 
 /// Walks the hash chain: `{"valid","entries","broken_at"?,"problem"?}`.

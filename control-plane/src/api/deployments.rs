@@ -355,7 +355,9 @@ async fn events(
             }
         }
     });
-    Ok(Sse::new(past.chain(future)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+    Ok(Sse::new(crate::metrics::tracked(past.chain(future), state.hub.metrics.clone()))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }
 
 fn sse(event: &Event) -> SseEvent {
@@ -469,5 +471,7 @@ async fn logs(
             Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
         }
     });
-    Ok(Sse::new(past.chain(future)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+    Ok(Sse::new(crate::metrics::tracked(past.chain(future), state.hub.metrics.clone()))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }

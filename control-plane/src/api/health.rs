@@ -30,9 +30,25 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::V
 async fn metrics(State(state): State<AppState>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     (
         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.hub.metrics.render(&[
-            ("windflow_agents_connected", "Agents with a live session.", state.hub.connected_count() as u64),
-            ("windflow_log_follows_open", "Agent log streams open for followers.", state.logs.open_follows() as u64),
-        ]),
+        state.hub.metrics.render(
+            &[
+                ("windflow_agents_connected", "Agents with a live session.", state.hub.connected_count() as u64),
+                (
+                    "windflow_log_follows_open",
+                    "Agent log streams open for followers.",
+                    state.logs.open_follows() as u64,
+                ),
+            ],
+            &[("windflow_deployments", "Deployments by state.", "state", deployments_by_state(&state))],
+        ),
     )
+}
+
+fn deployments_by_state(state: &AppState) -> Vec<(String, u64)> {
+    let mut counts: std::collections::BTreeMap<&'static str, u64> =
+        ["pending", "deploying", "running", "failed", "removing", "removed"].into_iter().map(|s| (s, 0)).collect();
+    for deployment in crate::deployments::list(state.store.as_ref()).unwrap_or_default() {
+        *counts.entry(deployment.state.as_str()).or_default() += 1;
+    }
+    counts.into_iter().map(|(state, count)| (state.to_owned(), count)).collect()
 }

@@ -76,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", axum::routing::get(dashboard))
         .fallback(|| async { ApiError::not_found("route") })
         .layer(middleware::from_fn_with_state(state.clone(), audit::record_requests))
+        .layer(middleware::from_fn_with_state(state.clone(), measure_requests))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
     let router = match rate_limit(&state.settings) {
         Some(limit) => router.layer(limit),
@@ -129,6 +130,24 @@ fn rate_limit(settings: &Settings) -> Option<RateLimit> {
 
 async fn dashboard() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("../../../dashboard/index.html"))
+}
+
+/// Counts and times every request by its route template (never by its concrete path, which
+/// would make one series per id).
+async fn measure_requests(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    state.hub.metrics.observe_request(&method, &route, response.status().as_u16(), started.elapsed());
+    response
 }
 
 async fn security_headers(request: axum::extract::Request, next: Next) -> Response {
