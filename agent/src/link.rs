@@ -358,8 +358,14 @@ async fn handle_job(
                     }
                 }
             };
+            // What the job queued before it finished still goes out, in order.
             while let Ok((step, percent)) = steps.try_recv() {
                 let _ = write_frame(&mut send, &JobEvent::Progress { job_id, step, percent }, MAX_FRAME_LEN).await;
+            }
+            while let Ok(chunk) = lines.try_recv() {
+                if write_frame(&mut send, &JobEvent::Log(chunk), MAX_FRAME_LEN).await.is_err() {
+                    break;
+                }
             }
             tracing::info!(%job_id, succeeded = matches!(outcome, windflow_protocol::messages::JobOutcome::Succeeded(_)), "job finished");
             JobEvent::Completed { job_id, outcome }
