@@ -204,10 +204,8 @@ impl ControlPlane {
         self.http.as_ref().expect("started")
     }
 
-    async fn access_token(&mut self) -> String {
-        if let Some(token) = &self.token {
-            return token.clone();
-        }
+    /// Logs in as the admin and returns a fresh access token.
+    pub async fn admin_login(&self) -> String {
         let (status, body) = self
             .call_with(
                 None,
@@ -217,7 +215,14 @@ impl ControlPlane {
             )
             .await;
         assert_eq!(status, StatusCode::OK, "login: {body}");
-        let token = body["access_token"].as_str().expect("access token").to_owned();
+        body["access_token"].as_str().expect("access token").to_owned()
+    }
+
+    async fn access_token(&mut self) -> String {
+        if let Some(token) = &self.token {
+            return token.clone();
+        }
+        let token = self.admin_login().await;
         self.token = Some(token.clone());
         token
     }

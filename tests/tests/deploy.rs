@@ -98,7 +98,7 @@ async fn a_stack_deploys_updates_rolls_back_heals_and_is_removed() {
     assert_eq!((status, bad["error"]["field"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("service")));
 
     // Two followers share one agent stream and both see new lines; when both leave, it closes.
-    let token = admin_token(&mut cp).await;
+    let token = cp.admin_login().await;
     let follow_url = cp.url(&format!("/api/v1/deployments/{id}/logs?service=worker&follow=true&tail=0"));
     let mut followers = Vec::new();
     for _ in 0..2 {
@@ -131,7 +131,7 @@ async fn a_stack_deploys_updates_rolls_back_heals_and_is_removed() {
     let response = cp
         .http()
         .get(cp.url(&format!("/api/v1/deployments/{id}/events?follow=true")))
-        .bearer_auth(admin_token(&mut cp).await)
+        .bearer_auth(cp.admin_login().await)
         .send()
         .await
         .expect("sse");
@@ -199,18 +199,6 @@ async fn wait_for_message(cp: &mut ControlPlane, id: &str, text: &str) {
         assert!(Instant::now() < deadline, "{text:?} never appeared in {log:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-async fn admin_token(cp: &mut ControlPlane) -> String {
-    let (_, login) = cp
-        .call_with(
-            None,
-            Method::POST,
-            "/api/v1/auth/login",
-            Some(json!({"username": "admin", "password": ADMIN_PASSWORD})),
-        )
-        .await;
-    login["access_token"].as_str().expect("token").to_owned()
 }
 
 async fn wait_until(cp: &mut ControlPlane, id: &str, check: impl Fn(&Value) -> bool) -> Value {

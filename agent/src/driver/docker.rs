@@ -98,6 +98,21 @@ pub fn container_name(project: &str, service: &str, number: u32) -> String {
     format!("{project}-{service}-{number}")
 }
 
+/// The user's labels plus Compose's and WindFlow's own, for a network or a volume.
+fn managed_labels(
+    user: &BTreeMap<String, String>,
+    project: &str,
+    (kind, name): (&str, &str),
+    deployment_id: Uuid,
+) -> HashMap<String, String> {
+    let mut labels: HashMap<String, String> = user.clone().into_iter().collect();
+    labels.insert(LABEL_PROJECT.into(), project.into());
+    labels.insert(kind.into(), name.into());
+    labels.insert(LABEL_DEPLOYMENT.into(), deployment_id.to_string());
+    labels.insert(LABEL_MANAGED.into(), "true".into());
+    labels
+}
+
 /// A container of the project as listed by the engine.
 #[derive(Debug, Clone)]
 struct Existing {
@@ -172,11 +187,7 @@ impl DockerDriver {
             });
         }
         report(progress, format!("creating network {name}"), None);
-        let mut labels: HashMap<String, String> = network.labels.clone().into_iter().collect();
-        labels.insert(LABEL_PROJECT.into(), project.into());
-        labels.insert(LABEL_NETWORK.into(), network.name.clone());
-        labels.insert(LABEL_DEPLOYMENT.into(), deployment_id.to_string());
-        labels.insert(LABEL_MANAGED.into(), "true".into());
+        let labels = managed_labels(&network.labels, project, (LABEL_NETWORK, &network.name), deployment_id);
         let request = NetworkCreateRequest {
             name: name.clone(),
             driver: Some(network.driver.clone().unwrap_or_else(|| "bridge".into())),
@@ -208,11 +219,7 @@ impl DockerDriver {
             });
         }
         report(progress, format!("creating volume {name}"), None);
-        let mut labels: HashMap<String, String> = volume.labels.clone().into_iter().collect();
-        labels.insert(LABEL_PROJECT.into(), project.into());
-        labels.insert(LABEL_VOLUME.into(), volume.name.clone());
-        labels.insert(LABEL_DEPLOYMENT.into(), deployment_id.to_string());
-        labels.insert(LABEL_MANAGED.into(), "true".into());
+        let labels = managed_labels(&volume.labels, project, (LABEL_VOLUME, &volume.name), deployment_id);
         let request = VolumeCreateRequest {
             name: Some(name.clone()),
             driver: volume.driver.clone(),

@@ -543,15 +543,7 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (_, login) = cp
-        .call_with(
-            None,
-            Method::POST,
-            "/api/v1/auth/login",
-            Some(json!({"username": "admin", "password": windflow_tests::ADMIN_PASSWORD})),
-        )
-        .await;
-    let bearer = login["access_token"].as_str().unwrap_or_default().to_owned();
+    let bearer = cp.admin_login().await;
     let response = cp
         .http()
         .get(cp.url(&format!("/api/v1/deployments/{deployment_id}/logs?follow=true&tail=0")))
