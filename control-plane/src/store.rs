@@ -142,7 +142,18 @@ pub struct SledStore {
 
 impl SledStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).open()?;
+        // sled releases its file lock from a background thread shortly after the last handle
+        // is dropped: a reopen in the same process waits for it instead of failing.
+        let mut attempts = 0;
+        let db = loop {
+            match sled::Config::new().path(path).open() {
+                Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && attempts < 100 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         let trees: std::collections::HashMap<Table, sled::Tree> =
             Table::ALL.into_iter().map(|t| Ok((t, db.open_tree(t.name())?))).collect::<Result<_, sled::Error>>()?;
         // One scan per table at start; the counts are kept up to date by every write after.
