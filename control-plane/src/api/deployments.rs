@@ -109,12 +109,15 @@ pub fn view(state: &AppState, deployment: &Deployment) -> Value {
     })
 }
 
-/// The answer to a change of desired state: the deployment, and `events_from`, the sequence
-/// number of the event recording this request, from which its progress can be followed.
-fn accepted(state: &AppState, deployment: &Deployment, events_from: u64) -> Value {
+/// Ends a change of desired state: records the request in the deployment's events, wakes the
+/// reconciler, and answers 202 with the deployment and `events_from`, the sequence number of
+/// that event, from which the change's progress can be followed.
+fn accepted(state: &AppState, deployment: &Deployment, request: String) -> (StatusCode, Json<Value>) {
+    let events_from = state.reconciler.events.append(deployment.id, Level::Info, request, None);
+    state.reconciler.wake();
     let mut view = view(state, deployment);
     view["events_from"] = json!(events_from);
-    view
+    (StatusCode::ACCEPTED, Json(view))
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,15 +181,12 @@ async fn deploy(
     } else {
         "; the target is disconnected, so it stays pending until the target is back"
     };
-    let seq = state.reconciler.events.append(
-        deployment.id,
-        Level::Info,
-        format!("{} asked for version {version} of {}{note}", caller.username, stack.name),
-        None,
-    );
     tracing::info!(deployment_id = %deployment.id, stack = %stack.name, %version, target = %target.id, by = %caller.username, "deploy requested");
-    state.reconciler.wake();
-    Ok((StatusCode::ACCEPTED, Json(accepted(&state, &deployment, seq))))
+    Ok(accepted(
+        &state,
+        &deployment,
+        format!("{} asked for version {version} of {}{note}", caller.username, stack.name),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,14 +254,11 @@ async fn remove(
         }
     })?
     .ok_or_else(|| ApiError::not_found("deployment"))?;
-    let seq = state.reconciler.events.append(
-        deployment.id,
-        Level::Info,
+    Ok(accepted(
+        &state,
+        &deployment,
         format!("{} asked for removal{}", caller.username, if query.volumes { " with volumes" } else { "" }),
-        None,
-    );
-    state.reconciler.wake();
-    Ok((StatusCode::ACCEPTED, Json(accepted(&state, &deployment, seq))))
+    ))
 }
 
 async fn rollback(
@@ -292,14 +289,7 @@ async fn rollback(
         d.reason = None;
     })?
     .ok_or_else(|| ApiError::not_found("deployment"))?;
-    let seq = state.reconciler.events.append(
-        deployment.id,
-        Level::Info,
-        format!("{} asked to roll back to version {target_version}", caller.username),
-        None,
-    );
-    state.reconciler.wake();
-    Ok((StatusCode::ACCEPTED, Json(accepted(&state, &deployment, seq))))
+    Ok(accepted(&state, &deployment, format!("{} asked to roll back to version {target_version}", caller.username)))
 }
 
 #[derive(Debug, Deserialize)]

@@ -47,11 +47,17 @@ fn version_view(version: &StackVersion) -> Value {
     })
 }
 
+/// A stack with one version's Compose file, variables and service names.
+fn stack_view(stack: &Stack, version: &StackVersion, spec: &windflow_protocol::StackSpec) -> Value {
+    let mut view = summary(stack);
+    view["compose"] = json!(version.compose);
+    view["variables"] = json!(version.variables);
+    view["services"] = json!(spec.services.iter().map(|s| &s.name).collect::<Vec<_>>());
+    view
+}
+
 fn saved_view(saved: &Saved) -> Value {
-    let mut view = summary(&saved.stack);
-    view["compose"] = json!(saved.version.compose);
-    view["variables"] = json!(saved.version.variables);
-    view["services"] = json!(saved.spec.services.iter().map(|s| &s.name).collect::<Vec<_>>());
+    let mut view = stack_view(&saved.stack, &saved.version, &saved.spec);
     view["warnings"] = json!(saved.warnings);
     view
 }
@@ -95,11 +101,7 @@ async fn show(State(state): State<AppState>, _caller: Caller, Path(id): Path<Str
     let version = stacks::version(state.store.as_ref(), stack.id, stack.current_version)?
         .ok_or_else(|| ApiError::not_found("stack version"))?;
     let spec = stacks::spec_of(&stack, &version)?;
-    let mut view = summary(&stack);
-    view["compose"] = json!(version.compose);
-    view["variables"] = json!(version.variables);
-    view["services"] = json!(spec.services.iter().map(|s| &s.name).collect::<Vec<_>>());
-    Ok(Json(view))
+    Ok(Json(stack_view(&stack, &version, &spec)))
 }
 
 #[derive(Debug, Deserialize)]
