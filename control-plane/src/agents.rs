@@ -16,6 +16,8 @@ use crate::store::{Record, RecordStore, Store, StoreError, Table, Write};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Agent {
     pub id: Uuid,
+    /// The organisation of the join token it enrolled with.
+    pub org_id: Uuid,
     /// The name the agent gave at enrollment; the live facts may say otherwise later.
     pub name: String,
     pub enrolled_at_unix_s: i64,
@@ -70,6 +72,7 @@ pub fn enroll(
     let certificate = pki.issue_agent_certificate(csr_der, id, cert_lifetime)?;
     let agent = |token: &join_tokens::JoinToken| Agent {
         id,
+        org_id: token.org_id,
         name: name.into(),
         enrolled_at_unix_s: now_unix_s(),
         join_token_id: token.id,
@@ -79,7 +82,10 @@ pub fn enroll(
     };
     let spent = join_tokens::redeem(store, token, |t| {
         let agent = agent(t);
-        vec![Write { table: Table::Agents, key: agent.key(), value: Some(agent.encode()) }]
+        vec![
+            Write { table: Table::Agents, key: agent.key(), value: Some(agent.encode()) },
+            Write { table: Table::OrgTargets, key: org_index_key(&agent), value: Some(vec![]) },
+        ]
     })?;
     let agent = agent(&spent);
     Ok(Enrollment { agent, certificate_pem: certificate.pem() })
@@ -91,6 +97,16 @@ pub fn get(store: &dyn Store, id: Uuid) -> Result<Option<Agent>, StoreError> {
 
 pub fn list(store: &dyn Store) -> Result<Vec<Agent>, StoreError> {
     store.load_all()
+}
+
+/// The agent with this id if it belongs to the organisation: another organisation's agent is
+/// not found, exactly like one that does not exist.
+pub fn get_in(store: &dyn Store, org_id: Uuid, id: Uuid) -> Result<Option<Agent>, StoreError> {
+    Ok(get(store, id)?.filter(|a| a.org_id == org_id))
+}
+
+fn org_index_key(agent: &Agent) -> Vec<u8> {
+    [agent.org_id.as_bytes().as_slice(), agent.id.as_bytes()].concat()
 }
 
 /// Applies `change` to the stored agent, if it exists.
@@ -109,11 +125,35 @@ pub fn observe(store: &dyn Store, id: Uuid, change: impl FnOnce(&mut Agent)) -> 
     Ok(Some(agent))
 }
 
-/// One page of agents in enrollment order (their ids are UUIDv7), and how many there are.
-pub fn page(store: &dyn Store, offset: usize, limit: usize) -> Result<(usize, Vec<Agent>), StoreError> {
-    store.load_page(offset, limit)
+/// One page of an organisation's agents in enrollment order (their ids are UUIDv7), and how
+/// many it has. Paged through the organisation index, so a large fleet costs a request only
+/// the page it returns.
+pub fn page(store: &dyn Store, org_id: Uuid, offset: usize, limit: usize) -> Result<(usize, Vec<Agent>), StoreError> {
+    let (total, keys) = store.page_prefix(Table::OrgTargets, org_id.as_bytes(), offset, limit)?;
+    let mut agents = Vec::with_capacity(keys.len());
+    for (key, _) in keys {
+        agents.extend(get(store, index_entry_id(&key)?)?);
+    }
+    Ok((total, agents))
 }
 
-pub fn delete(store: &dyn Store, id: Uuid) -> Result<(), StoreError> {
-    store.delete(Table::Agents, id.as_bytes())
+/// The ids of every agent of an organisation, from its index.
+pub fn ids_in(store: &dyn Store, org_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
+    store.scan_prefix(Table::OrgTargets, org_id.as_bytes())?.into_iter().map(|(key, _)| index_entry_id(&key)).collect()
+}
+
+fn index_entry_id(key: &[u8]) -> Result<Uuid, StoreError> {
+    Uuid::from_slice(&key[16..]).map_err(|e| StoreError::Corrupt { table: Table::OrgTargets, reason: e.to_string() })
+}
+
+pub fn delete(store: &dyn Store, agent: &Agent) -> Result<(), StoreError> {
+    store
+        .atomic(
+            &[],
+            &[
+                Write { table: Table::Agents, key: agent.key(), value: None },
+                Write { table: Table::OrgTargets, key: org_index_key(agent), value: None },
+            ],
+        )
+        .map(drop)
 }

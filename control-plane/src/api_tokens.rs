@@ -38,6 +38,8 @@ impl Scope {
 pub struct ApiToken {
     pub id: Uuid,
     pub name: String,
+    /// The organisation the token acts in; it works only while its user is a member there.
+    pub org_id: Uuid,
     pub user_id: Uuid,
     pub username: String,
     pub scope: Scope,
@@ -66,6 +68,7 @@ pub enum TokenError {
 
 pub fn create(
     store: &dyn Store,
+    org_id: Uuid,
     user_id: Uuid,
     username: &str,
     name: &str,
@@ -77,6 +80,7 @@ pub fn create(
     let token = ApiToken {
         id: minted.id,
         name: name.to_owned(),
+        org_id,
         user_id,
         username: username.to_owned(),
         scope,
@@ -139,14 +143,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SledStore::open(dir.path()).expect("open");
         let user = Uuid::now_v7();
-        let (record, token) = create(&store, user, "ci", "deploy-bot", Scope::Deploy, None).expect("create");
+        let (record, token) =
+            create(&store, Uuid::nil(), user, "ci", "deploy-bot", Scope::Deploy, None).expect("create");
         assert!(is_api_token(&token));
         assert_eq!(authenticate(&store, &token).expect("valid").scope, Scope::Deploy);
         assert!(list_for(&store, user).expect("list")[0].last_used_at_unix_s.is_some(), "last use recorded");
         assert!(!revoke(&store, Uuid::now_v7(), record.id).expect("revoke"), "another user cannot revoke it");
         assert!(revoke(&store, user, record.id).expect("revoke"));
         assert!(matches!(authenticate(&store, &token), Err(TokenError::Invalid)));
-        let (_, expired) = create(&store, user, "ci", "old", Scope::Read, Some(0)).expect("create");
+        let (_, expired) = create(&store, Uuid::nil(), user, "ci", "old", Scope::Read, Some(0)).expect("create");
         assert!(matches!(authenticate(&store, &expired), Err(TokenError::Invalid)));
         let forged = format!("{}x", &token[..token.len() - 1]);
         assert!(matches!(authenticate(&store, &forged), Err(TokenError::Invalid)));
@@ -156,7 +161,7 @@ mod tests {
     fn the_secret_is_not_stored() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SledStore::open(dir.path()).expect("open");
-        let (_, token) = create(&store, Uuid::now_v7(), "u", "t", Scope::Admin, None).expect("create");
+        let (_, token) = create(&store, Uuid::nil(), Uuid::now_v7(), "u", "t", Scope::Admin, None).expect("create");
         let secret = token.rsplit('_').next().expect("secret");
         for (_, value) in store.scan(Table::ApiTokens).expect("scan") {
             assert!(!String::from_utf8_lossy(&value).contains(secret));

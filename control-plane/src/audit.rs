@@ -32,6 +32,10 @@ pub struct Entry {
     pub status: Option<u16>,
     pub detail: Option<String>,
     pub remote: Option<String>,
+    /// The organisation it happened in; none for installation-wide events (a refused
+    /// handshake, user management).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<uuid::Uuid>,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -47,7 +51,7 @@ impl Record for Entry {
 impl Entry {
     /// The hash of this entry: over the previous hash and every other field.
     fn compute_hash(&self) -> String {
-        let content = serde_json::json!([
+        let mut content = serde_json::json!([
             self.seq,
             self.at_unix_ms,
             self.actor,
@@ -57,6 +61,9 @@ impl Entry {
             self.detail,
             self.remote,
         ]);
+        if let (Some(org), Some(fields)) = (self.org_id, content.as_array_mut()) {
+            fields.push(serde_json::json!(org));
+        }
         let mut hasher = Sha256::new();
         hasher.update(self.prev_hash.as_bytes());
         hasher.update(b"\n");
@@ -86,6 +93,7 @@ pub struct Fact {
     pub status: Option<u16>,
     pub detail: Option<String>,
     pub remote: Option<String>,
+    pub org_id: Option<uuid::Uuid>,
 }
 
 pub struct AuditLog {
@@ -125,6 +133,7 @@ impl AuditLog {
             status: fact.status,
             detail: fact.detail,
             remote: fact.remote,
+            org_id: fact.org_id,
             prev_hash: head.1.clone(),
             hash: String::new(),
         };

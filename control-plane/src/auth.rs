@@ -14,11 +14,13 @@ use uuid::Uuid;
 
 use crate::fsutil::read_or_create_secret;
 use crate::secrets;
-use crate::store::{Record, RecordStore, Store, StoreError, Table};
+use crate::store::{Check, Record, RecordStore, Store, StoreError, Table, Write};
 
 pub const ACCESS_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 pub const REFRESH_TOKEN_TTL: Duration = Duration::from_secs(30 * 86400);
 const REFRESH_PREFIX: &str = "wfr";
+/// The organisation the first admin owns, made on first start.
+pub const DEFAULT_ORG: &str = "Default";
 /// How many rotated-out refresh hashes a family remembers for reuse detection.
 const REMEMBERED_ROTATIONS: usize = 32;
 
@@ -32,8 +34,20 @@ pub enum AuthError {
     BadRefreshToken,
     #[error("the session has been signed out")]
     SessionRevoked,
+    #[error("this account is disabled")]
+    Disabled,
+    #[error("a user named {0:?} already exists")]
+    UserExists(String),
+    #[error("user names are 1 to 64 letters, digits, '.', '-', '_' or '@'")]
+    BadUsername,
+    #[error("the password is too weak: {0}")]
+    WeakPassword(&'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Org(#[from] crate::orgs::OrgError),
+    #[error("the user changed meanwhile; try again")]
+    Conflict,
     #[error("password hashing failed: {0}")]
     Hash(String),
 }
@@ -43,8 +57,11 @@ pub struct User {
     pub id: Uuid,
     pub username: String,
     pub password_hash: String,
+    /// An administrator of the whole installation (manages users), not of an organisation.
     pub is_admin: bool,
     pub created_at_unix_s: i64,
+    /// A disabled user cannot sign in, and their sessions and API tokens stop working.
+    pub disabled: bool,
 }
 
 impl Record for User {
@@ -84,7 +101,16 @@ struct Claims {
     exp: i64,
 }
 
-/// Who is calling, after the access token was checked.
+/// Whose signed-in session an access token belongs to.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user_id: Uuid,
+    pub username: String,
+    pub session_id: Uuid,
+    pub is_admin: bool,
+}
+
+/// Who is calling, after their credentials were checked, and in which organisation.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub user_id: Uuid,
@@ -93,6 +119,13 @@ pub struct Caller {
     pub session_id: Uuid,
     /// Set when the caller is an API token: its id and scope.
     pub token: Option<(Uuid, crate::api_tokens::Scope)>,
+    /// An installation administrator (see [`User::is_admin`]).
+    pub is_admin: bool,
+    /// The organisation this request acts in (nil when the user belongs to none; routes about
+    /// an organisation's objects are refused before they run in that case).
+    pub org_id: Uuid,
+    /// The caller's role in that organisation.
+    pub role: Option<crate::orgs::Role>,
 }
 
 #[derive(Debug)]
@@ -112,6 +145,33 @@ pub fn hash_password(password: &str) -> Result<String, AuthError> {
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| AuthError::Hash(e.to_string()))
+}
+
+/// The password policy: 12 to 1,024 characters, at least 5 distinct ones, not containing the
+/// user name.
+pub fn check_password_policy(username: &str, password: &str) -> Result<(), AuthError> {
+    let length = password.chars().count();
+    if length < 12 {
+        return Err(AuthError::WeakPassword("use at least 12 characters"));
+    }
+    if password.len() > 1024 {
+        return Err(AuthError::WeakPassword("use at most 1,024 bytes"));
+    }
+    if password.chars().collect::<std::collections::HashSet<_>>().len() < 5 {
+        return Err(AuthError::WeakPassword("use at least 5 different characters"));
+    }
+    if username.len() >= 3 && password.to_lowercase().contains(&username.to_lowercase()) {
+        return Err(AuthError::WeakPassword("do not put the user name in the password"));
+    }
+    Ok(())
+}
+
+fn check_username(username: &str) -> Result<(), AuthError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@');
+    if username.is_empty() || username.len() > 64 || !username.chars().all(allowed) {
+        return Err(AuthError::BadUsername);
+    }
+    Ok(())
 }
 
 fn verify_password(password: &str, hash: &str) -> bool {
@@ -157,14 +217,67 @@ impl Auth {
             use base64::Engine;
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 15]>())
         });
-        self.store.save(&User {
-            id: Uuid::now_v7(),
-            username: "admin".into(),
-            password_hash: hash_password(&password)?,
-            is_admin: true,
-            created_at_unix_s: now_unix_s(),
-        })?;
+        let admin = self.create_user("admin", &password, true)?;
+        crate::orgs::create(self.store.as_ref(), DEFAULT_ORG, admin.id, &admin.username)?;
         Ok(generated.then_some(password))
+    }
+
+    /// Creates a user; the name must be free and the password must pass the policy.
+    pub fn create_user(&self, username: &str, password: &str, is_admin: bool) -> Result<User, AuthError> {
+        check_username(username)?;
+        check_password_policy(username, password)?;
+        let user = User {
+            id: Uuid::now_v7(),
+            username: username.to_owned(),
+            password_hash: hash_password(password)?,
+            is_admin,
+            created_at_unix_s: now_unix_s(),
+            disabled: false,
+        };
+        let created = self.store.atomic(
+            &[Check { table: Table::Users, key: user.key(), expected: None }],
+            &[Write { table: Table::Users, key: user.key(), value: Some(user.encode()) }],
+        )?;
+        if created { Ok(user) } else { Err(AuthError::UserExists(username.to_owned())) }
+    }
+
+    /// Every user, by name.
+    pub fn users(&self) -> Result<Vec<User>, AuthError> {
+        Ok(self.store.load_all()?)
+    }
+
+    pub fn user_by_id(&self, id: Uuid) -> Result<Option<User>, AuthError> {
+        Ok(self.users()?.into_iter().find(|u| u.id == id))
+    }
+
+    /// Changes a user's record (disabled, is_admin) if nobody changed it meanwhile.
+    pub fn update_user(&self, user: &User, change: impl FnOnce(&mut User)) -> Result<User, AuthError> {
+        let mut changed = user.clone();
+        change(&mut changed);
+        if self.store.replace(user, &changed)? { Ok(changed) } else { Err(AuthError::Conflict) }
+    }
+
+    /// Sets a new password (checked against the policy) and signs out every other session.
+    pub fn set_password(&self, user: &User, password: &str, keep_session: Option<Uuid>) -> Result<(), AuthError> {
+        check_password_policy(&user.username, password)?;
+        let hash = hash_password(password)?;
+        self.update_user(user, |u| u.password_hash = hash)?;
+        self.revoke_sessions(user.id, keep_session)
+    }
+
+    /// Signs out every session of a user, except `keep`.
+    pub fn revoke_sessions(&self, user_id: Uuid, keep: Option<Uuid>) -> Result<(), AuthError> {
+        for session in self.store.load_all::<Session>()? {
+            if session.user_id == user_id && !session.revoked && Some(session.id) != keep {
+                self.store.save(&Session { revoked: true, ..session })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `password` is the user's (slow: argon2).
+    pub fn check_password(&self, user: &User, password: &str) -> bool {
+        verify_password(password, &user.password_hash)
     }
 
     pub fn user(&self, username: &str) -> Result<Option<User>, AuthError> {
@@ -178,6 +291,9 @@ impl Auth {
         };
         if !verify_password(password, &user.password_hash) {
             return Err(AuthError::BadCredentials);
+        }
+        if user.disabled {
+            return Err(AuthError::Disabled);
         }
         let minted = secrets::mint(REFRESH_PREFIX, Uuid::now_v7());
         let session = Session {
@@ -228,8 +344,8 @@ impl Auth {
         Ok(())
     }
 
-    /// Checks an access token and that its session is still signed in.
-    pub fn authenticate(&self, access_token: &str) -> Result<Caller, AuthError> {
+    /// Checks an access token, that its session is still signed in and its user still enabled.
+    pub fn authenticate(&self, access_token: &str) -> Result<Identity, AuthError> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         let claims = jsonwebtoken::decode::<Claims>(access_token, &self.decoding, &validation)
@@ -239,7 +355,11 @@ impl Auth {
         if session.revoked {
             return Err(AuthError::SessionRevoked);
         }
-        Ok(Caller { user_id: claims.sub, username: claims.name, session_id: claims.sid, token: None })
+        let user = self.user(&claims.name)?.filter(|u| u.id == claims.sub).ok_or(AuthError::SessionRevoked)?;
+        if user.disabled {
+            return Err(AuthError::Disabled);
+        }
+        Ok(Identity { user_id: user.id, username: user.username, session_id: claims.sid, is_admin: user.is_admin })
     }
 
     /// The user name in a well-signed, unexpired access token, without touching the store: for
@@ -303,11 +423,46 @@ mod tests {
     #[test]
     fn logout_revokes_the_access_token_at_once() {
         let (_dir, auth) = auth();
-        auth.ensure_admin(Some("pw-pw-pw-pw".into())).expect("admin");
-        let tokens = auth.login("admin", "pw-pw-pw-pw").expect("login");
+        auth.ensure_admin(Some("a long passphrase".into())).expect("admin");
+        let tokens = auth.login("admin", "a long passphrase").expect("login");
         let caller = auth.authenticate(&tokens.access_token).expect("valid");
         auth.logout(caller.session_id).expect("logout");
         assert!(auth.authenticate(&tokens.access_token).is_err());
         assert!(auth.refresh(&tokens.refresh_token).is_err());
+    }
+
+    #[test]
+    fn weak_passwords_are_refused_with_the_reason() {
+        for (password, reason) in
+            [("short", "at least 12"), ("aaaaaaaaaaaaaaaa", "5 different"), ("my-alice-password", "user name")]
+        {
+            let error = check_password_policy("alice", password).expect_err(password).to_string();
+            assert!(error.contains(reason), "{password}: {error}");
+        }
+        check_password_policy("alice", "correct horse battery").expect("strong enough");
+    }
+
+    #[test]
+    fn a_disabled_user_can_neither_sign_in_nor_use_a_live_session() {
+        let (_dir, auth) = auth();
+        let user = auth.create_user("bob", "correct horse battery", false).expect("created");
+        let tokens = auth.login("bob", "correct horse battery").expect("login");
+        auth.update_user(&user, |u| u.disabled = true).expect("disabled");
+        assert!(matches!(auth.authenticate(&tokens.access_token), Err(AuthError::Disabled)));
+        assert!(matches!(auth.login("bob", "correct horse battery"), Err(AuthError::Disabled)));
+        assert!(matches!(auth.create_user("bob", "another good one", false), Err(AuthError::UserExists(_))));
+    }
+
+    #[test]
+    fn a_new_password_signs_out_every_other_session() {
+        let (_dir, auth) = auth();
+        let user = auth.create_user("bob", "correct horse battery", false).expect("created");
+        let here = auth.login("bob", "correct horse battery").expect("login");
+        let elsewhere = auth.login("bob", "correct horse battery").expect("login");
+        let session = auth.authenticate(&here.access_token).expect("valid").session_id;
+        auth.set_password(&user, "staple battery horse", Some(session)).expect("changed");
+        assert!(auth.authenticate(&here.access_token).is_ok());
+        assert!(matches!(auth.authenticate(&elsewhere.access_token), Err(AuthError::SessionRevoked)));
+        assert!(auth.login("bob", "staple battery horse").is_ok());
     }
 }

@@ -22,6 +22,9 @@ pub struct CliConfig {
     pub ca_pem: String,
     pub access_token: String,
     pub refresh_token: String,
+    /// The organisation requests act in (`windflow orgs use`); WINDFLOW_ORG overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
 }
 
 #[derive(Debug)]
@@ -77,6 +80,7 @@ impl Client {
             ca_pem,
             access_token: tokens["access_token"].as_str().unwrap_or_default().into(),
             refresh_token: tokens["refresh_token"].as_str().unwrap_or_default().into(),
+            org: None,
         };
         let client = Self { http, config };
         client.save()?;
@@ -89,7 +93,8 @@ impl Client {
         let http = http_client(&ca_pem)?;
         let server = server.trim_end_matches('/').to_owned();
         let me = answer(http.get(format!("{server}/api/v1/auth/me")).bearer_auth(token).send().await?).await?;
-        let config = CliConfig { server, ca_pem, access_token: token.to_owned(), refresh_token: String::new() };
+        let config =
+            CliConfig { server, ca_pem, access_token: token.to_owned(), refresh_token: String::new(), org: None };
         Self { http, config }.save()?;
         Ok(me)
     }
@@ -101,6 +106,25 @@ impl Client {
         let config: CliConfig =
             serde_json::from_str(&text).with_context(|| format!("{} is corrupt; log in again", path.display()))?;
         Ok(Self { http: http_client(&config.ca_pem)?, config })
+    }
+
+    /// Makes later commands act in this organisation (an id or a name); `None` goes back to the
+    /// default one.
+    pub fn use_org(&mut self, org: Option<String>) -> anyhow::Result<()> {
+        self.config.org = org;
+        self.save()
+    }
+
+    /// A request to the API with the session's token and organisation.
+    fn build(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.config.server))
+            .bearer_auth(&self.config.access_token);
+        match std::env::var("WINDFLOW_ORG").ok().filter(|o| !o.is_empty()).or_else(|| self.config.org.clone()) {
+            Some(org) => request.header("x-windflow-org", org),
+            None => request,
+        }
     }
 
     fn save(&self) -> anyhow::Result<()> {
@@ -115,10 +139,7 @@ impl Client {
     /// Sends a request; on an expired access token, refreshes once and retries.
     pub async fn request(&mut self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         for attempt in 0..2 {
-            let mut request = self
-                .http
-                .request(method.clone(), format!("{}/api/v1{path}", self.config.server))
-                .bearer_auth(&self.config.access_token);
+            let mut request = self.build(method.clone(), path);
             if let Some(body) = &body {
                 request = request.json(body);
             }
@@ -144,12 +165,7 @@ impl Client {
         use futures_util::StreamExt;
         let mut response = None;
         for attempt in 0..2 {
-            let sent = self
-                .http
-                .get(format!("{}/api/v1{path}", self.config.server))
-                .bearer_auth(&self.config.access_token)
-                .send()
-                .await?;
+            let sent = self.build(reqwest::Method::GET, path).send().await?;
             if sent.status() == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
                 self.refresh().await?;
                 continue;

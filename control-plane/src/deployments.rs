@@ -66,6 +66,8 @@ impl State {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Deployment {
     pub id: Uuid,
+    /// The organisation of its stack and its target (deploying across organisations is refused).
+    pub org_id: Uuid,
     pub stack_id: Uuid,
     pub target_id: Uuid,
     /// Fixed at creation, so renaming the stack never orphans containers.
@@ -130,8 +132,19 @@ pub fn get(store: &dyn Store, id: Uuid) -> Result<Option<Deployment>, StoreError
     store.load(id.as_bytes())
 }
 
+/// Every deployment of every organisation: for the reconciler, never for a caller.
 pub fn list(store: &dyn Store) -> Result<Vec<Deployment>, StoreError> {
     store.load_all()
+}
+
+/// An organisation's deployments.
+pub fn list_in(store: &dyn Store, org_id: Uuid) -> Result<Vec<Deployment>, StoreError> {
+    Ok(list(store)?.into_iter().filter(|d| d.org_id == org_id).collect())
+}
+
+/// The deployment with this id if it belongs to the organisation (see [`crate::agents::get_in`]).
+pub fn get_in(store: &dyn Store, org_id: Uuid, id: Uuid) -> Result<Option<Deployment>, StoreError> {
+    Ok(get(store, id)?.filter(|d| d.org_id == org_id))
 }
 
 /// Applies `change` to the latest stored deployment, retrying if it changed concurrently.
@@ -375,6 +388,7 @@ impl Reconciler {
             kind,
             object: deployment.id.to_string(),
             detail: Some(detail),
+            org_id: Some(deployment.org_id),
             ..Fact::default()
         });
     }

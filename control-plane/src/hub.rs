@@ -252,6 +252,7 @@ impl Hub {
             actor: agent_id.map_or_else(|| "anonymous".to_owned(), |id| format!("agent:{id}")),
             kind: "agent.refused",
             object: agent_id.map_or_else(|| remote.to_string(), |id| id.to_string()),
+            org_id: agent_id.and_then(|id| self.org_of(id)),
             detail: Some(refusal.to_string()),
             remote: Some(remote.to_string()),
             ..Fact::default()
@@ -331,6 +332,7 @@ impl Hub {
                             actor: format!("agent:{agent_id}"),
                             kind: "agent.connected",
                             object: agent_id.to_string(),
+                            org_id: self.org_of(agent_id),
                             detail: Some(format!("{} ({})", hello.facts.hostname, hello.agent_version)),
                             remote: Some(remote.to_string()),
                             ..Fact::default()
@@ -430,10 +432,16 @@ impl Hub {
                 actor: format!("agent:{agent_id}"),
                 kind: "agent.disconnected",
                 object: agent_id.to_string(),
+                org_id: self.org_of(agent_id),
                 ..Fact::default()
             });
             let _ = agents::observe(self.store.as_ref(), agent_id, |a| a.last_seen_unix_ms = Some(last_seen));
         }
+    }
+
+    /// The organisation an agent belongs to, for labelling audit entries.
+    fn org_of(&self, agent_id: Uuid) -> Option<Uuid> {
+        agents::get(self.store.as_ref(), agent_id).ok().flatten().map(|a| a.org_id)
     }
 
     fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, LiveAgent>> {
@@ -497,6 +505,7 @@ impl Hub {
             actor: "system".into(),
             kind: "agent.revoked",
             object: agent_id.to_string(),
+            org_id: self.org_of(agent_id),
             ..Fact::default()
         });
     }
@@ -536,12 +545,13 @@ impl Hub {
     /// flight, and returns each agent's outcome with how long it took.
     pub async fn fan_out(
         self: &Arc<Self>,
+        agents: impl IntoIterator<Item = Uuid>,
         payload: JobPayload,
         timeout: Duration,
     ) -> Vec<(Uuid, Duration, Result<JobOutcome, HubError>)> {
         let permits = Arc::new(tokio::sync::Semaphore::new(FAN_OUT_IN_FLIGHT));
         let mut tasks = tokio::task::JoinSet::new();
-        for agent_id in self.connected_agents() {
+        for agent_id in agents {
             let hub = self.clone();
             let payload = payload.clone();
             let permits = permits.clone();

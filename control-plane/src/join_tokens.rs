@@ -31,6 +31,8 @@ pub enum JoinTokenError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JoinToken {
     pub id: Uuid,
+    /// Agents enrolled with this token join this organisation.
+    pub org_id: Uuid,
     pub secret_hash: String,
     pub created_by: String,
     pub created_at_unix_s: i64,
@@ -57,6 +59,7 @@ impl JoinToken {
 /// Creates a token; the returned string is shown once and never stored.
 pub fn create(
     store: &dyn Store,
+    org_id: Uuid,
     created_by: &str,
     ttl: Duration,
     uses: u32,
@@ -65,6 +68,7 @@ pub fn create(
     let now = now_unix_s();
     let token = JoinToken {
         id: minted.id,
+        org_id,
         secret_hash: minted.hash,
         created_by: created_by.into(),
         created_at_unix_s: now,
@@ -77,15 +81,16 @@ pub fn create(
     Ok((token, minted.token))
 }
 
-pub fn list(store: &dyn Store) -> Result<Vec<JoinToken>, StoreError> {
-    store.load_all()
+/// An organisation's join tokens.
+pub fn list(store: &dyn Store, org_id: Uuid) -> Result<Vec<JoinToken>, StoreError> {
+    Ok(store.load_all::<JoinToken>()?.into_iter().filter(|t| t.org_id == org_id).collect())
 }
 
-/// Revokes a token. Returns false when no such token exists.
-pub fn revoke(store: &dyn Store, id: Uuid) -> Result<bool, StoreError> {
+/// Revokes one of an organisation's tokens. Returns false when it has no such token.
+pub fn revoke(store: &dyn Store, org_id: Uuid, id: Uuid) -> Result<bool, StoreError> {
     match store.load::<JoinToken>(id.as_bytes())? {
-        Some(token) => store.save(&JoinToken { revoked: true, ..token }).map(|()| true),
-        None => Ok(false),
+        Some(token) if token.org_id == org_id => store.save(&JoinToken { revoked: true, ..token }).map(|()| true),
+        _ => Ok(false),
     }
 }
 
@@ -158,7 +163,7 @@ mod tests {
     #[test]
     fn a_two_use_token_enrolls_twice_then_is_used_up() {
         let (_dir, store) = store();
-        let (_, token) = create(&store, "admin", Duration::from_secs(60), 2).expect("create");
+        let (_, token) = create(&store, Uuid::nil(), "admin", Duration::from_secs(60), 2).expect("create");
         for _ in 0..2 {
             assert!(check(&store, &token).expect("usable").spend(&store, &[]).expect("spent"));
         }
@@ -168,7 +173,7 @@ mod tests {
     #[test]
     fn concurrent_enrollments_each_get_a_use_until_none_is_left() {
         let (_dir, store) = store();
-        let (_, token) = create(&store, "admin", Duration::from_secs(60), 40).expect("create");
+        let (_, token) = create(&store, Uuid::nil(), "admin", Duration::from_secs(60), 40).expect("create");
         let store = std::sync::Arc::new(store);
         let threads: Vec<_> = (0..50)
             .map(|_| {
@@ -183,7 +188,7 @@ mod tests {
     #[test]
     fn a_stale_redemption_cannot_spend_a_use_twice() {
         let (_dir, store) = store();
-        let (_, token) = create(&store, "admin", Duration::from_secs(60), 1).expect("create");
+        let (_, token) = create(&store, Uuid::nil(), "admin", Duration::from_secs(60), 1).expect("create");
         let a = check(&store, &token).expect("usable");
         let b = check(&store, &token).expect("usable");
         assert!(a.spend(&store, &[]).expect("first wins"));
@@ -194,20 +199,21 @@ mod tests {
     #[test]
     fn revoked_expired_wrong_and_malformed_tokens_are_refused() {
         let (_dir, store) = store();
-        let (record, token) = create(&store, "admin", Duration::from_secs(60), 5).expect("create");
-        let (_, expired) = create(&store, "admin", Duration::ZERO, 5).expect("create");
+        let (record, token) = create(&store, Uuid::nil(), "admin", Duration::from_secs(60), 5).expect("create");
+        let (_, expired) = create(&store, Uuid::nil(), "admin", Duration::ZERO, 5).expect("create");
         assert!(matches!(check(&store, &expired), Err(JoinTokenError::Expired)));
         let forged = format!("{}x", &token[..token.len() - 1]);
         assert!(matches!(check(&store, &forged), Err(JoinTokenError::Unknown)));
         assert!(matches!(check(&store, "hello"), Err(JoinTokenError::Malformed)));
-        assert!(revoke(&store, record.id).expect("revoke"));
+        assert!(!revoke(&store, Uuid::now_v7(), record.id).expect("revoke"), "another organisation cannot");
+        assert!(revoke(&store, Uuid::nil(), record.id).expect("revoke"));
         assert!(matches!(check(&store, &token), Err(JoinTokenError::Revoked)));
     }
 
     #[test]
     fn the_token_string_is_not_stored() {
         let (_dir, store) = store();
-        let (_, token) = create(&store, "admin", Duration::from_secs(60), 1).expect("create");
+        let (_, token) = create(&store, Uuid::nil(), "admin", Duration::from_secs(60), 1).expect("create");
         let secret = token.rsplit('_').next().expect("secret");
         for (_, value) in store.scan(Table::JoinTokens).expect("scan") {
             assert!(!String::from_utf8_lossy(&value).contains(secret));

@@ -19,6 +19,7 @@ pub mod join_tokens;
 pub mod login_guard;
 pub mod logs;
 pub mod metrics;
+pub mod orgs;
 pub mod pki;
 pub mod secrets;
 pub mod server;

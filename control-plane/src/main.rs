@@ -44,6 +44,16 @@ enum Command {
         #[command(subcommand)]
         command: TokensCommand,
     },
+    /// Organisations and their members; `orgs use` picks the one later commands act in.
+    Orgs {
+        #[command(subcommand)]
+        command: OrgsCommand,
+    },
+    /// Accounts of the installation (installation administrators).
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
     /// Join tokens for adding servers.
     Token {
         #[command(subcommand)]
@@ -106,6 +116,55 @@ enum TokensCommand {
     List,
     Revoke {
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OrgsCommand {
+    List,
+    Create {
+        name: String,
+    },
+    /// Act in this organisation (id or name) from now on; without one, in the default.
+    Use {
+        org: Option<String>,
+    },
+    Members {
+        org: String,
+    },
+    /// Add a user with a role (viewer, operator, admin, owner), or change their role.
+    Add {
+        org: String,
+        username: String,
+        #[arg(long, default_value = "viewer")]
+        role: String,
+    },
+    Remove {
+        org: String,
+        username: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    List,
+    /// Create a user; the password is read from WINDFLOW_NEW_PASSWORD or standard input.
+    Create {
+        username: String,
+        #[arg(long)]
+        admin: bool,
+        /// Add the user to this organisation (id or name)…
+        #[arg(long)]
+        org: Option<String>,
+        /// …with this role.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+    },
+    Disable {
+        username: String,
+    },
+    Enable {
+        username: String,
     },
 }
 
@@ -195,6 +254,113 @@ async fn find_stack(client: &mut Client, name: &str) -> anyhow::Result<Value> {
         .find(|s| s["name"] == name || s["id"] == name)
         .cloned()
         .with_context(|| format!("no stack named {name}"))
+}
+
+async fn find_org(client: &mut Client, org: &str) -> anyhow::Result<Value> {
+    let list = client.request(Method::GET, "/orgs", None).await?;
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|o| o["id"] == org || o["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(org)))
+        .cloned()
+        .with_context(|| format!("no organisation named {org}"))
+}
+
+async fn find_user(client: &mut Client, username: &str) -> anyhow::Result<Value> {
+    let list = client.request(Method::GET, "/users", None).await?;
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|u| u["username"] == username || u["id"] == username)
+        .cloned()
+        .with_context(|| format!("no user named {username}"))
+}
+
+async fn run_orgs(client: &mut Client, command: OrgsCommand) -> anyhow::Result<()> {
+    match command {
+        OrgsCommand::List => print(&client.request(Method::GET, "/orgs", None).await?),
+        OrgsCommand::Create { name } => {
+            print(&client.request(Method::POST, "/orgs", Some(json!({"name": name}))).await?)
+        }
+        OrgsCommand::Use { org: Some(org) } => {
+            let found = find_org(client, &org).await?;
+            client.use_org(found["id"].as_str().map(str::to_owned))?;
+            println!("acting in {}", found["name"].as_str().unwrap_or("?"));
+        }
+        OrgsCommand::Use { org: None } => {
+            client.use_org(None)?;
+            println!("acting in the default organisation");
+        }
+        OrgsCommand::Members { org } => {
+            let id = find_org(client, &org).await?["id"].as_str().unwrap_or_default().to_owned();
+            print(&client.request(Method::GET, &format!("/orgs/{id}/members"), None).await?);
+        }
+        OrgsCommand::Add { org, username, role } => {
+            let id = find_org(client, &org).await?["id"].as_str().unwrap_or_default().to_owned();
+            let members = client.request(Method::GET, &format!("/orgs/{id}/members"), None).await?;
+            let existing =
+                members["items"].as_array().into_iter().flatten().find(|m| m["username"] == username.as_str());
+            let answer = match existing.and_then(|m| m["user_id"].as_str()) {
+                Some(user_id) => {
+                    let path = format!("/orgs/{id}/members/{user_id}");
+                    client.request(Method::PATCH, &path, Some(json!({"role": role}))).await?
+                }
+                None => {
+                    let body = json!({"username": username, "role": role});
+                    client.request(Method::POST, &format!("/orgs/{id}/members"), Some(body)).await?
+                }
+            };
+            print(&answer);
+        }
+        OrgsCommand::Remove { org, username } => {
+            let id = find_org(client, &org).await?["id"].as_str().unwrap_or_default().to_owned();
+            let members = client.request(Method::GET, &format!("/orgs/{id}/members"), None).await?;
+            let user_id = members["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|m| m["username"] == username.as_str())
+                .and_then(|m| m["user_id"].as_str().map(str::to_owned))
+                .with_context(|| format!("{username} is not a member"))?;
+            client.request(Method::DELETE, &format!("/orgs/{id}/members/{user_id}"), None).await?;
+            println!("{username} removed");
+        }
+    }
+    Ok(())
+}
+
+async fn run_users(client: &mut Client, command: UsersCommand) -> anyhow::Result<()> {
+    match command {
+        UsersCommand::List => print(&client.request(Method::GET, "/users", None).await?),
+        UsersCommand::Create { username, admin, org, role } => {
+            let password = match std::env::var("WINDFLOW_NEW_PASSWORD") {
+                Ok(password) => password,
+                Err(_) => {
+                    let mut password = String::new();
+                    std::io::stdin().read_line(&mut password).context("reading the password")?;
+                    password.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            let mut body = json!({"username": username, "password": password, "is_admin": admin});
+            if let Some(org) = org {
+                body["org_id"] = find_org(client, &org).await?["id"].clone();
+                body["role"] = json!(role);
+            }
+            print(&client.request(Method::POST, "/users", Some(body)).await?);
+        }
+        UsersCommand::Disable { username } => set_disabled(client, &username, true).await?,
+        UsersCommand::Enable { username } => set_disabled(client, &username, false).await?,
+    }
+    Ok(())
+}
+
+async fn set_disabled(client: &mut Client, username: &str, disabled: bool) -> anyhow::Result<()> {
+    let id = find_user(client, username).await?["id"].as_str().unwrap_or_default().to_owned();
+    client.request(Method::PATCH, &format!("/users/{id}"), Some(json!({"disabled": disabled}))).await?;
+    println!("{username} {}", if disabled { "disabled" } else { "enabled" });
+    Ok(())
 }
 
 async fn find_target(client: &mut Client, name: &str) -> anyhow::Result<Value> {
@@ -319,6 +485,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("using an API token of {} on {server}", me["username"].as_str().unwrap_or("?"));
             Ok(())
         }
+        Command::Orgs { command } => run_orgs(&mut Client::load()?, command).await,
+        Command::Users { command } => run_users(&mut Client::load()?, command).await,
         Command::Tokens { command } => {
             let mut client = Client::load()?;
             match command {

@@ -14,6 +14,7 @@ use crate::store::{Check, Record, RecordStore, Store, StoreError, Table, Write};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stack {
     pub id: Uuid,
+    pub org_id: Uuid,
     pub name: String,
     pub current_version: u32,
     pub created_by: String,
@@ -84,11 +85,12 @@ pub fn validate(
     compose::parse(compose_yaml, name, variables).map_err(StackError::Invalid)
 }
 
-fn check_name(store: &dyn Store, name: &str, except: Option<Uuid>) -> Result<(), StackError> {
+/// Names are unique within an organisation.
+fn check_name(store: &dyn Store, org_id: Uuid, name: &str, except: Option<Uuid>) -> Result<(), StackError> {
     if name.trim().is_empty() || name.len() > 64 {
         return Err(StackError::BadName);
     }
-    if list(store)?.iter().any(|s| s.name == name && Some(s.id) != except) {
+    if list(store, org_id)?.iter().any(|s| s.name == name && Some(s.id) != except) {
         return Err(StackError::NameTaken(name.to_owned()));
     }
     Ok(())
@@ -96,16 +98,18 @@ fn check_name(store: &dyn Store, name: &str, except: Option<Uuid>) -> Result<(),
 
 pub fn create(
     store: &dyn Store,
+    org_id: Uuid,
     name: &str,
     compose_yaml: &str,
     variables: BTreeMap<String, String>,
     by: &str,
 ) -> Result<Saved, StackError> {
-    check_name(store, name, None)?;
+    check_name(store, org_id, name, None)?;
     let parsed = validate(name, compose_yaml, &variables)?;
     let now = now_unix_s();
     let stack = Stack {
         id: Uuid::now_v7(),
+        org_id,
         name: name.to_owned(),
         current_version: 1,
         created_by: by.into(),
@@ -145,7 +149,7 @@ pub fn update(
 ) -> Result<Saved, StackError> {
     let current = version(store, stack.id, stack.current_version)?.ok_or(StackError::Conflict)?;
     let name = name.unwrap_or(&stack.name);
-    check_name(store, name, Some(stack.id))?;
+    check_name(store, stack.org_id, name, Some(stack.id))?;
     let compose_yaml = compose_yaml.unwrap_or(&current.compose);
     let variables = variables.unwrap_or(current.variables);
     let parsed = validate(name, compose_yaml, &variables)?;
@@ -177,12 +181,14 @@ pub fn get(store: &dyn Store, id: Uuid) -> Result<Option<Stack>, StoreError> {
     store.load(id.as_bytes())
 }
 
-pub fn list(store: &dyn Store) -> Result<Vec<Stack>, StoreError> {
-    store.load_all()
+/// The stack with this id if it belongs to the organisation (see [`crate::agents::get_in`]).
+pub fn get_in(store: &dyn Store, org_id: Uuid, id: Uuid) -> Result<Option<Stack>, StoreError> {
+    Ok(get(store, id)?.filter(|s| s.org_id == org_id))
 }
 
-pub fn find_by_name(store: &dyn Store, name: &str) -> Result<Option<Stack>, StoreError> {
-    Ok(list(store)?.into_iter().find(|s| s.name == name))
+/// An organisation's stacks.
+pub fn list(store: &dyn Store, org_id: Uuid) -> Result<Vec<Stack>, StoreError> {
+    Ok(store.load_all::<Stack>()?.into_iter().filter(|s| s.org_id == org_id).collect())
 }
 
 pub fn version(store: &dyn Store, stack_id: Uuid, version: u32) -> Result<Option<StackVersion>, StoreError> {

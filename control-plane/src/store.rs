@@ -41,10 +41,15 @@ pub enum Table {
     /// Key: big-endian sequence number.
     Audit,
     ApiTokens,
+    Orgs,
+    /// Key: organisation id, then user id.
+    Memberships,
+    /// An index of targets by organisation. Key: organisation id, then agent id; empty value.
+    OrgTargets,
 }
 
 impl Table {
-    const ALL: [Table; 10] = [
+    const ALL: [Table; 13] = [
         Table::Users,
         Table::Sessions,
         Table::JoinTokens,
@@ -55,6 +60,9 @@ impl Table {
         Table::DeploymentEvents,
         Table::Audit,
         Table::ApiTokens,
+        Table::Orgs,
+        Table::Memberships,
+        Table::OrgTargets,
     ];
 
     fn name(self) -> &'static str {
@@ -69,6 +77,18 @@ impl Table {
             Table::DeploymentEvents => "deployment_events",
             Table::Audit => "audit",
             Table::ApiTokens => "api_tokens",
+            Table::Orgs => "orgs",
+            Table::Memberships => "memberships",
+            Table::OrgTargets => "org_targets",
+        }
+    }
+
+    /// Tables whose entries are also counted per key prefix of this length, so that one
+    /// organisation's share of a large index is known without scanning it.
+    fn counted_prefix(self) -> Option<usize> {
+        match self {
+            Table::OrgTargets => Some(16),
+            _ => None,
         }
     }
 }
@@ -118,7 +138,18 @@ pub trait Store: Send + Sync + 'static {
     /// One page of a table in key order, and how many entries the table holds, without
     /// decoding or copying the entries outside the page.
     fn page(&self, table: Table, offset: usize, limit: usize) -> Result<(usize, Vec<Entry>), StoreError> {
-        let all = self.scan(table)?;
+        self.page_prefix(table, &[], offset, limit)
+    }
+
+    /// One page of the entries whose key starts with `prefix`, and how many there are.
+    fn page_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        offset: usize,
+        limit: usize,
+    ) -> Result<(usize, Vec<Entry>), StoreError> {
+        let all = self.scan_prefix(table, prefix)?;
         let total = all.len();
         Ok((total, all.into_iter().skip(offset).take(limit).collect()))
     }
@@ -138,6 +169,8 @@ pub struct SledStore {
     trees: std::collections::HashMap<Table, sled::Tree>,
     /// Entries per table: sled counts by scanning, which a paged list cannot afford per request.
     counts: std::collections::HashMap<Table, std::sync::atomic::AtomicI64>,
+    /// Entries per key prefix, for the tables that ask for it ([`Table::counted_prefix`]).
+    prefix_counts: std::sync::Mutex<std::collections::HashMap<(Table, Vec<u8>), i64>>,
 }
 
 impl SledStore {
@@ -158,14 +191,28 @@ impl SledStore {
             Table::ALL.into_iter().map(|t| Ok((t, db.open_tree(t.name())?))).collect::<Result<_, sled::Error>>()?;
         // One scan per table at start; the counts are kept up to date by every write after.
         let counts = trees.iter().map(|(t, tree)| (*t, std::sync::atomic::AtomicI64::new(tree.len() as i64))).collect();
-        Ok(Self { db, trees, counts })
+        let mut prefix_counts = std::collections::HashMap::new();
+        for (table, tree) in &trees {
+            if let Some(len) = table.counted_prefix() {
+                for key in tree.iter().keys() {
+                    let key = key?;
+                    *prefix_counts.entry((*table, key[..len.min(key.len())].to_vec())).or_insert(0) += 1;
+                }
+            }
+        }
+        Ok(Self { db, trees, counts, prefix_counts: std::sync::Mutex::new(prefix_counts) })
     }
 
-    /// Adjusts a table's count by what a committed write did: +1 for a new key, -1 for a removed one.
-    fn count_write(&self, table: Table, existed: bool, exists: bool) {
+    /// Adjusts the counts by what a committed write did: +1 for a new key, -1 for a removed one.
+    fn count_write(&self, table: Table, key: &[u8], existed: bool, exists: bool) {
         let delta = i64::from(exists) - i64::from(existed);
-        if delta != 0 {
-            self.counts[&table].fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
+        if delta == 0 {
+            return;
+        }
+        self.counts[&table].fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
+        if let Some(len) = table.counted_prefix() {
+            let mut counts = self.prefix_counts.lock().unwrap_or_else(|e| e.into_inner());
+            *counts.entry((table, key[..len.min(key.len())].to_vec())).or_insert(0) += delta;
         }
     }
 
@@ -194,7 +241,7 @@ impl Store for SledStore {
 
     fn put_relaxed(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
         let previous = self.tree(table).insert(key, value)?;
-        self.count_write(table, previous.is_some(), true);
+        self.count_write(table, key, previous.is_some(), true);
         Ok(())
     }
 
@@ -207,6 +254,33 @@ impl Store for SledStore {
             .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from))
             .collect::<Result<_, _>>()?;
         let total = usize::try_from(self.counts[&table].load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0);
+        Ok((total, page))
+    }
+
+    fn page_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        offset: usize,
+        limit: usize,
+    ) -> Result<(usize, Vec<Entry>), StoreError> {
+        if prefix.is_empty() {
+            return self.page(table, offset, limit);
+        }
+        let counted = table.counted_prefix() == Some(prefix.len());
+        let page: Vec<Entry> = self
+            .tree(table)
+            .scan_prefix(prefix)
+            .skip(offset)
+            .take(limit)
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from))
+            .collect::<Result<_, _>>()?;
+        let total = if counted {
+            let counts = self.prefix_counts.lock().unwrap_or_else(|e| e.into_inner());
+            usize::try_from(counts.get(&(table, prefix.to_vec())).copied().unwrap_or(0)).unwrap_or(0)
+        } else {
+            self.tree(table).scan_prefix(prefix).count()
+        };
         Ok((total, page))
     }
 
@@ -241,7 +315,7 @@ impl Store for SledStore {
                 self.db.flush()?;
                 // A key written twice in one batch would be counted twice; batches never do that.
                 for (write, existed) in writes.iter().zip(existed) {
-                    self.count_write(write.table, existed, write.value.is_some());
+                    self.count_write(write.table, &write.key, existed, write.value.is_some());
                 }
                 Ok(true)
             }
@@ -283,6 +357,7 @@ pub trait RecordStore {
     fn save_relaxed<R: Record>(&self, record: &R) -> Result<(), StoreError>;
     /// One page of records in key order, and the table's size.
     fn load_page<R: Record>(&self, offset: usize, limit: usize) -> Result<(usize, Vec<R>), StoreError>;
+
     /// Replaces `old` by `new` only if the stored record is still exactly `old`.
     fn replace<R: Record>(&self, old: &R, new: &R) -> Result<bool, StoreError>;
 }
@@ -377,6 +452,26 @@ mod tests {
         }
         let store = SledStore::open(dir.path()).expect("reopen");
         assert_eq!(store.load_page::<Thing>(0, 10).expect("page").0, 5);
+    }
+
+    #[test]
+    fn a_prefix_page_counts_only_that_prefix_through_writes_and_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = |org: u8, n: u8| [[org; 16].as_slice(), &[n; 16]].concat();
+        {
+            let store = SledStore::open(dir.path()).expect("open");
+            for n in 0..4 {
+                store.put(Table::OrgTargets, &key(1, n), vec![]).expect("put");
+            }
+            store.put(Table::OrgTargets, &key(2, 0), vec![]).expect("put");
+            store.put(Table::OrgTargets, &key(1, 0), vec![]).expect("overwrite");
+            store.delete(Table::OrgTargets, &key(1, 3)).expect("delete");
+            let (total, page) = store.page_prefix(Table::OrgTargets, &[1; 16], 1, 5).expect("page");
+            assert_eq!((total, page.len()), (3, 2));
+        }
+        let store = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.page_prefix(Table::OrgTargets, &[1; 16], 0, 0).expect("page").0, 3);
+        assert_eq!(store.page_prefix(Table::OrgTargets, &[2; 16], 0, 9).expect("page").1.len(), 1);
     }
 
     #[test]

@@ -206,15 +206,20 @@ impl ControlPlane {
 
     /// Logs in as the admin and returns a fresh access token.
     pub async fn admin_login(&self) -> String {
+        self.login("admin", ADMIN_PASSWORD).await
+    }
+
+    /// Logs in as any user and returns a fresh access token.
+    pub async fn login(&self, username: &str, password: &str) -> String {
         let (status, body) = self
             .call_with(
                 None,
                 Method::POST,
                 "/api/v1/auth/login",
-                Some(json!({"username": "admin", "password": ADMIN_PASSWORD})),
+                Some(json!({"username": username, "password": password})),
             )
             .await;
-        assert_eq!(status, StatusCode::OK, "login: {body}");
+        assert_eq!(status, StatusCode::OK, "login of {username}: {body}");
         body["access_token"].as_str().expect("access token").to_owned()
     }
 
@@ -245,6 +250,27 @@ impl ControlPlane {
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
+        Self::send(request, body).await
+    }
+
+    /// Calls an `/api/v1` route as `token`, acting in organisation `org` (id or name).
+    pub async fn call_in(
+        &self,
+        token: &str,
+        org: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let request = self
+            .http()
+            .request(method, self.url(&format!("/api/v1{path}")))
+            .bearer_auth(token)
+            .header("x-windflow-org", org);
+        Self::send(request, body).await
+    }
+
+    async fn send(mut request: reqwest::RequestBuilder, body: Option<Value>) -> (StatusCode, Value) {
         if let Some(body) = body {
             request = request.json(&body);
         }

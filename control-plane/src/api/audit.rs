@@ -20,6 +20,8 @@ use super::error::{ApiError, ApiQuery};
 use super::{AppState, Page, PageQuery, rfc3339_ms};
 use crate::audit::{Entry, Fact};
 use crate::auth::Caller;
+use crate::orgs::Role;
+use uuid::Uuid;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -30,7 +32,7 @@ pub fn routes() -> Router<AppState> {
 
 /// Records every mutating request under /api: who (from the bearer token), what (method and
 /// path, never the body or the query), the status and the remote address.
-pub async fn record_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn record_requests(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let mutating = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if !mutating || !request.uri().path().starts_with("/api/") {
         return next.run(request).await;
@@ -47,23 +49,44 @@ pub async fn record_requests(State(state): State<AppState>, request: Request, ne
             None => state.auth.token_subject(bearer).map(|name| format!("user:{name}")),
         })
         .unwrap_or_else(|| "anonymous".to_owned());
+    // The Caller extractor fills this in with the organisation the request acted in.
+    let acting_org = super::auth::ActingOrg::default();
+    request.extensions_mut().insert(acting_org.clone());
     let response = next.run(request).await;
+    // Routes about one organisation's objects act in the caller's; `/orgs/{id}/…` in that one.
+    let org_id = acting_org.0.lock().unwrap_or_else(|e| e.into_inner()).or_else(|| org_in_path(&object));
     state.audit.record(Fact {
         actor,
         kind: "api.request",
         object,
         status: Some(response.status().as_u16()),
         remote,
+        org_id,
         ..Fact::default()
     });
     response
 }
 
-fn require_admin(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
-    match state.auth.user(&caller.username)? {
-        Some(user) if user.is_admin => Ok(()),
-        _ => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the audit trail is for administrators")),
+/// Which entries the caller may read: an installation administrator reads them all; an
+/// organisation's admins and owners read that organisation's.
+fn visible_org(caller: &Caller) -> Result<Option<Uuid>, ApiError> {
+    if caller.is_admin {
+        return Ok(None);
     }
+    match caller.role {
+        Some(role) if role >= Role::Admin => Ok(Some(caller.org_id)),
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the audit trail is for the organisation's admins and owners",
+        )),
+    }
+}
+
+fn org_in_path(object: &str) -> Option<Uuid> {
+    let path = object.split_once(' ')?.1;
+    let rest = path.strip_prefix("/api/v1/orgs/")?;
+    Uuid::try_parse(rest.split('/').next()?).ok()
 }
 
 fn entry_json(entry: &Entry) -> Value {
@@ -76,6 +99,7 @@ fn entry_json(entry: &Entry) -> Value {
         "status": entry.status,
         "detail": entry.detail,
         "remote": entry.remote,
+        "org_id": entry.org_id,
         "hash": entry.hash,
     })
 }
@@ -84,6 +108,8 @@ fn entry_json(entry: &Entry) -> Value {
 struct Filters {
     actor: Option<String>,
     kind: Option<String>,
+    /// Exact, or a prefix such as `POST /api/v1/stacks`.
+    object: Option<String>,
     /// Unix seconds or RFC 3339.
     since: Option<String>,
     until: Option<String>,
@@ -104,11 +130,14 @@ fn parse_time(field: &str, raw: &str) -> Result<u64, ApiError> {
 }
 
 impl Filters {
-    fn matcher(&self) -> Result<impl Fn(&Entry) -> bool + '_, ApiError> {
+    /// The entries these filters keep, among those of `org` (all when `None`).
+    fn matcher(&self, org: Option<Uuid>) -> Result<impl Fn(&Entry) -> bool + '_, ApiError> {
         let since = self.since.as_deref().map(|s| parse_time("since", s)).transpose()?;
         let until = self.until.as_deref().map(|s| parse_time("until", s)).transpose()?;
         Ok(move |e: &Entry| {
-            self.actor.as_ref().is_none_or(|a| &e.actor == a)
+            org.is_none_or(|org| e.org_id == Some(org))
+                && self.actor.as_ref().is_none_or(|a| &e.actor == a)
+                && self.object.as_ref().is_none_or(|o| e.object.starts_with(o.as_str()))
                 && self.kind.as_ref().is_none_or(|k| e.kind == *k || e.kind.starts_with(&format!("{k}.")))
                 && since.is_none_or(|s| e.at_unix_ms >= s)
                 && until.is_none_or(|u| e.at_unix_ms <= u)
@@ -123,8 +152,7 @@ async fn list(
     caller: Caller,
     ApiQuery(filters): ApiQuery<Filters>,
 ) -> Result<Json<Page<Value>>, ApiError> {
-    require_admin(&state, &caller)?;
-    let matches = filters.matcher()?;
+    let matches = filters.matcher(visible_org(&caller)?)?;
     let mut all: Vec<Value> = state.audit.entries()?.iter().filter(|e| matches(e)).map(entry_json).collect();
     all.reverse();
     Ok(Json(PageQuery { page: filters.page, per_page: filters.per_page }.apply(all)?))
@@ -136,15 +164,15 @@ async fn stream_events(
     caller: Caller,
     ApiQuery(filters): ApiQuery<Filters>,
 ) -> Result<Response, ApiError> {
-    require_admin(&state, &caller)?;
+    let org = visible_org(&caller)?;
     // Refuse bad filters now, not after the stream has started.
-    filters.matcher().map(drop)?;
+    filters.matcher(org).map(drop)?;
     let live = state.audit.subscribe();
-    let events = stream::unfold((live, filters), |(mut live, filters)| async move {
+    let events = stream::unfold((live, filters), move |(mut live, filters)| async move {
         loop {
             match live.recv().await {
                 Ok(entry) => {
-                    let keep = filters.matcher().map(|m| m(&entry)).unwrap_or(false);
+                    let keep = filters.matcher(org).map(|m| m(&entry)).unwrap_or(false);
                     if keep {
                         let event = SseEvent::default()
                             .event("audit")
@@ -168,6 +196,13 @@ async fn stream_events(
 
 /// Walks the hash chain: `{"valid","entries","broken_at"?,"problem"?}`.
 async fn verify(State(state): State<AppState>, caller: Caller) -> Result<Json<crate::audit::Verification>, ApiError> {
-    require_admin(&state, &caller)?;
+    // The chain spans every organisation: only an installation administrator walks it.
+    if !caller.is_admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "verifying the audit trail is for installation administrators",
+        ));
+    }
     Ok(Json(state.audit.verify()?))
 }

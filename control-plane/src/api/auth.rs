@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::api_tokens::{self, Scope};
 use crate::auth::{AuthError, Caller, Tokens};
+use crate::orgs::{self, Role};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -28,84 +29,184 @@ pub fn routes() -> Router<AppState> {
         .route("/tokens/{id}", axum::routing::delete(revoke_token))
 }
 
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
+/// The header that picks the organisation a request acts in (its id or its name); without it,
+/// a session acts in the user's oldest organisation and an API token in its own.
+pub const ORG_HEADER: &str = "x-windflow-org";
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "an Authorization: Bearer token is required")
-            })?
-            .to_owned();
-        if !api_tokens::is_api_token(&token) {
-            let auth = state.auth.clone();
-            return Ok(tokio::task::spawn_blocking(move || auth.authenticate(&token)).await.map_err(|_| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "authentication task failed")
-            })??);
-        }
-        let record = api_tokens::authenticate(state.store.as_ref(), &token).map_err(|error| match error {
-            api_tokens::TokenError::Invalid => {
-                ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", error.to_string())
-            }
-            api_tokens::TokenError::Store(e) => e.into(),
-        })?;
-        if state.auth.user(&record.username)?.is_none() {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "the token's user no longer exists",
-            ));
-        }
-        match required_scope(&parts.method, parts.uri.path()) {
-            Some(needed) if record.scope >= needed => {}
-            Some(needed) => {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "insufficient_scope",
-                    format!(
-                        "this needs a token with the {} scope; this one has {}",
-                        needed.as_str(),
-                        record.scope.as_str()
-                    ),
-                ));
-            }
-            None => {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "session_required",
-                    "this needs a signed-in session, not an API token",
-                ));
-            }
-        }
-        Ok(Caller {
-            user_id: record.user_id,
-            username: record.username,
-            session_id: Uuid::nil(),
-            token: Some((record.id, record.scope)),
-        })
-    }
+/// What a route asks of its caller, decided from the method and path alone (see [`access`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    /// The scope an API token needs; `None` where only a signed-in session will do.
+    pub scope: Option<Scope>,
+    /// The role needed in the organisation the request acts in; `None` for routes that are not
+    /// about one organisation's objects (they check what they need themselves).
+    pub role: Option<Role>,
 }
 
-/// The scope an API token needs for a request, or `None` where only a session will do (making
-/// tokens, signing out). Reads need `read`; running and removing deployments and testing targets
-/// need `deploy`; every other change needs `admin`.
-pub fn required_scope(method: &Method, path: &str) -> Option<Scope> {
+/// The access policy of every route, in one place. Reads need `read` and `viewer`; deploying,
+/// rolling back, removing deployments and testing targets need `deploy` and `operator`; every
+/// other change needs `admin`. Tokens never make tokens, sign out or change passwords.
+pub fn access(method: &Method, path: &str) -> Access {
     let path = path.strip_prefix("/api/v1").unwrap_or(path);
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    let session_only = Access { scope: None, role: None };
+    let scope = if read { Scope::Read } else { Scope::Admin };
     match (method, segments.as_slice()) {
-        (_, ["tokens", ..]) | (_, ["auth", "logout"]) => None,
-        (&Method::GET | &Method::HEAD, _) => Some(Scope::Read),
+        (_, ["tokens", ..]) | (_, ["auth", "logout"]) | (_, ["users", "me", ..]) => session_only,
+        (_, ["auth", ..] | ["orgs", ..] | ["users", ..] | ["events", ..] | ["audit", ..]) => {
+            Access { scope: Some(scope), role: None }
+        }
+        // Checking a Compose file saves nothing.
+        (&Method::POST, ["stacks", "validate"]) => Access { scope: Some(Scope::Read), role: Some(Role::Viewer) },
         (_, ["stacks", _, "deploy", _])
         | (_, ["deployments", _, "rollback"])
         | (&Method::DELETE, ["deployments", _])
         | (_, ["targets", _, "test" | "facts"])
-        | (_, ["targets", "facts"]) => Some(Scope::Deploy),
-        _ => Some(Scope::Admin),
+        | (_, ["targets", "facts"]) => Access { scope: Some(Scope::Deploy), role: Some(Role::Operator) },
+        _ => Access { scope: Some(scope), role: Some(if read { Role::Viewer } else { Role::Admin }) },
     }
+}
+
+fn forbidden(message: String) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+}
+
+fn unauthenticated(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+}
+
+/// Where the extractor leaves the organisation a request acted in, for the audit middleware.
+#[derive(Debug, Clone, Default)]
+pub struct ActingOrg(pub std::sync::Arc<std::sync::Mutex<Option<Uuid>>>);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let bearer = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| unauthenticated("an Authorization: Bearer token is required"))?
+            .to_owned();
+        let wanted_org = parts.headers.get(ORG_HEADER).map(|v| v.to_str().unwrap_or_default().trim().to_owned());
+        let access = access(&parts.method, parts.uri.path());
+        let state = state.clone();
+        // argon2-free, but every check reads the store: keep it off the async workers.
+        let caller = tokio::task::spawn_blocking(move || identify(&state, &bearer, wanted_org.as_deref(), access))
+            .await
+            .map_err(|_| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "authentication task failed")
+            })??;
+        if let Some(slot) = parts.extensions.get::<ActingOrg>().filter(|_| access.role.is_some()) {
+            *slot.0.lock().unwrap_or_else(|e| e.into_inner()) = (!caller.org_id.is_nil()).then_some(caller.org_id);
+        }
+        Ok(caller)
+    }
+}
+
+/// Checks the credentials, picks the organisation and checks the route's access policy.
+fn identify(state: &AppState, bearer: &str, wanted_org: Option<&str>, access: Access) -> Result<Caller, ApiError> {
+    let store = state.store.as_ref();
+    let (mut caller, token_org) = if api_tokens::is_api_token(bearer) {
+        let record = api_tokens::authenticate(store, bearer).map_err(|error| match error {
+            api_tokens::TokenError::Invalid => unauthenticated(&error.to_string()),
+            api_tokens::TokenError::Store(e) => e.into(),
+        })?;
+        let user = state.auth.user(&record.username)?.filter(|u| u.id == record.user_id);
+        let user = user.ok_or_else(|| unauthenticated("the token's user no longer exists"))?;
+        if user.disabled {
+            return Err(AuthError::Disabled.into());
+        }
+        let Some(needed) = access.scope else {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "session_required",
+                "this needs a signed-in session, not an API token",
+            ));
+        };
+        if record.scope < needed {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                format!(
+                    "this needs a token with the {} scope; this one has {}",
+                    needed.as_str(),
+                    record.scope.as_str()
+                ),
+            ));
+        }
+        let caller = Caller {
+            user_id: user.id,
+            username: user.username,
+            session_id: Uuid::nil(),
+            token: Some((record.id, record.scope)),
+            is_admin: user.is_admin,
+            org_id: Uuid::nil(),
+            role: None,
+        };
+        (caller, Some(record.org_id))
+    } else {
+        let identity = state.auth.authenticate(bearer)?;
+        let caller = Caller {
+            user_id: identity.user_id,
+            username: identity.username,
+            session_id: identity.session_id,
+            token: None,
+            is_admin: identity.is_admin,
+            org_id: Uuid::nil(),
+            role: None,
+        };
+        (caller, None)
+    };
+
+    let membership = match (wanted_org, token_org) {
+        (Some(wanted), _) => {
+            let member = match find_org(store, wanted)? {
+                Some(org) => orgs::membership(store, org.id, caller.user_id)?,
+                None => None,
+            };
+            // Not a member: the organisation is not found, exactly like one that does not exist.
+            let member = member
+                .ok_or_else(|| ApiError { field: Some(ORG_HEADER.into()), ..ApiError::not_found("organisation") })?;
+            if token_org.is_some_and(|own| own != member.org_id) {
+                return Err(forbidden("this API token acts in its own organisation only".into()));
+            }
+            Some(member)
+        }
+        (None, Some(own)) => orgs::membership(store, own, caller.user_id)?,
+        (None, None) => orgs::memberships_of(store, caller.user_id)?.into_iter().next(),
+    };
+    if let Some(membership) = &membership {
+        caller.org_id = membership.org_id;
+        caller.role = Some(membership.role);
+    }
+    if let Some(needed) = access.role {
+        match caller.role {
+            None if token_org.is_some() => {
+                return Err(forbidden("the token's user is no longer a member of its organisation".into()));
+            }
+            None => return Err(forbidden("you are not a member of any organisation".into())),
+            Some(role) if role < needed => {
+                return Err(forbidden(format!(
+                    "this needs the {} role in the organisation; you are {}",
+                    needed.as_str(),
+                    role.as_str()
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(caller)
+}
+
+fn find_org(store: &dyn crate::store::Store, wanted: &str) -> Result<Option<orgs::Org>, ApiError> {
+    if let Ok(id) = Uuid::try_parse(wanted) {
+        return Ok(orgs::get(store, id)?);
+    }
+    Ok(orgs::list(store)?.into_iter().find(|o| o.name.eq_ignore_ascii_case(wanted)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,7 +284,7 @@ async fn refresh(
 }
 
 async fn logout(State(state): State<AppState>, caller: Caller) -> Result<StatusCode, ApiError> {
-    // API tokens never reach here (see required_scope): this is always a session.
+    // API tokens never reach here (see access): this is always a session.
     state.auth.logout(caller.session_id)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -195,6 +296,14 @@ async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<serde_
         "username": user.username,
         "is_admin": user.is_admin,
         "created_at": super::rfc3339_s(user.created_at_unix_s),
+        "org": (!caller.org_id.is_nil()).then(|| serde_json::json!({
+            "id": caller.org_id,
+            "role": caller.role.map(Role::as_str),
+        })),
+        "orgs": orgs::memberships_of(state.store.as_ref(), user.id)?
+            .iter()
+            .map(|m| serde_json::json!({ "id": m.org_id, "role": m.role.as_str() }))
+            .collect::<Vec<_>>(),
     })))
 }
 
@@ -202,6 +311,7 @@ fn token_json(token: &api_tokens::ApiToken) -> serde_json::Value {
     serde_json::json!({
         "id": token.id,
         "name": token.name,
+        "org_id": token.org_id,
         "scope": token.scope.as_str(),
         "created_at": super::rfc3339_s(token.created_at_unix_s),
         "expires_at": token.expires_at_unix_s.map(super::rfc3339_s),
@@ -240,8 +350,18 @@ async fn create_token(
             "ttl_seconds must be positive (leave it out for a token that does not expire)",
         ));
     }
-    let (record, token) =
-        api_tokens::create(state.store.as_ref(), caller.user_id, &caller.username, name, body.scope, body.ttl_seconds)?;
+    if caller.role.is_none() {
+        return Err(forbidden("an API token acts in an organisation, and you are not a member of any".into()));
+    }
+    let (record, token) = api_tokens::create(
+        state.store.as_ref(),
+        caller.org_id,
+        caller.user_id,
+        &caller.username,
+        name,
+        body.scope,
+        body.ttl_seconds,
+    )?;
     tracing::info!(token_id = %record.id, scope = record.scope.as_str(), by = %caller.username, "API token created");
     let mut answer = token_json(&record);
     answer["token"] = serde_json::json!(token);
@@ -265,24 +385,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_route_class_needs_its_scope() {
+    fn each_route_class_needs_its_scope_and_role() {
+        let org = |scope, role| Access { scope: Some(scope), role: Some(role) };
+        let own = |scope| Access { scope: Some(scope), role: None };
+        let session = Access { scope: None, role: None };
         let cases = [
-            (Method::GET, "/api/v1/stacks", Some(Scope::Read)),
-            (Method::GET, "/api/v1/deployments/x/logs", Some(Scope::Read)),
-            (Method::POST, "/api/v1/stacks/x/deploy/y", Some(Scope::Deploy)),
-            (Method::POST, "/api/v1/deployments/x/rollback", Some(Scope::Deploy)),
-            (Method::DELETE, "/api/v1/deployments/x", Some(Scope::Deploy)),
-            (Method::POST, "/api/v1/targets/x/test", Some(Scope::Deploy)),
-            (Method::POST, "/api/v1/targets/facts", Some(Scope::Deploy)),
-            (Method::POST, "/api/v1/stacks", Some(Scope::Admin)),
-            (Method::DELETE, "/api/v1/stacks/x", Some(Scope::Admin)),
-            (Method::POST, "/api/v1/targets/join-tokens", Some(Scope::Admin)),
-            (Method::POST, "/api/v1/targets/x/revoke", Some(Scope::Admin)),
-            (Method::GET, "/api/v1/tokens", None),
-            (Method::POST, "/api/v1/auth/logout", None),
+            (Method::GET, "/api/v1/stacks", org(Scope::Read, Role::Viewer)),
+            (Method::GET, "/api/v1/deployments/x/logs", org(Scope::Read, Role::Viewer)),
+            (Method::POST, "/api/v1/stacks/x/deploy/y", org(Scope::Deploy, Role::Operator)),
+            (Method::POST, "/api/v1/deployments/x/rollback", org(Scope::Deploy, Role::Operator)),
+            (Method::DELETE, "/api/v1/deployments/x", org(Scope::Deploy, Role::Operator)),
+            (Method::POST, "/api/v1/targets/x/test", org(Scope::Deploy, Role::Operator)),
+            (Method::POST, "/api/v1/targets/facts", org(Scope::Deploy, Role::Operator)),
+            (Method::POST, "/api/v1/stacks", org(Scope::Admin, Role::Admin)),
+            (Method::POST, "/api/v1/stacks/validate", org(Scope::Read, Role::Viewer)),
+            (Method::DELETE, "/api/v1/stacks/x", org(Scope::Admin, Role::Admin)),
+            (Method::POST, "/api/v1/targets/join-tokens", org(Scope::Admin, Role::Admin)),
+            (Method::POST, "/api/v1/targets/x/revoke", org(Scope::Admin, Role::Admin)),
+            (Method::GET, "/api/v1/orgs", own(Scope::Read)),
+            (Method::POST, "/api/v1/orgs/x/members", own(Scope::Admin)),
+            (Method::POST, "/api/v1/users", own(Scope::Admin)),
+            (Method::GET, "/api/v1/events", own(Scope::Read)),
+            (Method::GET, "/api/v1/auth/me", own(Scope::Read)),
+            (Method::GET, "/api/v1/tokens", session),
+            (Method::POST, "/api/v1/auth/logout", session),
+            (Method::POST, "/api/v1/users/me/password", session),
         ];
-        for (method, path, scope) in cases {
-            assert_eq!(required_scope(&method, path), scope, "{method} {path}");
+        for (method, path, expected) in cases {
+            assert_eq!(access(&method, path), expected, "{method} {path}");
         }
     }
 }

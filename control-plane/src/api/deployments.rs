@@ -32,9 +32,10 @@ pub fn routes() -> Router<AppState> {
         .route("/deployments/{id}/logs", get(logs))
 }
 
-fn load(state: &AppState, raw: &str) -> Result<Deployment, ApiError> {
+/// One of the caller's organisation's deployments; any other id is not found.
+fn load(state: &AppState, caller: &Caller, raw: &str) -> Result<Deployment, ApiError> {
     let id = Uuid::try_parse(raw).map_err(|_| ApiError::not_found("deployment"))?;
-    deployments::get(state.store.as_ref(), id)?.ok_or_else(|| ApiError::not_found("deployment"))
+    deployments::get_in(state.store.as_ref(), caller.org_id, id)?.ok_or_else(|| ApiError::not_found("deployment"))
 }
 
 fn container_view(c: &windflow_protocol::messages::ContainerStatus) -> Value {
@@ -131,9 +132,8 @@ async fn deploy(
     Path((stack_id, target_id)): Path<(String, String)>,
     ApiQuery(query): ApiQuery<VersionQuery>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let stack = super::stacks::load(&state, &stack_id)?;
-    let target_id = Uuid::try_parse(&target_id).map_err(|_| ApiError::not_found("target"))?;
-    let target = crate::agents::get(state.store.as_ref(), target_id)?.ok_or_else(|| ApiError::not_found("target"))?;
+    let stack = super::stacks::load(&state, &caller, &stack_id)?;
+    let target = super::targets::load(&state, &caller, &target_id)?;
     if target.revoked_at_unix_s.is_some() {
         return Err(ApiError::new(StatusCode::CONFLICT, "target_revoked", "the target is revoked"));
     }
@@ -141,7 +141,7 @@ async fn deploy(
     if stacks::version(state.store.as_ref(), stack.id, version)?.is_none() {
         return Err(ApiError::invalid("version", format!("stack version {version} does not exist")));
     }
-    let existing = deployments::list(state.store.as_ref())?
+    let existing = deployments::list_in(state.store.as_ref(), caller.org_id)?
         .into_iter()
         .find(|d| d.stack_id == stack.id && d.target_id == target.id && d.state != DeploymentState::Removed);
     let deployment = match existing {
@@ -157,6 +157,7 @@ async fn deploy(
             let now = now_unix_s();
             let deployment = Deployment {
                 id: Uuid::now_v7(),
+                org_id: stack.org_id,
                 stack_id: stack.id,
                 target_id: target.id,
                 project: crate::compose::project_name(&stack.name),
@@ -200,7 +201,7 @@ struct ListQuery {
 
 async fn list(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<Value>>, ApiError> {
     let states = ["pending", "deploying", "running", "failed", "removing", "removed"];
@@ -209,7 +210,7 @@ async fn list(
     {
         return Err(ApiError::invalid("state", format!("state must be one of {}", states.join(", "))));
     }
-    let all = deployments::list(state.store.as_ref())?
+    let all = deployments::list_in(state.store.as_ref(), caller.org_id)?
         .into_iter()
         .filter(|d| {
             query
@@ -228,8 +229,8 @@ fn stack_name(state: &AppState, deployment: &Deployment) -> Option<String> {
     stacks::get(state.store.as_ref(), deployment.stack_id).ok().flatten().map(|s| s.name)
 }
 
-async fn show(State(state): State<AppState>, _caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let deployment = load(&state, &id)?;
+async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let deployment = load(&state, &caller, &id)?;
     Ok(Json(view(&state, &deployment)))
 }
 
@@ -245,7 +246,7 @@ async fn remove(
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<RemoveQuery>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let deployment = load(&state, &id)?;
+    let deployment = load(&state, &caller, &id)?;
     let deployment = deployments::modify(state.store.as_ref(), deployment.id, |d| {
         d.desired = Desired::Removed { volumes: query.volumes };
         d.generation += 1;
@@ -267,7 +268,7 @@ async fn rollback(
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<VersionQuery>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let deployment = load(&state, &id)?;
+    let deployment = load(&state, &caller, &id)?;
     let target_version = match query.version {
         Some(version) => version,
         None => deployment.version.checked_sub(1).filter(|v| *v >= 1).ok_or_else(|| {
@@ -313,11 +314,11 @@ fn event_json(event: &Event) -> Value {
 
 async fn events(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Response, ApiError> {
-    let deployment = load(&state, &id)?;
+    let deployment = load(&state, &caller, &id)?;
     let events = state.reconciler.events.clone();
     if !query.follow {
         let history: Vec<Value> = events.history(deployment.id, query.after)?.iter().map(event_json).collect();
@@ -402,11 +403,11 @@ fn line_json(line: &crate::logs::LogLine, timestamps: bool) -> Value {
 /// that were waiting together), and `skipped` when this follower fell behind.
 async fn logs(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    let deployment = load(&state, &id)?;
+    let deployment = load(&state, &caller, &id)?;
     let since = query.since.as_deref().map(parse_since).transpose()?;
     if let Some(service) = &query.service {
         let known = stacks::get(state.store.as_ref(), deployment.stack_id)?

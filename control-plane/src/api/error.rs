@@ -78,13 +78,47 @@ impl From<StoreError> for ApiError {
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
+        let e = match e {
+            AuthError::Org(e) => return e.into(),
+            other => other,
+        };
         let (status, code) = match &e {
             AuthError::BadCredentials => (StatusCode::UNAUTHORIZED, "bad_credentials"),
             AuthError::BadAccessToken | AuthError::SessionRevoked => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             AuthError::BadRefreshToken => (StatusCode::UNAUTHORIZED, "bad_refresh_token"),
-            AuthError::Store(_) | AuthError::Hash(_) => return Self::internal(e),
+            AuthError::Disabled => (StatusCode::FORBIDDEN, "account_disabled"),
+            AuthError::UserExists(_) => {
+                return Self {
+                    field: Some("username".into()),
+                    ..Self::new(StatusCode::CONFLICT, "user_exists", e.to_string())
+                };
+            }
+            AuthError::BadUsername => return Self::invalid("username", e.to_string()),
+            AuthError::WeakPassword(_) => {
+                return Self {
+                    field: Some("password".into()),
+                    ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "weak_password", e.to_string())
+                };
+            }
+            AuthError::Conflict => (StatusCode::CONFLICT, "conflict"),
+            AuthError::Store(_) | AuthError::Hash(_) | AuthError::Org(_) => return Self::internal(e),
         };
         Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<crate::orgs::OrgError> for ApiError {
+    fn from(e: crate::orgs::OrgError) -> Self {
+        use crate::orgs::OrgError;
+        match e {
+            OrgError::BadName => Self::invalid("name", e.to_string()),
+            OrgError::NameTaken(_) => {
+                Self { field: Some("name".into()), ..Self::new(StatusCode::CONFLICT, "name_taken", e.to_string()) }
+            }
+            OrgError::LastOwner => Self::new(StatusCode::CONFLICT, "last_owner", e.to_string()),
+            OrgError::Conflict => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            OrgError::Store(e) => e.into(),
+        }
     }
 }
 

@@ -10,8 +10,10 @@ pub mod deployments;
 pub mod enroll;
 pub mod error;
 pub mod health;
+pub mod orgs;
 pub mod stacks;
 pub mod targets;
+pub mod users;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -68,6 +70,8 @@ pub fn router(state: AppState) -> Router {
         .merge(stacks::routes())
         .merge(deployments::routes())
         .merge(audit::routes())
+        .merge(orgs::routes())
+        .merge(users::routes())
         .merge(enroll::api_routes());
     let router = Router::new()
         .nest("/api/v1", api)

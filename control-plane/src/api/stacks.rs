@@ -62,17 +62,18 @@ fn saved_view(saved: &Saved) -> Value {
     view
 }
 
-pub fn load(state: &AppState, raw: &str) -> Result<Stack, ApiError> {
+/// One of the caller's organisation's stacks; any other id is not found.
+pub fn load(state: &AppState, caller: &Caller, raw: &str) -> Result<Stack, ApiError> {
     let id = Uuid::try_parse(raw).map_err(|_| ApiError::not_found("stack"))?;
-    stacks::get(state.store.as_ref(), id)?.ok_or_else(|| ApiError::not_found("stack"))
+    stacks::get_in(state.store.as_ref(), caller.org_id, id)?.ok_or_else(|| ApiError::not_found("stack"))
 }
 
 async fn list(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Value>>, ApiError> {
-    let all = stacks::list(state.store.as_ref())?.iter().map(summary).collect();
+    let all = stacks::list(state.store.as_ref(), caller.org_id)?.iter().map(summary).collect();
     Ok(Json(query.apply(all)?))
 }
 
@@ -90,14 +91,20 @@ async fn create(
     caller: Caller,
     ApiJson(body): ApiJson<CreateStack>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let saved =
-        stacks::create(state.store.as_ref(), body.name.trim(), &body.compose, body.variables, &caller.username)?;
+    let saved = stacks::create(
+        state.store.as_ref(),
+        caller.org_id,
+        body.name.trim(),
+        &body.compose,
+        body.variables,
+        &caller.username,
+    )?;
     tracing::info!(stack_id = %saved.stack.id, name = %saved.stack.name, by = %caller.username, "stack created");
     Ok((StatusCode::CREATED, Json(saved_view(&saved))))
 }
 
-async fn show(State(state): State<AppState>, _caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let stack = load(&state, &id)?;
+async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let stack = load(&state, &caller, &id)?;
     let version = stacks::version(state.store.as_ref(), stack.id, stack.current_version)?
         .ok_or_else(|| ApiError::not_found("stack version"))?;
     let spec = stacks::spec_of(&stack, &version)?;
@@ -118,7 +125,7 @@ async fn update(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateStack>,
 ) -> Result<Json<Value>, ApiError> {
-    let stack = load(&state, &id)?;
+    let stack = load(&state, &caller, &id)?;
     let saved = stacks::update(
         state.store.as_ref(),
         &stack,
@@ -132,8 +139,8 @@ async fn update(
 }
 
 async fn remove(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let stack = load(&state, &id)?;
-    let active: Vec<String> = crate::deployments::list(state.store.as_ref())?
+    let stack = load(&state, &caller, &id)?;
+    let active: Vec<String> = crate::deployments::list_in(state.store.as_ref(), caller.org_id)?
         .into_iter()
         .filter(|d| d.stack_id == stack.id && d.state != crate::deployments::State::Removed)
         .map(|d| d.id.to_string())
@@ -151,11 +158,11 @@ async fn remove(State(state): State<AppState>, caller: Caller, Path(id): Path<St
 
 async fn versions(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Value>>, ApiError> {
-    let stack = load(&state, &id)?;
+    let stack = load(&state, &caller, &id)?;
     let mut all: Vec<Value> = stacks::versions(state.store.as_ref(), stack.id)?
         .iter()
         .map(|v| json!({ "version": v.version, "created_by": v.created_by, "created_at": rfc3339_s(v.created_at_unix_s) }))
@@ -166,10 +173,10 @@ async fn versions(
 
 async fn show_version(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path((id, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let stack = load(&state, &id)?;
+    let stack = load(&state, &caller, &id)?;
     let number: u32 = version.parse().map_err(|_| ApiError::not_found("stack version"))?;
     let version =
         stacks::version(state.store.as_ref(), stack.id, number)?.ok_or_else(|| ApiError::not_found("stack version"))?;
@@ -188,11 +195,17 @@ async fn clone(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<CloneStack>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let stack = load(&state, &id)?;
+    let stack = load(&state, &caller, &id)?;
     let version = stacks::version(state.store.as_ref(), stack.id, stack.current_version)?
         .ok_or_else(|| ApiError::not_found("stack version"))?;
-    let saved =
-        stacks::create(state.store.as_ref(), body.name.trim(), &version.compose, version.variables, &caller.username)?;
+    let saved = stacks::create(
+        state.store.as_ref(),
+        caller.org_id,
+        body.name.trim(),
+        &version.compose,
+        version.variables,
+        &caller.username,
+    )?;
     tracing::info!(from = %stack.id, stack_id = %saved.stack.id, by = %caller.username, "stack cloned");
     Ok((StatusCode::CREATED, Json(saved_view(&saved))))
 }

@@ -77,12 +77,12 @@ fn view(state: &AppState, agent: Agent) -> TargetView {
 
 async fn list(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<TargetView>>, ApiError> {
     // Paged in the store: a large fleet costs a request only the page it returns.
     let (_, per_page, offset) = query.bounds()?;
-    let (total, page) = agents::page(state.store.as_ref(), offset, per_page)?;
+    let (total, page) = agents::page(state.store.as_ref(), caller.org_id, offset, per_page)?;
     let items = page.into_iter().map(|a| view(&state, a)).collect();
     Ok(Json(query.paged(total, items)?))
 }
@@ -92,25 +92,26 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::try_parse(raw).map_err(|_| ApiError::not_found("target"))
 }
 
-fn load(state: &AppState, raw: &str) -> Result<Agent, ApiError> {
-    agents::get(state.store.as_ref(), parse_id(raw)?)?.ok_or_else(|| ApiError::not_found("target"))
+/// One of the caller's organisation's targets; any other id is not found.
+pub fn load(state: &AppState, caller: &Caller, raw: &str) -> Result<Agent, ApiError> {
+    agents::get_in(state.store.as_ref(), caller.org_id, parse_id(raw)?)?.ok_or_else(|| ApiError::not_found("target"))
 }
 
 async fn show(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<TargetView>, ApiError> {
-    let agent = load(&state, &id)?;
+    let agent = load(&state, &caller, &id)?;
     Ok(Json(view(&state, agent)))
 }
 
 async fn test(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let agent = load(&state, &id)?;
+    let agent = load(&state, &caller, &id)?;
     let round_trip = state.hub.ping(agent.id).await?;
     Ok(Json(serde_json::json!({
         "ok": true,
@@ -120,10 +121,10 @@ async fn test(
 
 async fn refresh_facts(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<HostFacts>, ApiError> {
-    let agent = load(&state, &id)?;
+    let agent = load(&state, &caller, &id)?;
     match state.hub.run_job(agent.id, JobPayload::CollectFacts, Duration::from_secs(30)).await? {
         JobOutcome::Succeeded(JobOutput::Facts(facts)) => {
             agents::observe(state.store.as_ref(), agent.id, |a| a.facts = Some(facts.clone()))?;
@@ -142,7 +143,9 @@ async fn refresh_facts(
 /// many succeeded and how long they took (per target: p50, p99, max).
 async fn refresh_all_facts(State(state): State<AppState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
     let started = std::time::Instant::now();
-    let results = state.hub.fan_out(JobPayload::CollectFacts, Duration::from_secs(60)).await;
+    let connected: std::collections::HashSet<Uuid> = state.hub.connected_agents().into_iter().collect();
+    let ours = agents::ids_in(state.store.as_ref(), caller.org_id)?.into_iter().filter(|id| connected.contains(id));
+    let results = state.hub.fan_out(ours, JobPayload::CollectFacts, Duration::from_secs(60)).await;
     let elapsed = started.elapsed();
     let mut durations: Vec<f64> = Vec::with_capacity(results.len());
     let mut failures = Vec::new();
@@ -174,7 +177,7 @@ async fn revoke(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<TargetView>, ApiError> {
-    let agent = load(&state, &id)?;
+    let agent = load(&state, &caller, &id)?;
     let agent = agents::update(state.store.as_ref(), agent.id, |a| {
         a.revoked_at_unix_s.get_or_insert(crate::auth::now_unix_s());
     })?
@@ -186,9 +189,9 @@ async fn revoke(
 
 /// Revokes and forgets a target.
 async fn remove(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let agent = load(&state, &id)?;
+    let agent = load(&state, &caller, &id)?;
     state.hub.revoke(agent.id);
-    agents::delete(state.store.as_ref(), agent.id)?;
+    agents::delete(state.store.as_ref(), &agent)?;
     tracing::warn!(target_id = %agent.id, by = %caller.username, "target deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -258,8 +261,13 @@ async fn create_join_token(
     if !(1..=30 * 86400).contains(&body.ttl_seconds) {
         return Err(ApiError::invalid("ttl_seconds", "ttl_seconds must be between 1 and 2592000 (30 days)"));
     }
-    let (record, token) =
-        join_tokens::create(state.store.as_ref(), &caller.username, Duration::from_secs(body.ttl_seconds), body.uses)?;
+    let (record, token) = join_tokens::create(
+        state.store.as_ref(),
+        caller.org_id,
+        &caller.username,
+        Duration::from_secs(body.ttl_seconds),
+        body.uses,
+    )?;
     tracing::info!(token_id = %record.id, uses = body.uses, by = %caller.username, "join token created");
     let command = one_liner(&state, &token);
     Ok((
@@ -276,10 +284,10 @@ async fn create_join_token(
 
 async fn list_join_tokens(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<JoinTokenView>>, ApiError> {
-    let all = join_tokens::list(state.store.as_ref())?.into_iter().map(JoinTokenView::from).collect();
+    let all = join_tokens::list(state.store.as_ref(), caller.org_id)?.into_iter().map(JoinTokenView::from).collect();
     Ok(Json(query.apply(all)?))
 }
 
@@ -289,7 +297,7 @@ async fn revoke_join_token(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = Uuid::try_parse(&id).map_err(|_| ApiError::not_found("join token"))?;
-    if !join_tokens::revoke(state.store.as_ref(), id)? {
+    if !join_tokens::revoke(state.store.as_ref(), caller.org_id, id)? {
         return Err(ApiError::not_found("join token"));
     }
     tracing::info!(token_id = %id, by = %caller.username, "join token revoked");
