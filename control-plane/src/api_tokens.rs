@@ -13,7 +13,7 @@ pub const PREFIX: &str = "wft";
 const LAST_USE_RESOLUTION: i64 = 60;
 
 /// What a token may do. Each scope includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Every read.

@@ -73,7 +73,7 @@ impl Entry {
 }
 
 /// What [`AuditLog::verify`] found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Verification {
     pub valid: bool,
     pub entries: u64,

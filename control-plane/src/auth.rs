@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::fsutil::read_or_create_secret;
+use crate::sealing::MasterKey;
 use crate::secrets;
 use crate::store::{Check, Record, RecordStore, Store, StoreError, Table, Write};
 
@@ -50,6 +51,14 @@ pub enum AuthError {
     Conflict,
     #[error("password hashing failed: {0}")]
     Hash(String),
+    #[error("two-factor authentication is already enabled; disable it first to enrol a new device")]
+    TotpAlreadyEnabled,
+    #[error("two-factor authentication is not set up for this account")]
+    TotpNotEnrolled,
+    #[error("the code is wrong, expired or already used")]
+    BadSecondFactor,
+    #[error("the sign-in step expired or is invalid; sign in with your password again")]
+    BadMfaToken,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,13 +71,39 @@ pub struct User {
     pub created_at_unix_s: i64,
     /// A disabled user cannot sign in, and their sessions and API tokens stop working.
     pub disabled: bool,
+    /// The second factor, when one is enrolled.
+    pub totp: Option<crate::totp::TotpState>,
+    /// Set for accounts made by single sign-on: they sign in through their provider only (their
+    /// password hash matches no password).
+    pub sso: Option<SsoIdentity>,
+}
+
+/// Who an account is at its identity provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SsoIdentity {
+    pub issuer: String,
+    pub subject: String,
+}
+
+impl User {
+    pub fn has_second_factor(&self) -> bool {
+        self.totp.as_ref().is_some_and(|t| t.enabled)
+    }
 }
 
 impl Record for User {
     const TABLE: Table = Table::Users;
-    const VERSION: u64 = 1;
+    const VERSION: u64 = 2;
     fn key(&self) -> Vec<u8> {
         self.username.as_bytes().to_vec()
+    }
+    fn migrate(version: u64, mut record: serde_json::Value) -> Option<serde_json::Value> {
+        // v2: the second factor and single sign-on.
+        (version == 1).then(|| {
+            record["totp"] = serde_json::Value::Null;
+            record["sso"] = serde_json::Value::Null;
+            record
+        })
     }
 }
 
@@ -82,13 +117,23 @@ pub struct Session {
     pub rotated_hashes: Vec<String>,
     pub expires_at_unix_s: i64,
     pub revoked: bool,
+    /// Whether the sign-in that started the family passed a second factor (a TOTP code, or an
+    /// identity provider that reported one).
+    pub mfa: bool,
 }
 
 impl Record for Session {
     const TABLE: Table = Table::Sessions;
-    const VERSION: u64 = 1;
+    const VERSION: u64 = 2;
     fn key(&self) -> Vec<u8> {
         self.id.as_bytes().to_vec()
+    }
+    fn migrate(version: u64, mut record: serde_json::Value) -> Option<serde_json::Value> {
+        // v2: whether the sign-in passed a second factor.
+        (version == 1).then(|| {
+            record["mfa"] = false.into();
+            record
+        })
     }
 }
 
@@ -101,6 +146,30 @@ struct Claims {
     exp: i64,
 }
 
+/// The proof, between the two steps of a sign-in, that the password was right. Its audience
+/// keeps it from passing for an access token (which also needs `sid`).
+#[derive(Debug, Serialize, Deserialize)]
+struct MfaClaims {
+    sub: Uuid,
+    name: String,
+    aud: String,
+    iat: i64,
+    exp: i64,
+}
+
+const MFA_AUDIENCE: &str = "windflow-second-factor";
+/// How long the second step of a sign-in may wait for its code.
+pub const MFA_TOKEN_TTL: Duration = Duration::from_secs(5 * 60);
+
+/// What a correct password leads to.
+#[derive(Debug)]
+pub enum Login {
+    /// Signed in.
+    Tokens(Tokens),
+    /// The account has a second factor: the sign-in continues with a code and this token.
+    SecondFactorRequired { mfa_token: String },
+}
+
 /// Whose signed-in session an access token belongs to.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -108,6 +177,8 @@ pub struct Identity {
     pub username: String,
     pub session_id: Uuid,
     pub is_admin: bool,
+    /// The session's sign-in passed a second factor.
+    pub mfa: bool,
 }
 
 /// Who is calling, after their credentials were checked, and in which organisation.
@@ -126,6 +197,9 @@ pub struct Caller {
     pub org_id: Uuid,
     /// The caller's role in that organisation.
     pub role: Option<crate::orgs::Role>,
+    /// The credentials passed a second factor: a session whose sign-in did, or an API token of
+    /// a user who has one enabled.
+    pub second_factor: bool,
 }
 
 #[derive(Debug)]
@@ -181,6 +255,7 @@ fn verify_password(password: &str, hash: &str) -> bool {
 /// The account service.
 pub struct Auth {
     store: Arc<dyn Store>,
+    master_key: Arc<MasterKey>,
     encoding: EncodingKey,
     decoding: DecodingKey,
     /// Verified against when the user does not exist, so that timing does not tell which
@@ -195,11 +270,12 @@ impl std::fmt::Debug for Auth {
 }
 
 impl Auth {
-    pub fn new(store: Arc<dyn Store>, data_dir: &Path) -> Result<Self, AuthError> {
+    pub fn new(store: Arc<dyn Store>, data_dir: &Path, master_key: Arc<MasterKey>) -> Result<Self, AuthError> {
         let secret = read_or_create_secret(&data_dir.join("jwt.key"), || rand::random::<[u8; 32]>().to_vec())
             .map_err(|e| AuthError::Store(StoreError::Backend(format!("jwt.key: {e}"))))?;
         Ok(Self {
             store,
+            master_key,
             encoding: EncodingKey::from_secret(&secret),
             decoding: DecodingKey::from_secret(&secret),
             dummy_hash: hash_password("not a real password")?,
@@ -233,6 +309,8 @@ impl Auth {
             is_admin,
             created_at_unix_s: now_unix_s(),
             disabled: false,
+            totp: None,
+            sso: None,
         };
         let created = self.store.atomic(
             &[Check { table: Table::Users, key: user.key(), expected: None }],
@@ -284,7 +362,13 @@ impl Auth {
         Ok(self.store.load::<User>(username.as_bytes())?)
     }
 
-    pub fn login(&self, username: &str, password: &str) -> Result<Tokens, AuthError> {
+    pub fn master_key(&self) -> &MasterKey {
+        &self.master_key
+    }
+
+    /// The first step of a sign-in: the password. Accounts with a second factor get an
+    /// `mfa_token` for [`complete_login`](Self::complete_login) instead of a session.
+    pub fn login(&self, username: &str, password: &str) -> Result<Login, AuthError> {
         let Some(user) = self.user(username)? else {
             verify_password(password, &self.dummy_hash);
             return Err(AuthError::BadCredentials);
@@ -295,6 +379,45 @@ impl Auth {
         if user.disabled {
             return Err(AuthError::Disabled);
         }
+        if !user.has_second_factor() {
+            return Ok(Login::Tokens(self.start_session(&user, false)?));
+        }
+        let now = now_unix_s();
+        let claims = MfaClaims {
+            sub: user.id,
+            name: user.username,
+            aud: MFA_AUDIENCE.into(),
+            iat: now,
+            exp: now + MFA_TOKEN_TTL.as_secs() as i64,
+        };
+        let mfa_token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|_| AuthError::BadMfaToken)?;
+        Ok(Login::SecondFactorRequired { mfa_token })
+    }
+
+    /// The user an `mfa_token` was issued for, if it is valid and unexpired.
+    pub fn mfa_subject(&self, mfa_token: &str) -> Result<String, AuthError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_audience(&[MFA_AUDIENCE]);
+        let claims = jsonwebtoken::decode::<MfaClaims>(mfa_token, &self.decoding, &validation)
+            .map_err(|_| AuthError::BadMfaToken)?
+            .claims;
+        Ok(claims.name)
+    }
+
+    /// The second step of a sign-in: a TOTP code or a recovery code.
+    pub fn complete_login(&self, mfa_token: &str, code: &str) -> Result<Tokens, AuthError> {
+        let username = self.mfa_subject(mfa_token)?;
+        let user = self.user(&username)?.ok_or(AuthError::BadMfaToken)?;
+        if user.disabled {
+            return Err(AuthError::Disabled);
+        }
+        let user = self.verify_second_factor(&user, code)?;
+        self.start_session(&user, true)
+    }
+
+    /// A new session family for a user whose credentials were checked.
+    pub fn start_session(&self, user: &User, mfa: bool) -> Result<Tokens, AuthError> {
         let minted = secrets::mint(REFRESH_PREFIX, Uuid::now_v7());
         let session = Session {
             id: minted.id,
@@ -304,6 +427,7 @@ impl Auth {
             rotated_hashes: vec![],
             expires_at_unix_s: now_unix_s() + REFRESH_TOKEN_TTL.as_secs() as i64,
             revoked: false,
+            mfa,
         };
         self.store.save(&session)?;
         self.tokens_for(&session, minted.token)
@@ -359,7 +483,13 @@ impl Auth {
         if user.disabled {
             return Err(AuthError::Disabled);
         }
-        Ok(Identity { user_id: user.id, username: user.username, session_id: claims.sid, is_admin: user.is_admin })
+        Ok(Identity {
+            user_id: user.id,
+            username: user.username,
+            session_id: claims.sid,
+            is_admin: user.is_admin,
+            mfa: session.mfa,
+        })
     }
 
     /// The user name in a well-signed, unexpired access token, without touching the store: for
@@ -392,8 +522,17 @@ mod tests {
     fn auth() -> (tempfile::TempDir, Auth) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("db")).expect("open"));
-        let auth = Auth::new(store, dir.path()).expect("auth");
+        let key = Arc::new(MasterKey::from_bytes(&[7; 32]).expect("key"));
+        let auth = Auth::new(store, dir.path(), key).expect("auth");
         (dir, auth)
+    }
+
+    /// Signs in a user without a second factor.
+    fn sign_in(auth: &Auth, username: &str, password: &str) -> Tokens {
+        match auth.login(username, password).expect("login") {
+            Login::Tokens(tokens) => tokens,
+            Login::SecondFactorRequired { .. } => panic!("{username} has a second factor"),
+        }
     }
 
     #[test]
@@ -402,7 +541,7 @@ mod tests {
         let password = auth.ensure_admin(None).expect("ok").expect("generated");
         assert!(password.len() >= 16);
         assert_eq!(auth.ensure_admin(None).expect("ok"), None);
-        auth.login("admin", &password).expect("logs in");
+        sign_in(&auth, "admin", &password);
         assert!(matches!(auth.login("admin", "wrong"), Err(AuthError::BadCredentials)));
         assert!(matches!(auth.login("nobody", "x"), Err(AuthError::BadCredentials)));
     }
@@ -411,7 +550,7 @@ mod tests {
     fn refresh_rotates_and_a_reused_token_revokes_the_family() {
         let (_dir, auth) = auth();
         auth.ensure_admin(Some("correct horse".into())).expect("admin");
-        let first = auth.login("admin", "correct horse").expect("login");
+        let first = sign_in(&auth, "admin", "correct horse");
         let second = auth.refresh(&first.refresh_token).expect("rotates");
         assert_ne!(first.refresh_token, second.refresh_token);
         // The old token again: theft suspected, the whole family dies.
@@ -424,7 +563,7 @@ mod tests {
     fn logout_revokes_the_access_token_at_once() {
         let (_dir, auth) = auth();
         auth.ensure_admin(Some("a long passphrase".into())).expect("admin");
-        let tokens = auth.login("admin", "a long passphrase").expect("login");
+        let tokens = sign_in(&auth, "admin", "a long passphrase");
         let caller = auth.authenticate(&tokens.access_token).expect("valid");
         auth.logout(caller.session_id).expect("logout");
         assert!(auth.authenticate(&tokens.access_token).is_err());
@@ -446,7 +585,7 @@ mod tests {
     fn a_disabled_user_can_neither_sign_in_nor_use_a_live_session() {
         let (_dir, auth) = auth();
         let user = auth.create_user("bob", "correct horse battery", false).expect("created");
-        let tokens = auth.login("bob", "correct horse battery").expect("login");
+        let tokens = sign_in(&auth, "bob", "correct horse battery");
         auth.update_user(&user, |u| u.disabled = true).expect("disabled");
         assert!(matches!(auth.authenticate(&tokens.access_token), Err(AuthError::Disabled)));
         assert!(matches!(auth.login("bob", "correct horse battery"), Err(AuthError::Disabled)));
@@ -457,12 +596,65 @@ mod tests {
     fn a_new_password_signs_out_every_other_session() {
         let (_dir, auth) = auth();
         let user = auth.create_user("bob", "correct horse battery", false).expect("created");
-        let here = auth.login("bob", "correct horse battery").expect("login");
-        let elsewhere = auth.login("bob", "correct horse battery").expect("login");
+        let here = sign_in(&auth, "bob", "correct horse battery");
+        let elsewhere = sign_in(&auth, "bob", "correct horse battery");
         let session = auth.authenticate(&here.access_token).expect("valid").session_id;
         auth.set_password(&user, "staple battery horse", Some(session)).expect("changed");
         assert!(auth.authenticate(&here.access_token).is_ok());
         assert!(matches!(auth.authenticate(&elsewhere.access_token), Err(AuthError::SessionRevoked)));
         assert!(auth.login("bob", "staple battery horse").is_ok());
+    }
+
+    fn code_now(auth: &Auth, user: &User) -> String {
+        let user = auth.user(&user.username).expect("read").expect("user");
+        let state = user.totp.clone().expect("enrolled");
+        auth.totp_of(&user, &state).expect("seed").generate(now_unix_s() as u64)
+    }
+
+    #[test]
+    fn with_totp_enabled_a_password_alone_only_starts_a_sign_in() {
+        let (_dir, auth) = auth();
+        let user = auth.create_user("carol", "correct horse battery", false).expect("created");
+        let enrolment = auth.begin_totp(&user).expect("enrolment");
+        assert!(enrolment.otpauth_url.contains(&enrolment.secret_base32));
+        let user = auth.user("carol").expect("read").expect("user");
+        assert!(!user.totp.as_ref().expect("pending").secret_sealed.contains(&enrolment.secret_base32));
+        // Not enabled until a first code: the password still signs in alone.
+        sign_in(&auth, "carol", "correct horse battery");
+        assert!(matches!(auth.enable_totp(&user, "000000"), Err(AuthError::BadSecondFactor)));
+        let recovery = auth.enable_totp(&user, &code_now(&auth, &user)).expect("enabled");
+        assert_eq!(recovery.len(), 10);
+
+        let Login::SecondFactorRequired { mfa_token } = auth.login("carol", "correct horse battery").expect("step 1")
+        else {
+            panic!("a password alone signed in")
+        };
+        assert!(auth.authenticate(&mfa_token).is_err(), "the step-one token is no access token");
+        assert!(matches!(auth.complete_login(&mfa_token, "123456"), Err(AuthError::BadSecondFactor)));
+        assert!(matches!(auth.complete_login("garbage", "123456"), Err(AuthError::BadMfaToken)));
+        // The code of enabling was used already; a recovery code works once.
+        let tokens = auth.complete_login(&mfa_token, &recovery[0]).expect("recovery code");
+        assert!(auth.authenticate(&tokens.access_token).expect("valid").mfa);
+        assert!(matches!(auth.complete_login(&mfa_token, &recovery[0]), Err(AuthError::BadSecondFactor)));
+        assert!(auth.complete_login(&mfa_token, &recovery[1].to_uppercase()).is_ok());
+    }
+
+    #[test]
+    fn a_totp_code_is_accepted_once() {
+        let (_dir, auth) = auth();
+        let user = auth.create_user("dave", "correct horse battery", false).expect("created");
+        auth.begin_totp(&user).expect("enrolment");
+        let user = auth.user("dave").expect("read").expect("user");
+        // Enabled with the previous step's code, so the current one is still unused.
+        let state = user.totp.clone().expect("pending");
+        let previous = auth.totp_of(&user, &state).expect("seed").generate(now_unix_s() as u64 - 30);
+        auth.enable_totp(&user, &previous).expect("enabled");
+        let user = auth.user("dave").expect("read").expect("user");
+        let code = code_now(&auth, &user);
+        let user = auth.verify_second_factor(&user, &code).expect("first use");
+        assert!(matches!(auth.verify_second_factor(&user, &code), Err(AuthError::BadSecondFactor)));
+        assert!(matches!(auth.begin_totp(&user), Err(AuthError::TotpAlreadyEnabled)));
+        auth.disable_totp(&user).expect("disabled");
+        assert!(matches!(auth.login("dave", "correct horse battery"), Ok(Login::Tokens(_))));
     }
 }

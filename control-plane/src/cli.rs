@@ -59,22 +59,49 @@ async fn answer(response: reqwest::Response) -> anyhow::Result<Value> {
 }
 
 impl Client {
+    /// Signs in with a password, and a second factor when the account has one: `totp_code`,
+    /// or a code typed at the prompt when standard input is a terminal.
     pub async fn login(
         server: &str,
         ca_file: &std::path::Path,
         username: &str,
         password: &str,
+        totp_code: Option<&str>,
     ) -> anyhow::Result<Self> {
         let ca_pem = std::fs::read_to_string(ca_file).with_context(|| format!("reading {}", ca_file.display()))?;
         let http = http_client(&ca_pem)?;
         let server = server.trim_end_matches('/').to_owned();
-        let tokens = answer(
-            http.post(format!("{server}/api/v1/auth/login"))
-                .json(&json!({"username": username, "password": password}))
-                .send()
-                .await?,
-        )
-        .await?;
+        let response = http
+            .post(format!("{server}/api/v1/auth/login"))
+            .json(&json!({"username": username, "password": password}))
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let tokens = if body["error"]["code"] == "second_factor_required" {
+            let code = match totp_code {
+                Some(code) => code.to_owned(),
+                None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+                    eprint!("two-factor code (or a recovery code): ");
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim().to_owned()
+                }
+                None => bail!("{username} has two-factor authentication: pass --totp-code or set WINDFLOW_TOTP_CODE"),
+            };
+            let mfa_token = body["error"]["details"]["mfa_token"].as_str().unwrap_or_default();
+            answer(
+                http.post(format!("{server}/api/v1/auth/login/totp"))
+                    .json(&json!({"mfa_token": mfa_token, "code": code}))
+                    .send()
+                    .await?,
+            )
+            .await?
+        } else if !status.is_success() {
+            bail!("{status}: {}", body["error"]["message"].as_str().unwrap_or("no details"));
+        } else {
+            body
+        };
         let config = CliConfig {
             server,
             ca_pem,

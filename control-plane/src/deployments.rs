@@ -7,6 +7,7 @@
 //! the agent is back); engine failures settle it as failed and roll back to the last version
 //! that ran.
 
+use crate::sealing::MasterKey;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -96,7 +97,7 @@ impl Record for Deployment {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
     Info,
@@ -279,6 +280,8 @@ pub struct Reconciler {
     in_flight: Mutex<HashSet<Uuid>>,
     last_repair: Mutex<HashMap<Uuid, std::time::Instant>>,
     audit: Arc<AuditLog>,
+    /// Opens stacks' secret variables when a spec is built for an agent.
+    master_key: Arc<MasterKey>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -288,7 +291,13 @@ impl std::fmt::Debug for Reconciler {
 }
 
 impl Reconciler {
-    pub fn new(store: Arc<dyn Store>, hub: Arc<Hub>, events: Arc<Events>, audit: Arc<AuditLog>) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        events: Arc<Events>,
+        audit: Arc<AuditLog>,
+        master_key: Arc<MasterKey>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             hub,
@@ -297,6 +306,7 @@ impl Reconciler {
             in_flight: Mutex::new(HashSet::new()),
             last_repair: Mutex::new(HashMap::new()),
             audit,
+            master_key,
         })
     }
 
@@ -364,7 +374,7 @@ impl Reconciler {
         let stored = stacks::version(self.store.as_ref(), stack.id, version)
             .map_err(|e| e.to_string())?
             .ok_or(format!("stack version {version} does not exist"))?;
-        let mut spec = stacks::spec_of(&stack, &stored).map_err(|e| e.to_string())?;
+        let mut spec = stacks::spec_of(&self.master_key, &stack, &stored).map_err(|e| e.to_string())?;
         spec.project = deployment.project.clone();
         Ok(spec)
     }

@@ -38,7 +38,13 @@ enum Command {
         /// Use an API token (wft_…) instead of a user name and password.
         #[arg(long, env = "WINDFLOW_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// A code from the authenticator app (or a recovery code), for accounts with
+        /// two-factor authentication; asked for at the prompt otherwise.
+        #[arg(long, env = "WINDFLOW_TOTP_CODE", hide_env_values = true)]
+        totp_code: Option<String>,
     },
+    /// Print the API's OpenAPI document (what `/api/openapi.json` serves).
+    Openapi,
     /// API tokens for automation (made from a signed-in session).
     Tokens {
         #[command(subcommand)]
@@ -511,7 +517,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Login { server, ca_file, username, password_stdin, token: None } => {
+        Command::Openapi => {
+            println!("{}", windflow_control_plane::api::openapi().to_pretty_json()?);
+            Ok(())
+        }
+        Command::Login { server, ca_file, username, password_stdin, token: None, totp_code } => {
             let password = if password_stdin {
                 let mut input = String::new();
                 std::io::stdin().read_to_string(&mut input)?;
@@ -519,7 +529,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 std::env::var("WINDFLOW_PASSWORD").context("set WINDFLOW_PASSWORD or pass --password-stdin")?
             };
-            Client::login(&server, &ca_file, &username, &password).await?;
+            Client::login(&server, &ca_file, &username, &password, totp_code.as_deref()).await?;
             println!("logged in to {server} as {username}");
             Ok(())
         }

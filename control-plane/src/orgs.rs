@@ -9,7 +9,7 @@ use crate::auth::now_unix_s;
 use crate::store::{Check, Record, RecordStore, Store, StoreError, Table, Write};
 
 /// Roles in increasing order of power: each may do everything the ones before it may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Reads everything in the organisation.
@@ -39,13 +39,23 @@ pub struct Org {
     pub id: Uuid,
     pub name: String,
     pub created_at_unix_s: i64,
+    /// Members act here only with a second factor: a session whose sign-in passed one, or an
+    /// API token of a user who has one.
+    pub require_2fa: bool,
 }
 
 impl Record for Org {
     const TABLE: Table = Table::Orgs;
-    const VERSION: u64 = 1;
+    const VERSION: u64 = 2;
     fn key(&self) -> Vec<u8> {
         self.id.as_bytes().to_vec()
+    }
+    fn migrate(version: u64, mut record: serde_json::Value) -> Option<serde_json::Value> {
+        // v2: the second-factor requirement.
+        (version == 1).then(|| {
+            record["require_2fa"] = false.into();
+            record
+        })
     }
 }
 
@@ -98,7 +108,7 @@ fn check_name(store: &dyn Store, name: &str, except: Option<Uuid>) -> Result<(),
 pub fn create(store: &dyn Store, name: &str, owner_id: Uuid, owner_name: &str) -> Result<Org, OrgError> {
     check_name(store, name, None)?;
     let now = now_unix_s();
-    let org = Org { id: Uuid::now_v7(), name: name.to_owned(), created_at_unix_s: now };
+    let org = Org { id: Uuid::now_v7(), name: name.to_owned(), created_at_unix_s: now, require_2fa: false };
     let owner = Membership {
         org_id: org.id,
         user_id: owner_id,
@@ -116,13 +126,17 @@ pub fn create(store: &dyn Store, name: &str, owner_id: Uuid, owner_name: &str) -
     Ok(org)
 }
 
-pub fn rename(store: &dyn Store, org: &Org, name: &str) -> Result<Org, OrgError> {
-    check_name(store, name, Some(org.id))?;
-    let renamed = Org { name: name.to_owned(), ..org.clone() };
-    if !store.replace(org, &renamed)? {
+/// Changes an organisation's settings; a new name must be free.
+pub fn update(store: &dyn Store, org: &Org, change: impl FnOnce(&mut Org)) -> Result<Org, OrgError> {
+    let mut changed = org.clone();
+    change(&mut changed);
+    if changed.name != org.name {
+        check_name(store, &changed.name, Some(org.id))?;
+    }
+    if !store.replace(org, &changed)? {
         return Err(OrgError::Conflict);
     }
-    Ok(renamed)
+    Ok(changed)
 }
 
 pub fn get(store: &dyn Store, id: Uuid) -> Result<Option<Org>, StoreError> {

@@ -13,6 +13,7 @@ use crate::auth::Auth;
 use crate::hub::{Hub, HubConfig};
 use crate::metrics::Metrics;
 use crate::pki::Pki;
+use crate::sealing::MasterKey;
 use crate::store::{SledStore, Store};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -45,6 +46,17 @@ pub struct ServeConfig {
     /// Requests one address may send at once above its rate.
     #[arg(long, env = "WINDFLOW_RATE_BURST", default_value_t = 300)]
     pub rate_burst: u32,
+    /// API requests per second allowed per credential (session or API token; 0 turns the
+    /// limit off), with a burst of three times that.
+    #[arg(long, env = "WINDFLOW_TOKEN_RATE_LIMIT", default_value_t = 50)]
+    pub token_rate_limit: u32,
+    /// How long an API request may take before it is answered 503.
+    #[arg(long, env = "WINDFLOW_REQUEST_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// Origins (besides the control plane's own) that browsers may call the API from, e.g. a
+    /// dashboard development server (comma separated).
+    #[arg(long, env = "WINDFLOW_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
 }
 
 fn host_for_url(name: &str) -> String {
@@ -63,7 +75,12 @@ pub async fn serve(
     create_private_dir(&config.data_dir)?;
     let pki = Arc::new(Pki::load_or_create(&config.data_dir, &config.advertise).context("loading the PKI")?);
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir.join("store")).context("opening the store")?);
-    let auth = Arc::new(Auth::new(store.clone(), &config.data_dir)?);
+    upgrade_records(store.as_ref()).context("upgrading the store's records")?;
+    let master_key = Arc::new(
+        MasterKey::load(&config.data_dir, std::env::var("WINDFLOW_MASTER_KEY").ok().as_deref())
+            .context("loading the master key")?,
+    );
+    let auth = Arc::new(Auth::new(store.clone(), &config.data_dir, master_key.clone())?);
     let admin_password = std::env::var("WINDFLOW_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty());
     if let Some(generated) = auth.ensure_admin(admin_password)? {
         let path = config.data_dir.join("initial-admin-password");
@@ -104,9 +121,12 @@ pub async fn serve(
         agent_cert_lifetime: config.agent_cert_ttl,
         rate_limit_per_s: config.rate_limit,
         rate_burst: config.rate_burst,
+        request_timeout: config.request_timeout,
+        allowed_origins: config.allowed_origins.clone(),
     };
     let events = Arc::new(crate::deployments::Events::new(store.clone()));
-    let reconciler = crate::deployments::Reconciler::new(store.clone(), hub.clone(), events, audit.clone());
+    let reconciler =
+        crate::deployments::Reconciler::new(store.clone(), hub.clone(), events, audit.clone(), master_key.clone());
     let state = AppState {
         store,
         pki: pki.clone(),
@@ -115,7 +135,12 @@ pub async fn serve(
         reconciler: reconciler.clone(),
         logs: crate::logs::LogHub::new(hub.clone()),
         audit,
+        master_key,
         login_guard: Arc::default(),
+        credential_limiter: crate::api::hardening::CredentialLimiter::new(
+            config.token_rate_limit,
+            config.token_rate_limit.saturating_mul(3),
+        ),
         settings: Arc::new(settings.clone()),
     };
 
@@ -158,6 +183,19 @@ pub async fn serve(
     let _ = reconciler_task.await;
     // Relaxed writes (observations, the audit trail) reach the disk before the process ends.
     store_for_shutdown.sync().context("flushing the store")?;
+    Ok(())
+}
+
+/// Rewrites records an older build stored in an older version (see [`crate::store::upgrade`]).
+fn upgrade_records(store: &dyn Store) -> anyhow::Result<()> {
+    use crate::store::upgrade;
+    let rewritten = upgrade::<crate::auth::User>(store)?
+        + upgrade::<crate::auth::Session>(store)?
+        + upgrade::<crate::orgs::Org>(store)?
+        + upgrade::<crate::stacks::StackVersion>(store)?;
+    if rewritten > 0 {
+        tracing::info!(records = rewritten, "upgraded stored records to this version");
+    }
     Ok(())
 }
 

@@ -1,5 +1,9 @@
 //! Stacks: Compose YAML plus variables, saved as immutable numbered versions. A version is only
 //! stored after the pipeline in [`crate::compose`] accepted it, so every stored version deploys.
+//!
+//! Secret variables (passwords, keys) interpolate like the others but are sealed with the
+//! master key before they are stored, and only their names ever leave this module towards the
+//! API.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +13,7 @@ use windflow_protocol::StackSpec;
 
 use crate::auth::now_unix_s;
 use crate::compose::{self, Diagnostic, Invalid};
+use crate::sealing::MasterKey;
 use crate::store::{Check, Record, RecordStore, Store, StoreError, Table, Write};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,16 +41,38 @@ pub struct StackVersion {
     pub version: u32,
     pub compose: String,
     pub variables: BTreeMap<String, String>,
+    /// Secret variables: name → value sealed for [`secret_context`].
+    pub secrets: BTreeMap<String, String>,
     pub created_by: String,
     pub created_at_unix_s: i64,
 }
 
 impl Record for StackVersion {
     const TABLE: Table = Table::StackVersions;
-    const VERSION: u64 = 1;
+    const VERSION: u64 = 2;
     fn key(&self) -> Vec<u8> {
         version_key(self.stack_id, self.version)
     }
+    fn migrate(version: u64, mut record: serde_json::Value) -> Option<serde_json::Value> {
+        // v2: secret variables.
+        (version == 1).then(|| {
+            record["secrets"] = serde_json::json!({});
+            record
+        })
+    }
+}
+
+/// What a version holds, as its author wrote it.
+#[derive(Debug, Clone, Default)]
+pub struct Content {
+    pub compose: String,
+    pub variables: BTreeMap<String, String>,
+    /// Secret variables, in plain text here; sealed before they are stored.
+    pub secrets: BTreeMap<String, String>,
+}
+
+fn secret_context(stack_id: Uuid, name: &str) -> String {
+    format!("stack-secret:{stack_id}:{name}")
 }
 
 fn version_key(stack_id: Uuid, version: u32) -> Vec<u8> {
@@ -64,6 +91,12 @@ pub enum StackError {
     BadName,
     #[error("the stack changed while saving; retry")]
     Conflict,
+    #[error("{name:?} is not a variable name (letters, digits and '_', not starting with a digit)")]
+    BadVariableName { field: &'static str, name: String },
+    #[error("{0:?} is both a variable and a secret; keep one")]
+    SecretClash(String),
+    #[error("a secret of this stack cannot be opened with this control plane's master key")]
+    Sealed,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -77,12 +110,48 @@ pub struct Saved {
     pub warnings: Vec<Diagnostic>,
 }
 
-pub fn validate(
-    name: &str,
-    compose_yaml: &str,
-    variables: &BTreeMap<String, String>,
-) -> Result<compose::Parsed, StackError> {
-    compose::parse(compose_yaml, name, variables).map_err(StackError::Invalid)
+/// Variable names as Compose interpolation reads them: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_variable_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 128
+}
+
+/// Runs the pipeline over a version's content, secrets interpolating like variables.
+pub fn validate(name: &str, content: &Content) -> Result<compose::Parsed, StackError> {
+    for (field, names) in [("variables", &content.variables), ("secrets", &content.secrets)] {
+        if let Some(bad) = names.keys().find(|k| !is_variable_name(k)) {
+            return Err(StackError::BadVariableName { field, name: bad.clone() });
+        }
+    }
+    if let Some(clash) = content.secrets.keys().find(|k| content.variables.contains_key(*k)) {
+        return Err(StackError::SecretClash(clash.clone()));
+    }
+    let mut all = content.variables.clone();
+    all.extend(content.secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
+    compose::parse(&content.compose, name, &all).map_err(StackError::Invalid)
+}
+
+fn seal_secrets(key: &MasterKey, stack_id: Uuid, secrets: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    secrets
+        .iter()
+        .map(|(name, value)| (name.clone(), key.seal(&secret_context(stack_id, name), value.as_bytes())))
+        .collect()
+}
+
+/// A stored version's content, its secrets opened.
+pub fn content_of(key: &MasterKey, version: &StackVersion) -> Result<Content, StackError> {
+    let secrets = version
+        .secrets
+        .iter()
+        .map(|(name, sealed)| {
+            let value =
+                key.open_string(&secret_context(version.stack_id, name), sealed).map_err(|_| StackError::Sealed)?;
+            Ok((name.clone(), value))
+        })
+        .collect::<Result<_, StackError>>()?;
+    Ok(Content { compose: version.compose.clone(), variables: version.variables.clone(), secrets })
 }
 
 /// Names are unique within an organisation.
@@ -98,14 +167,14 @@ fn check_name(store: &dyn Store, org_id: Uuid, name: &str, except: Option<Uuid>)
 
 pub fn create(
     store: &dyn Store,
+    key: &MasterKey,
     org_id: Uuid,
     name: &str,
-    compose_yaml: &str,
-    variables: BTreeMap<String, String>,
+    content: Content,
     by: &str,
 ) -> Result<Saved, StackError> {
     check_name(store, org_id, name, None)?;
-    let parsed = validate(name, compose_yaml, &variables)?;
+    let parsed = validate(name, &content)?;
     let now = now_unix_s();
     let stack = Stack {
         id: Uuid::now_v7(),
@@ -119,8 +188,9 @@ pub fn create(
     let version = StackVersion {
         stack_id: stack.id,
         version: 1,
-        compose: compose_yaml.to_owned(),
-        variables,
+        secrets: seal_secrets(key, stack.id, &content.secrets),
+        compose: content.compose,
+        variables: content.variables,
         created_by: by.into(),
         created_at_unix_s: now,
     };
@@ -137,28 +207,25 @@ pub fn create(
     Ok(Saved { stack, version, spec: parsed.spec, warnings: parsed.warnings })
 }
 
-/// Saves a new version (and optionally a new name). Compose and variables default to the
-/// current version's.
+/// Saves `content` as the next version (and optionally a new name).
 pub fn update(
     store: &dyn Store,
+    key: &MasterKey,
     stack: &Stack,
     name: Option<&str>,
-    compose_yaml: Option<&str>,
-    variables: Option<BTreeMap<String, String>>,
+    content: Content,
     by: &str,
 ) -> Result<Saved, StackError> {
-    let current = version(store, stack.id, stack.current_version)?.ok_or(StackError::Conflict)?;
     let name = name.unwrap_or(&stack.name);
     check_name(store, stack.org_id, name, Some(stack.id))?;
-    let compose_yaml = compose_yaml.unwrap_or(&current.compose);
-    let variables = variables.unwrap_or(current.variables);
-    let parsed = validate(name, compose_yaml, &variables)?;
+    let parsed = validate(name, &content)?;
     let now = now_unix_s();
     let next = StackVersion {
         stack_id: stack.id,
         version: stack.current_version + 1,
-        compose: compose_yaml.to_owned(),
-        variables,
+        secrets: seal_secrets(key, stack.id, &content.secrets),
+        compose: content.compose,
+        variables: content.variables,
         created_by: by.into(),
         created_at_unix_s: now,
     };
@@ -201,8 +268,8 @@ pub fn versions(store: &dyn Store, stack_id: Uuid) -> Result<Vec<StackVersion>, 
 
 /// The typed spec of a stored version. Stored versions were valid when saved; parsing again
 /// keeps the store free of derived data.
-pub fn spec_of(stack: &Stack, version: &StackVersion) -> Result<StackSpec, StackError> {
-    Ok(validate(&stack.name, &version.compose, &version.variables)?.spec)
+pub fn spec_of(key: &MasterKey, stack: &Stack, version: &StackVersion) -> Result<StackSpec, StackError> {
+    Ok(validate(&stack.name, &content_of(key, version)?)?.spec)
 }
 
 /// Deletes a stack and all its versions in one transaction.

@@ -332,6 +332,12 @@ pub trait Record: Serialize + DeserializeOwned {
     const VERSION: u64;
     fn key(&self) -> Vec<u8>;
 
+    /// Brings a record stored in an older `version` to the current shape (both as the JSON of
+    /// the record), or `None` when there is no migration from that version.
+    fn migrate(_version: u64, _record: serde_json::Value) -> Option<serde_json::Value> {
+        None
+    }
+
     fn encode(&self) -> Vec<u8> {
         let body = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
         serde_json::to_vec(&serde_json::json!({ "v": Self::VERSION, "record": body })).unwrap_or_default()
@@ -341,10 +347,37 @@ pub trait Record: Serialize + DeserializeOwned {
         let corrupt = |reason: String| StoreError::Corrupt { table: Self::TABLE, reason };
         let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
         let found = value.get("v").and_then(|v| v.as_u64()).ok_or_else(|| corrupt("no version".into()))?;
+        let mut record = value["record"].take();
         if found != Self::VERSION {
-            return Err(StoreError::UnknownVersion { table: Self::TABLE, found, expected: Self::VERSION });
+            let unknown = StoreError::UnknownVersion { table: Self::TABLE, found, expected: Self::VERSION };
+            if found > Self::VERSION {
+                return Err(unknown);
+            }
+            record = Self::migrate(found, record).ok_or(unknown)?;
         }
-        serde_json::from_value(value["record"].take()).map_err(|e| corrupt(e.to_string()))
+        serde_json::from_value(record).map_err(|e| corrupt(e.to_string()))
+    }
+}
+
+/// Rewrites every record of `R`'s table that an older build stored, in the current version, so
+/// that compare-and-swap writes (which compare encodings) see current encodings only. Run at
+/// start for each record type that has a migration; returns how many records it rewrote.
+pub fn upgrade<R: Record>(store: &dyn Store) -> Result<usize, StoreError> {
+    let mut checks = Vec::new();
+    let mut writes = Vec::new();
+    for (key, bytes) in store.scan(R::TABLE)? {
+        let version = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v["v"].as_u64());
+        if version == Some(R::VERSION) {
+            continue;
+        }
+        let record = R::decode(&bytes)?;
+        writes.push(Write { table: R::TABLE, key: key.clone(), value: Some(record.encode()) });
+        checks.push(Check { table: R::TABLE, key, expected: Some(bytes) });
+    }
+    if writes.is_empty() || store.atomic(&checks, &writes)? {
+        Ok(writes.len())
+    } else {
+        Err(StoreError::Backend(format!("{:?} changed while it was being upgraded", R::TABLE)))
     }
 }
 
@@ -472,6 +505,48 @@ mod tests {
         let store = SledStore::open(dir.path()).expect("reopen");
         assert_eq!(store.page_prefix(Table::OrgTargets, &[1; 16], 0, 0).expect("page").0, 3);
         assert_eq!(store.page_prefix(Table::OrgTargets, &[2; 16], 0, 9).expect("page").1.len(), 1);
+    }
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct ThingV2 {
+        id: u32,
+        name: String,
+        colour: String,
+    }
+
+    impl Record for ThingV2 {
+        const TABLE: Table = Table::Users;
+        const VERSION: u64 = 2;
+        fn key(&self) -> Vec<u8> {
+            self.id.to_be_bytes().to_vec()
+        }
+        fn migrate(version: u64, mut record: serde_json::Value) -> Option<serde_json::Value> {
+            (version == 1).then(|| {
+                record["colour"] = "blue".into();
+                record
+            })
+        }
+    }
+
+    #[test]
+    fn an_older_version_is_migrated_when_read() {
+        let old = Thing { id: 1, name: "a".into() }.encode();
+        let new = ThingV2::decode(&old).expect("migrated");
+        assert_eq!(new, ThingV2 { id: 1, name: "a".into(), colour: "blue".into() });
+        assert!(matches!(ThingV2::decode(br#"{"v":0,"record":{}}"#), Err(StoreError::UnknownVersion { found: 0, .. })));
+    }
+
+    #[test]
+    fn upgrading_rewrites_old_records_so_that_replace_works_on_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        store.save(&Thing { id: 1, name: "a".into() }).expect("save v1");
+        assert_eq!(upgrade::<ThingV2>(&store).expect("upgraded"), 1);
+        assert_eq!(upgrade::<ThingV2>(&store).expect("nothing left"), 0);
+        let current = store.load::<ThingV2>(&1u32.to_be_bytes()).expect("load").expect("there");
+        let changed = ThingV2 { colour: "red".into(), ..current };
+        let current = store.load::<ThingV2>(&1u32.to_be_bytes()).expect("load").expect("there");
+        assert!(store.replace(&current, &changed).expect("ran"));
     }
 
     #[test]

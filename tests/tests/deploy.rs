@@ -334,3 +334,85 @@ async fn cp_connected(dir: &tempfile::TempDir, target: &str) -> bool {
         .expect("cli runs");
     String::from_utf8_lossy(&output.stdout).contains("\"connected\": true")
 }
+
+/// Every file the control plane keeps, as bytes (after it stopped, so the store is flushed).
+fn data_files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files = vec![];
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                files.push((path, bytes));
+            }
+        }
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_variable_reaches_the_container_and_is_neither_shown_nor_stored_in_clear() {
+    const SECRET: &str = "pa55-zebra-quartz-9173";
+    let image = busybox_image();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cp = ControlPlane::start(dir.path()).await;
+    let agent = cp.start_agent(dir.path(), "agent").await;
+    let name = format!("db-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let compose = format!(
+        "services:\n  db:\n    image: {image}\n    command: [\"sleep\", \"3600\"]\n    stop_grace_period: 1s\n    environment:\n      DB_PASSWORD: ${{DB_PASSWORD:?the stack needs a DB_PASSWORD}}\n      DB_USER: ${{DB_USER}}\n"
+    );
+
+    // Without it, the Compose file does not validate; as a secret, it does.
+    let (status, refused) = cp.api(Method::POST, "/stacks", Some(json!({"name": name, "compose": compose}))).await;
+    assert_eq!(
+        (status, refused["error"]["code"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("invalid_compose"))
+    );
+    let body =
+        json!({"name": name, "compose": compose, "variables": {"DB_USER": "app"}, "secrets": {"DB_PASSWORD": SECRET}});
+    let (status, stack) = cp.api(Method::POST, "/stacks", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{stack}");
+    assert_eq!(stack["secrets"], json!(["DB_PASSWORD"]));
+    let clash = json!({"secrets": {"DB_USER": "x"}});
+    let stack_id = stack["id"].as_str().expect("id").to_owned();
+    let (status, clashed) = cp.api(Method::PUT, &format!("/stacks/{stack_id}"), Some(clash)).await;
+    assert_eq!((status, clashed["error"]["field"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("secrets")));
+
+    // A new version that does not mention the secret keeps it.
+    let (status, v2) =
+        cp.api(Method::PUT, &format!("/stacks/{stack_id}"), Some(json!({"variables": {"DB_USER": "app2"}}))).await;
+    assert_eq!(
+        (status, v2["version"].clone(), v2["secrets"].clone()),
+        (StatusCode::OK, json!(2), json!(["DB_PASSWORD"]))
+    );
+    let (_, deployment) = cp.api(Method::POST, &format!("/stacks/{stack_id}/deploy/{}", agent.id()), None).await;
+    let id = deployment["id"].as_str().expect("id").to_owned();
+    let running = wait_state(&mut cp, &id, "running", Duration::from_secs(60)).await;
+    let container = container_id(&running, "db");
+    let inspect = std::process::Command::new("docker")
+        .args(["inspect", "--format", "{{json .Config.Env}}", &container])
+        .output()
+        .expect("docker inspect");
+    let env = String::from_utf8_lossy(&inspect.stdout);
+    assert!(env.contains(&format!("DB_PASSWORD={SECRET}")) && env.contains("DB_USER=app2"), "{env}");
+
+    // No answer of the API shows it.
+    for path in [format!("/stacks/{stack_id}"), format!("/stacks/{stack_id}/versions/1"), format!("/deployments/{id}")]
+    {
+        let (_, answer) = cp.api(Method::GET, &path, None).await;
+        assert!(!answer.to_string().contains(SECRET), "{path}: {answer}");
+    }
+    let project = running["project"].as_str().expect("project").to_owned();
+    cp.api(Method::DELETE, &format!("/deployments/{id}"), None).await;
+    wait_state(&mut cp, &id, "removed", Duration::from_secs(60)).await;
+    assert!(docker_objects(&project).is_empty());
+
+    // Nothing the control plane keeps holds it in clear.
+    cp.process.terminate();
+    for (path, bytes) in data_files(&cp.dir) {
+        let found = bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes());
+        assert!(!found, "{} holds the secret in clear", path.display());
+    }
+}

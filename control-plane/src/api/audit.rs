@@ -5,16 +5,18 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use futures_util::stream::{self, StreamExt};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::{ApiError, ApiQuery};
 use super::{AppState, Page, PageQuery, rfc3339_ms};
@@ -23,11 +25,8 @@ use crate::auth::Caller;
 use crate::orgs::Role;
 use uuid::Uuid;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/events", get(list))
-        .route("/events/stream", get(stream_events))
-        .route("/audit/verify", get(verify))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list)).routes(routes!(stream_events)).routes(routes!(verify))
 }
 
 /// Records every mutating request under /api: who (from the bearer token), what (method and
@@ -75,11 +74,7 @@ fn visible_org(caller: &Caller) -> Result<Option<Uuid>, ApiError> {
     }
     match caller.role {
         Some(role) if role >= Role::Admin => Ok(Some(caller.org_id)),
-        _ => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "the audit trail is for the organisation's admins and owners",
-        )),
+        _ => Err(ApiError::forbidden("the audit trail is for the organisation's admins and owners")),
     }
 }
 
@@ -89,31 +84,57 @@ fn org_in_path(object: &str) -> Option<Uuid> {
     Uuid::try_parse(rest.split('/').next()?).ok()
 }
 
-fn entry_json(entry: &Entry) -> Value {
-    json!({
-        "seq": entry.seq,
-        "at": rfc3339_ms(entry.at_unix_ms),
-        "actor": entry.actor,
-        "kind": entry.kind,
-        "object": entry.object,
-        "status": entry.status,
-        "detail": entry.detail,
-        "remote": entry.remote,
-        "org_id": entry.org_id,
-        "hash": entry.hash,
-    })
+/// One entry of the audit trail.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EntryView {
+    seq: u64,
+    at: String,
+    /// `user:<name>`, `token:<id>`, `agent:<id>`, `anonymous` or `system`.
+    actor: String,
+    /// What happened: `api.request`, `agent.connected`, `deployment.applied`…
+    kind: String,
+    /// What it happened to: `POST /api/v1/stacks`, a deployment id…
+    object: String,
+    /// The HTTP status, for requests.
+    status: Option<u16>,
+    detail: Option<String>,
+    remote: Option<String>,
+    org_id: Option<Uuid>,
+    /// This entry's link in the hash chain.
+    hash: String,
 }
 
-#[derive(Debug, Deserialize)]
+fn entry_view(entry: &Entry) -> EntryView {
+    EntryView {
+        seq: entry.seq,
+        at: rfc3339_ms(entry.at_unix_ms),
+        actor: entry.actor.clone(),
+        kind: entry.kind.clone(),
+        object: entry.object.clone(),
+        status: entry.status,
+        detail: entry.detail.clone(),
+        remote: entry.remote.clone(),
+        org_id: entry.org_id,
+        hash: entry.hash.clone(),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Filters {
+    /// Exactly this actor, e.g. `user:alice`.
     actor: Option<String>,
+    /// Exactly this kind, or a family such as `agent`.
     kind: Option<String>,
     /// Exact, or a prefix such as `POST /api/v1/stacks`.
     object: Option<String>,
-    /// Unix seconds or RFC 3339.
+    /// From this time: Unix seconds or RFC 3339.
     since: Option<String>,
+    /// Until this time: Unix seconds or RFC 3339.
     until: Option<String>,
+    #[param(minimum = 1, maximum = 1000000)]
     page: Option<usize>,
+    #[param(minimum = 1, maximum = 500)]
     per_page: Option<usize>,
 }
 
@@ -130,35 +151,44 @@ fn parse_time(field: &str, raw: &str) -> Result<u64, ApiError> {
 }
 
 impl Filters {
-    /// The entries these filters keep, among those of `org` (all when `None`).
+    /// The entries these filters keep, among those of `org` (all when `None`). Empty filters
+    /// (as a form sends them) filter nothing.
     fn matcher(&self, org: Option<Uuid>) -> Result<impl Fn(&Entry) -> bool + '_, ApiError> {
-        let since = self.since.as_deref().map(|s| parse_time("since", s)).transpose()?;
-        let until = self.until.as_deref().map(|s| parse_time("until", s)).transpose()?;
+        fn given(filter: &Option<String>) -> Option<&str> {
+            filter.as_deref().filter(|s| !s.is_empty())
+        }
+        let since = given(&self.since).map(|s| parse_time("since", s)).transpose()?;
+        let until = given(&self.until).map(|s| parse_time("until", s)).transpose()?;
+        let (actor, object, kind) = (given(&self.actor), given(&self.object), given(&self.kind));
         Ok(move |e: &Entry| {
             org.is_none_or(|org| e.org_id == Some(org))
-                && self.actor.as_ref().is_none_or(|a| &e.actor == a)
-                && self.object.as_ref().is_none_or(|o| e.object.starts_with(o.as_str()))
-                && self.kind.as_ref().is_none_or(|k| e.kind == *k || e.kind.starts_with(&format!("{k}.")))
+                && actor.is_none_or(|a| e.actor == a)
+                && object.is_none_or(|o| e.object.starts_with(o))
+                && kind.is_none_or(|k| e.kind == k || e.kind.strip_prefix(k).is_some_and(|rest| rest.starts_with('.')))
                 && since.is_none_or(|s| e.at_unix_ms >= s)
                 && until.is_none_or(|u| e.at_unix_ms <= u)
         })
     }
 }
 
-/// The trail, newest first, with filters: `actor` (exact), `kind` (exact or a prefix such as
-/// `agent`), `since` and `until`.
+/// The trail, newest first, with filters. An organisation's admins and owners see its entries;
+/// installation administrators see all.
+#[utoipa::path(get, path = "/events", tag = "audit", params(Filters), responses((status = 200, body = Page<EntryView>)))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(filters): ApiQuery<Filters>,
-) -> Result<Json<Page<Value>>, ApiError> {
+) -> Result<Json<Page<EntryView>>, ApiError> {
     let matches = filters.matcher(visible_org(&caller)?)?;
-    let mut all: Vec<Value> = state.audit.entries()?.iter().filter(|e| matches(e)).map(entry_json).collect();
+    let mut all: Vec<EntryView> = state.audit.entries()?.iter().filter(|e| matches(e)).map(entry_view).collect();
     all.reverse();
     Ok(Json(PageQuery { page: filters.page, per_page: filters.per_page }.apply(all)?))
 }
 
-/// New entries as they are written (`event: audit`), with the same filters.
+/// New entries as they are written, as Server-Sent Events (`audit` events carrying an
+/// `EntryView`; `skipped` when this follower fell behind), with the same filters.
+#[utoipa::path(get, path = "/events/stream", tag = "audit", params(Filters),
+    responses((status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String)))]
 async fn stream_events(
     State(state): State<AppState>,
     caller: Caller,
@@ -177,7 +207,7 @@ async fn stream_events(
                         let event = SseEvent::default()
                             .event("audit")
                             .id(entry.seq.to_string())
-                            .data(entry_json(&entry).to_string());
+                            .data(serde_json::to_string(&entry_view(&entry)).unwrap_or_default());
                         return Some((Ok::<_, Infallible>(event), (live, filters)));
                     }
                 }
@@ -194,15 +224,13 @@ async fn stream_events(
         .into_response())
 }
 
-/// Walks the hash chain: `{"valid","entries","broken_at"?,"problem"?}`.
+/// Walks the hash chain and names the first entry that was changed, removed or moved
+/// (installation administrators).
+#[utoipa::path(get, path = "/audit/verify", tag = "audit", responses((status = 200, body = crate::audit::Verification)))]
 async fn verify(State(state): State<AppState>, caller: Caller) -> Result<Json<crate::audit::Verification>, ApiError> {
     // The chain spans every organisation: only an installation administrator walks it.
     if !caller.is_admin {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "verifying the audit trail is for installation administrators",
-        ));
+        return Err(ApiError::forbidden("verifying the audit trail is for installation administrators"));
     }
     Ok(Json(state.audit.verify()?))
 }

@@ -3,30 +3,33 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use axum::Json;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::Method;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::AppState;
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, Code};
+use super::{AppState, Items};
 use uuid::Uuid;
 
 use crate::api_tokens::{self, Scope};
-use crate::auth::{AuthError, Caller, Tokens};
+use crate::auth::{AuthError, Caller, Login, Tokens};
 use crate::orgs::{self, Role};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/auth/login", post(login))
-        .route("/auth/refresh", post(refresh))
-        .route("/auth/logout", post(logout))
-        .route("/auth/me", get(me))
-        .route("/tokens", get(list_tokens).post(create_token))
-        .route("/tokens/{id}", axum::routing::delete(revoke_token))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(login_second_factor))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
 }
 
 /// The header that picks the organisation a request acts in (its id or its name); without it,
@@ -53,7 +56,10 @@ pub fn access(method: &Method, path: &str) -> Access {
     let session_only = Access { scope: None, role: None };
     let scope = if read { Scope::Read } else { Scope::Admin };
     match (method, segments.as_slice()) {
-        (_, ["tokens", ..]) | (_, ["auth", "logout"]) | (_, ["users", "me", ..]) => session_only,
+        (_, ["tokens", ..]) | (_, ["auth", "logout" | "totp" | "sso"]) | (_, ["auth", "totp" | "sso", ..]) => {
+            session_only
+        }
+        (_, ["users", "me", ..]) => session_only,
         (_, ["auth", ..] | ["orgs", ..] | ["users", ..] | ["events", ..] | ["audit", ..]) => {
             Access { scope: Some(scope), role: None }
         }
@@ -69,11 +75,18 @@ pub fn access(method: &Method, path: &str) -> Access {
 }
 
 fn forbidden(message: String) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    ApiError::forbidden(message)
 }
 
 fn unauthenticated(message: &str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+    ApiError::new(Code::Unauthenticated, message)
+}
+
+/// Runs blocking account work (argon2, store reads) off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, AuthError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(ApiError::internal)?.map_err(ApiError::from)
 }
 
 /// Where the extractor leaves the organisation a request acted in, for the audit middleware.
@@ -97,9 +110,7 @@ impl FromRequestParts<AppState> for Caller {
         // argon2-free, but every check reads the store: keep it off the async workers.
         let caller = tokio::task::spawn_blocking(move || identify(&state, &bearer, wanted_org.as_deref(), access))
             .await
-            .map_err(|_| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "authentication task failed")
-            })??;
+            .map_err(ApiError::internal)??;
         if let Some(slot) = parts.extensions.get::<ActingOrg>().filter(|_| access.role.is_some()) {
             *slot.0.lock().unwrap_or_else(|e| e.into_inner()) = (!caller.org_id.is_nil()).then_some(caller.org_id);
         }
@@ -121,16 +132,11 @@ fn identify(state: &AppState, bearer: &str, wanted_org: Option<&str>, access: Ac
             return Err(AuthError::Disabled.into());
         }
         let Some(needed) = access.scope else {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "session_required",
-                "this needs a signed-in session, not an API token",
-            ));
+            return Err(ApiError::new(Code::SessionRequired, "this needs a signed-in session, not an API token"));
         };
         if record.scope < needed {
             return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "insufficient_scope",
+                Code::InsufficientScope,
                 format!(
                     "this needs a token with the {} scope; this one has {}",
                     needed.as_str(),
@@ -139,6 +145,7 @@ fn identify(state: &AppState, bearer: &str, wanted_org: Option<&str>, access: Ac
             ));
         }
         let caller = Caller {
+            second_factor: user.has_second_factor(),
             user_id: user.id,
             username: user.username,
             session_id: Uuid::nil(),
@@ -158,6 +165,7 @@ fn identify(state: &AppState, bearer: &str, wanted_org: Option<&str>, access: Ac
             is_admin: identity.is_admin,
             org_id: Uuid::nil(),
             role: None,
+            second_factor: identity.mfa,
         };
         (caller, None)
     };
@@ -169,8 +177,7 @@ fn identify(state: &AppState, bearer: &str, wanted_org: Option<&str>, access: Ac
                 None => None,
             };
             // Not a member: the organisation is not found, exactly like one that does not exist.
-            let member = member
-                .ok_or_else(|| ApiError { field: Some(ORG_HEADER.into()), ..ApiError::not_found("organisation") })?;
+            let member = member.ok_or_else(|| ApiError::not_found("organisation").on(ORG_HEADER))?;
             if token_org.is_some_and(|own| own != member.org_id) {
                 return Err(forbidden("this API token acts in its own organisation only".into()));
             }
@@ -198,6 +205,17 @@ fn identify(state: &AppState, bearer: &str, wanted_org: Option<&str>, access: Ac
             }
             Some(_) => {}
         }
+        if !caller.second_factor
+            && let Some(org) = orgs::get(store, caller.org_id)?.filter(|org| org.require_2fa)
+        {
+            return Err(ApiError::new(
+                Code::OrgRequiresSecondFactor,
+                format!(
+                    "the organisation {} requires two-factor authentication: enrol at /api/v1/auth/totp, then sign in again with a code",
+                    org.name
+                ),
+            ));
+        }
     }
     Ok(caller)
 }
@@ -209,17 +227,22 @@ fn find_org(store: &dyn crate::store::Store, wanted: &str) -> Result<Option<orgs
     Ok(orgs::list(store)?.into_iter().find(|o| o.name.eq_ignore_ascii_case(wanted)))
 }
 
-#[derive(Debug, Deserialize)]
-struct LoginRequest {
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
     username: String,
     password: String,
 }
 
-#[derive(Debug, Serialize)]
-struct TokensResponse {
+/// A signed-in session: a short-lived access token and the refresh token that renews it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokensResponse {
     access_token: String,
+    /// Single use: each refresh answers a new one, and presenting a spent one signs the whole
+    /// session out.
     refresh_token: String,
+    #[schema(example = "Bearer")]
     token_type: &'static str,
+    /// Seconds the access token is valid for.
     expires_in: u64,
 }
 
@@ -234,114 +257,218 @@ impl From<Tokens> for TokensResponse {
     }
 }
 
+/// Refuses a sign-in attempt early when the account or the address is locked out.
+pub fn check_login_guard(state: &AppState, username: &str, address: &str) -> Result<(), ApiError> {
+    // Checked before the password is: a locked account or address costs no hashing.
+    state.login_guard.check(username, address, Instant::now()).map_err(|wait| ApiError {
+        retry_after_s: Some(wait.as_secs().max(1)),
+        ..ApiError::new(Code::TooManyAttempts, "too many failed sign-ins; try again later")
+    })
+}
+
+/// Counts a failed or successful attempt against the account and the address.
+pub fn note_login_attempt<T>(state: &AppState, username: &str, address: &str, outcome: &Result<T, ApiError>) {
+    match outcome {
+        Ok(_) => state.login_guard.succeeded(username),
+        Err(e) if matches!(e.code, Code::BadCredentials | Code::BadSecondFactor) => {
+            state.login_guard.failed(username, address, Instant::now());
+        }
+        Err(_) => {}
+    }
+}
+
+/// Signs in with a user name and password. Accounts with two-factor authentication answer 401
+/// `second_factor_required` with `details.mfa_token`, to finish at `/auth/login/totp`.
+#[utoipa::path(post, path = "/auth/login", tag = "auth", security(()), request_body = LoginRequest,
+    responses((status = 200, description = "Signed in", body = TokensResponse)))]
 async fn login(
     State(state): State<AppState>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<Json<TokensResponse>, ApiError> {
     let address = remote.ip().to_string();
-    // Checked before the password is: a locked account or address costs no hashing.
-    if let Err(wait) = state.login_guard.check(&body.username, &address, Instant::now()) {
-        return Err(ApiError {
-            retry_after_s: Some(wait.as_secs().max(1)),
-            ..ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_attempts",
-                "too many failed logins; try again later",
-            )
-        });
-    }
+    check_login_guard(&state, &body.username, &address)?;
     let auth = state.auth.clone();
     let (username, password) = (body.username.clone(), body.password);
     // argon2 is deliberately slow: keep it off the async workers.
-    let outcome = tokio::task::spawn_blocking(move || auth.login(&username, &password))
-        .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "login task failed"))?;
-    match outcome {
-        Ok(tokens) => {
-            state.login_guard.succeeded(&body.username);
-            Ok(Json(tokens.into()))
-        }
-        Err(error) => {
-            if matches!(error, AuthError::BadCredentials) {
-                state.login_guard.failed(&body.username, &address, Instant::now());
-            }
-            Err(error.into())
-        }
+    let outcome = blocking(move || auth.login(&username, &password)).await;
+    note_login_attempt(&state, &body.username, &address, &outcome);
+    match outcome? {
+        Login::Tokens(tokens) => Ok(Json(tokens.into())),
+        Login::SecondFactorRequired { mfa_token } => Err(ApiError::new(
+            Code::SecondFactorRequired,
+            "the password is right; send a code from your authenticator app (or a recovery code) to /api/v1/auth/login/totp",
+        )
+        .with_details(serde_json::json!({
+            "mfa_token": mfa_token,
+            "expires_in": crate::auth::MFA_TOKEN_TTL.as_secs(),
+        }))),
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct RefreshRequest {
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecondFactorRequest {
+    /// From the `second_factor_required` answer of `/auth/login`.
+    mfa_token: String,
+    /// Six digits from the authenticator app, or one of the recovery codes (`xxxxx-xxxxx`).
+    #[schema(example = "123456")]
+    code: String,
+}
+
+/// The second step of signing in to an account with two-factor authentication.
+#[utoipa::path(post, path = "/auth/login/totp", tag = "auth", security(()), request_body = SecondFactorRequest,
+    responses((status = 200, description = "Signed in", body = TokensResponse)))]
+async fn login_second_factor(
+    State(state): State<AppState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    ApiJson(body): ApiJson<SecondFactorRequest>,
+) -> Result<Json<TokensResponse>, ApiError> {
+    let address = remote.ip().to_string();
+    let username = state.auth.mfa_subject(&body.mfa_token)?;
+    check_login_guard(&state, &username, &address)?;
+    let auth = state.auth.clone();
+    let outcome = blocking(move || auth.complete_login(&body.mfa_token, &body.code)).await;
+    note_login_attempt(&state, &username, &address, &outcome);
+    Ok(Json(outcome?.into()))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RefreshRequest {
     refresh_token: String,
 }
 
+/// Exchanges a refresh token for a new pair; the old refresh token is spent.
+#[utoipa::path(post, path = "/auth/refresh", tag = "auth", security(()), request_body = RefreshRequest,
+    responses((status = 200, description = "A new pair", body = TokensResponse)))]
 async fn refresh(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<RefreshRequest>,
 ) -> Result<Json<TokensResponse>, ApiError> {
-    Ok(Json(state.auth.refresh(&body.refresh_token)?.into()))
+    let auth = state.auth.clone();
+    Ok(Json(blocking(move || auth.refresh(&body.refresh_token)).await?.into()))
 }
 
+/// Signs the session out now: its access and refresh tokens stop working.
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", responses((status = 204, description = "Signed out")))]
 async fn logout(State(state): State<AppState>, caller: Caller) -> Result<StatusCode, ApiError> {
     // API tokens never reach here (see access): this is always a session.
     state.auth.logout(caller.session_id)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+/// An organisation and a role there.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrgRole {
+    id: Uuid,
+    role: Role,
+}
+
+impl OrgRole {
+    pub fn new(id: Uuid, role: Role) -> Self {
+        Self { id, role }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    id: Uuid,
+    username: String,
+    /// An administrator of the whole installation.
+    is_admin: bool,
+    created_at: String,
+    /// Whether two-factor authentication is enabled for the account.
+    totp_enabled: bool,
+    /// Whether this sign-in passed a second factor.
+    second_factor: bool,
+    /// How the account signs in: `local` (password) or `sso`.
+    source: &'static str,
+    /// The organisation this request acted in, if any.
+    org: Option<OrgRole>,
+    orgs: Vec<OrgRole>,
+}
+
+/// Who is calling, the organisation the request acts in, and every organisation of theirs.
+#[utoipa::path(get, path = "/auth/me", tag = "auth", responses((status = 200, body = Me)))]
+async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me>, ApiError> {
     let user = state.auth.user(&caller.username)?.ok_or_else(|| ApiError::not_found("user"))?;
-    Ok(Json(serde_json::json!({
-        "id": user.id,
-        "username": user.username,
-        "is_admin": user.is_admin,
-        "created_at": super::rfc3339_s(user.created_at_unix_s),
-        "org": (!caller.org_id.is_nil()).then(|| serde_json::json!({
-            "id": caller.org_id,
-            "role": caller.role.map(Role::as_str),
-        })),
-        "orgs": orgs::memberships_of(state.store.as_ref(), user.id)?
+    Ok(Json(Me {
+        id: user.id,
+        totp_enabled: user.has_second_factor(),
+        second_factor: caller.second_factor,
+        source: if user.sso.is_some() { "sso" } else { "local" },
+        org: caller.role.map(|role| OrgRole { id: caller.org_id, role }),
+        orgs: orgs::memberships_of(state.store.as_ref(), user.id)?
             .iter()
-            .map(|m| serde_json::json!({ "id": m.org_id, "role": m.role.as_str() }))
-            .collect::<Vec<_>>(),
-    })))
+            .map(|m| OrgRole { id: m.org_id, role: m.role })
+            .collect(),
+        username: user.username,
+        is_admin: user.is_admin,
+        created_at: super::rfc3339_s(user.created_at_unix_s),
+    }))
 }
 
-fn token_json(token: &api_tokens::ApiToken) -> serde_json::Value {
-    serde_json::json!({
-        "id": token.id,
-        "name": token.name,
-        "org_id": token.org_id,
-        "scope": token.scope.as_str(),
-        "created_at": super::rfc3339_s(token.created_at_unix_s),
-        "expires_at": token.expires_at_unix_s.map(super::rfc3339_s),
-        "last_used_at": token.last_used_at_unix_s.map(super::rfc3339_s),
-        "revoked": token.revoked,
-    })
+/// An API token, never with its secret (which only the creation answer holds).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenView {
+    id: Uuid,
+    name: String,
+    org_id: Uuid,
+    scope: Scope,
+    created_at: String,
+    expires_at: Option<String>,
+    last_used_at: Option<String>,
+    revoked: bool,
+    /// The secret to send as `Authorization: Bearer`; only in the answer that created it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
 }
 
-/// The caller's own API tokens, never their secrets.
-async fn list_tokens(State(state): State<AppState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
-    let tokens: Vec<_> = api_tokens::list_for(state.store.as_ref(), caller.user_id)?.iter().map(token_json).collect();
-    Ok(Json(serde_json::json!({ "items": tokens })))
+impl From<&api_tokens::ApiToken> for TokenView {
+    fn from(token: &api_tokens::ApiToken) -> Self {
+        Self {
+            id: token.id,
+            name: token.name.clone(),
+            org_id: token.org_id,
+            scope: token.scope,
+            created_at: super::rfc3339_s(token.created_at_unix_s),
+            expires_at: token.expires_at_unix_s.map(super::rfc3339_s),
+            last_used_at: token.last_used_at_unix_s.map(super::rfc3339_s),
+            revoked: token.revoked,
+            token: None,
+        }
+    }
 }
 
-#[derive(Debug, Deserialize)]
+/// The caller's own API tokens.
+#[utoipa::path(get, path = "/tokens", tag = "auth", responses((status = 200, body = Items<TokenView>)))]
+async fn list_tokens(State(state): State<AppState>, caller: Caller) -> Result<Json<Items<TokenView>>, ApiError> {
+    let tokens = api_tokens::list_for(state.store.as_ref(), caller.user_id)?;
+    Ok(Json(tokens.iter().map(TokenView::from).collect::<Vec<_>>().into()))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateToken {
+pub struct CreateToken {
+    /// 1 to 64 characters.
     name: String,
     scope: Scope,
+    /// Lifetime; without it the token does not expire.
+    #[schema(minimum = 1)]
     ttl_seconds: Option<u64>,
 }
 
-/// Makes an API token for the caller; its secret is in this answer only.
+/// Makes an API token for the caller, acting in the organisation of this request; its secret is
+/// in this answer only.
+#[utoipa::path(post, path = "/tokens", tag = "auth", request_body = CreateToken,
+    responses((status = 201, description = "Created, with `token`", body = TokenView)))]
 async fn create_token(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<CreateToken>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<TokenView>), ApiError> {
     let name = body.name.trim();
-    if name.is_empty() || name.len() > 64 {
+    if name.is_empty() || name.chars().count() > 64 {
         return Err(ApiError::invalid("name", "name must be 1 to 64 characters"));
     }
     if body.ttl_seconds == Some(0) {
@@ -363,11 +490,12 @@ async fn create_token(
         body.ttl_seconds,
     )?;
     tracing::info!(token_id = %record.id, scope = record.scope.as_str(), by = %caller.username, "API token created");
-    let mut answer = token_json(&record);
-    answer["token"] = serde_json::json!(token);
-    Ok((StatusCode::CREATED, Json(answer)))
+    Ok((StatusCode::CREATED, Json(TokenView { token: Some(token), ..TokenView::from(&record) })))
 }
 
+/// Revokes one of the caller's API tokens.
+#[utoipa::path(delete, path = "/tokens/{id}", tag = "auth", params(("id" = String, Path)),
+    responses((status = 204, description = "Revoked")))]
 async fn revoke_token(
     State(state): State<AppState>,
     caller: Caller,

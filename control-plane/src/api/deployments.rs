@@ -4,32 +4,34 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use futures_util::stream::{self, StreamExt};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 use windflow_protocol::messages::{ContainerState, HealthState};
 
-use super::error::{ApiError, ApiQuery};
-use super::{AppState, Page, PageQuery, rfc3339_ms, rfc3339_s};
+use super::error::{ApiError, ApiQuery, Code};
+use super::{AppState, Items, Page, PageQuery, rfc3339_ms, rfc3339_s};
 use crate::auth::{Caller, now_unix_s};
 use crate::deployments::{self, Deployment, Desired, Event, Level, State as DeploymentState};
 use crate::stacks;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/stacks/{id}/deploy/{target_id}", post(deploy))
-        .route("/deployments", get(list))
-        .route("/deployments/{id}", get(show).delete(remove))
-        .route("/deployments/{id}/rollback", post(rollback))
-        .route("/deployments/{id}/events", get(events))
-        .route("/deployments/{id}/logs", get(logs))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(deploy))
+        .routes(routes!(list))
+        .routes(routes!(show, remove))
+        .routes(routes!(rollback))
+        .routes(routes!(events))
+        .routes(routes!(logs))
 }
 
 /// One of the caller's organisation's deployments; any other id is not found.
@@ -38,7 +40,20 @@ fn load(state: &AppState, caller: &Caller, raw: &str) -> Result<Deployment, ApiE
     deployments::get_in(state.store.as_ref(), caller.org_id, id)?.ok_or_else(|| ApiError::not_found("deployment"))
 }
 
-fn container_view(c: &windflow_protocol::messages::ContainerStatus) -> Value {
+/// A container as the agent last saw it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ContainerView {
+    name: String,
+    id: String,
+    /// `created`, `running`, `restarting`, `paused`, `exited`, `dead`, or the engine's word.
+    state: String,
+    exit_code: Option<i64>,
+    /// `starting`, `healthy` or `unhealthy`, for services with a healthcheck.
+    health: Option<&'static str>,
+    restart_count: u32,
+}
+
+fn container_view(c: &windflow_protocol::messages::ContainerStatus) -> ContainerView {
     let (state, exit_code) = match &c.state {
         ContainerState::Created => ("created".to_owned(), None),
         ContainerState::Running => ("running".to_owned(), None),
@@ -53,89 +68,134 @@ fn container_view(c: &windflow_protocol::messages::ContainerStatus) -> Value {
         HealthState::Healthy => "healthy",
         HealthState::Unhealthy => "unhealthy",
     });
-    json!({ "name": c.name, "id": c.id, "state": state, "exit_code": exit_code, "health": health, "restart_count": c.restart_count })
+    ContainerView { name: c.name.clone(), id: c.id.clone(), state, exit_code, health, restart_count: c.restart_count }
+}
+
+/// A service: what is desired next to what runs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServiceView {
+    name: String,
+    image: String,
+    desired_replicas: u32,
+    containers: Vec<ContainerView>,
+}
+
+/// A deployment: a stack version on a target.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeploymentView {
+    id: Uuid,
+    stack_id: Uuid,
+    stack_name: Option<String>,
+    target_id: Uuid,
+    target_name: Option<String>,
+    target_connected: bool,
+    /// The Compose project name on the target.
+    project: String,
+    /// The stack version that should run.
+    version: u32,
+    /// The version that last ran successfully.
+    running_version: Option<u32>,
+    /// `running` or `removed`.
+    desired: &'static str,
+    /// Whether removal takes the named volumes too.
+    remove_volumes: Option<bool>,
+    /// `pending`, `deploying`, `running`, `failed`, `removing` or `removed`.
+    state: &'static str,
+    reason: Option<String>,
+    services: Vec<ServiceView>,
+    created_by: String,
+    created_at: String,
+    updated_at: String,
+    /// In answers to a change: the sequence number of the event that recorded it, from which
+    /// `/deployments/{id}/events?after=` follows its progress.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events_from: Option<u64>,
 }
 
 /// The deployment with, per service, what is desired (from the stack version) next to what the
 /// agent last observed.
-pub fn view(state: &AppState, deployment: &Deployment) -> Value {
+pub fn view(state: &AppState, deployment: &Deployment) -> DeploymentView {
     let stack = stacks::get(state.store.as_ref(), deployment.stack_id).ok().flatten();
     let target = crate::agents::get(state.store.as_ref(), deployment.target_id).ok().flatten();
     let spec = stack.as_ref().and_then(|stack| {
         let version = stacks::version(state.store.as_ref(), stack.id, deployment.version).ok().flatten()?;
-        stacks::spec_of(stack, &version).ok()
+        stacks::spec_of(&state.master_key, stack, &version).ok()
     });
     let observed = state.hub.observed(deployment.id);
     let removed = deployment.state == DeploymentState::Removed;
-    let services: Vec<Value> = spec
+    let services = spec
         .iter()
         .flat_map(|spec| spec.services.iter())
-        .map(|service| {
-            let containers: Vec<Value> = observed
+        .map(|service| ServiceView {
+            name: service.name.clone(),
+            image: service.image.clone(),
+            desired_replicas: if removed { 0 } else { service.replicas },
+            containers: observed
                 .iter()
                 .flat_map(|o| o.services.iter())
                 .filter(|s| s.service == service.name && !removed)
                 .flat_map(|s| s.containers.iter().map(container_view))
-                .collect();
-            json!({
-                "name": service.name,
-                "image": service.image,
-                "desired_replicas": if removed { 0 } else { service.replicas },
-                "containers": containers,
-            })
+                .collect(),
         })
         .collect();
     let (desired, remove_volumes) = match deployment.desired {
         Desired::Running => ("running", None),
         Desired::Removed { volumes } => ("removed", Some(volumes)),
     };
-    json!({
-        "id": deployment.id,
-        "stack_id": deployment.stack_id,
-        "stack_name": stack.map(|s| s.name),
-        "target_id": deployment.target_id,
-        "target_name": target.map(|t| t.name),
-        "target_connected": state.hub.is_connected(deployment.target_id),
-        "project": deployment.project,
-        "version": deployment.version,
-        "running_version": deployment.running_version,
-        "desired": desired,
-        "remove_volumes": remove_volumes,
-        "state": deployment.state.as_str(),
-        "reason": deployment.reason,
-        "services": services,
-        "created_by": deployment.created_by,
-        "created_at": rfc3339_s(deployment.created_at_unix_s),
-        "updated_at": rfc3339_s(deployment.updated_at_unix_s),
-    })
+    DeploymentView {
+        id: deployment.id,
+        stack_id: deployment.stack_id,
+        stack_name: stack.map(|s| s.name),
+        target_id: deployment.target_id,
+        target_name: target.map(|t| t.name),
+        target_connected: state.hub.is_connected(deployment.target_id),
+        project: deployment.project.clone(),
+        version: deployment.version,
+        running_version: deployment.running_version,
+        desired,
+        remove_volumes,
+        state: deployment.state.as_str(),
+        reason: deployment.reason.clone(),
+        services,
+        created_by: deployment.created_by.clone(),
+        created_at: rfc3339_s(deployment.created_at_unix_s),
+        updated_at: rfc3339_s(deployment.updated_at_unix_s),
+        events_from: None,
+    }
 }
 
 /// Ends a change of desired state: records the request in the deployment's events, wakes the
 /// reconciler, and answers 202 with the deployment and `events_from`, the sequence number of
 /// that event, from which the change's progress can be followed.
-fn accepted(state: &AppState, deployment: &Deployment, request: String) -> (StatusCode, Json<Value>) {
+fn accepted(state: &AppState, deployment: &Deployment, request: String) -> (StatusCode, Json<DeploymentView>) {
     let events_from = state.reconciler.events.append(deployment.id, Level::Info, request, None);
     state.reconciler.wake();
-    let mut view = view(state, deployment);
-    view["events_from"] = json!(events_from);
-    (StatusCode::ACCEPTED, Json(view))
+    (StatusCode::ACCEPTED, Json(DeploymentView { events_from: Some(events_from), ..view(state, deployment) }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct VersionQuery {
+    /// A stack version; the current one (deploy) or the previous one (rollback) when left out.
+    #[param(minimum = 1)]
     version: Option<u32>,
 }
 
+/// Deploys a stack version to a target; deploying again to the same target updates it. The
+/// reconciler does the work: follow it at `/deployments/{id}/events`.
+#[utoipa::path(post, path = "/stacks/{id}/deploy/{target_id}", tag = "deployments",
+    params(("id" = String, Path, description = "The stack"), ("target_id" = String, Path), VersionQuery),
+    responses((status = 202, description = "Accepted", body = DeploymentView)))]
 async fn deploy(
     State(state): State<AppState>,
     caller: Caller,
     Path((stack_id, target_id)): Path<(String, String)>,
     ApiQuery(query): ApiQuery<VersionQuery>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
     let stack = super::stacks::load(&state, &caller, &stack_id)?;
     let target = super::targets::load(&state, &caller, &target_id)?;
     if target.revoked_at_unix_s.is_some() {
-        return Err(ApiError::new(StatusCode::CONFLICT, "target_revoked", "the target is revoked"));
+        return Err(ApiError::new(Code::TargetRevoked, "the target is revoked"));
     }
     let version = query.version.unwrap_or(stack.current_version);
     if stacks::version(state.store.as_ref(), stack.id, version)?.is_none() {
@@ -190,20 +250,37 @@ async fn deploy(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// A stack id or name.
     stack: Option<String>,
+    /// A target id.
     target: Option<String>,
+    #[param(value_type = Option<String>, pattern = "^(pending|deploying|running|failed|removing|removed)?$")]
+    /// `pending`, `deploying`, `running`, `failed`, `removing` or `removed`.
     state: Option<String>,
+    #[param(minimum = 1, maximum = 1000000)]
     page: Option<usize>,
+    #[param(minimum = 1, maximum = 500)]
     per_page: Option<usize>,
 }
 
+/// The organisation's deployments, with filters.
+#[utoipa::path(get, path = "/deployments", tag = "deployments", params(ListQuery),
+    responses((status = 200, body = Page<DeploymentView>)))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Json<Page<Value>>, ApiError> {
+) -> Result<Json<Page<DeploymentView>>, ApiError> {
+    // An empty filter (as a form sends it) filters nothing.
+    let query = ListQuery {
+        stack: query.stack.filter(|s| !s.is_empty()),
+        target: query.target.filter(|s| !s.is_empty()),
+        state: query.state.filter(|s| !s.is_empty()),
+        ..query
+    };
     let states = ["pending", "deploying", "running", "failed", "removing", "removed"];
     if let Some(wanted) = &query.state
         && !states.contains(&wanted.as_str())
@@ -229,23 +306,35 @@ fn stack_name(state: &AppState, deployment: &Deployment) -> Option<String> {
     stacks::get(state.store.as_ref(), deployment.stack_id).ok().flatten().map(|s| s.name)
 }
 
-async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+/// A deployment with its services, desired next to observed.
+#[utoipa::path(get, path = "/deployments/{id}", tag = "deployments", params(("id" = String, Path)),
+    responses((status = 200, body = DeploymentView)))]
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<DeploymentView>, ApiError> {
     let deployment = load(&state, &caller, &id)?;
     Ok(Json(view(&state, &deployment)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RemoveQuery {
+    /// Also remove the named volumes (their data is lost).
     #[serde(default)]
     volumes: bool,
 }
 
+/// Stops and removes the deployment's containers and networks.
+#[utoipa::path(delete, path = "/deployments/{id}", tag = "deployments", params(("id" = String, Path), RemoveQuery),
+    responses((status = 202, description = "Accepted", body = DeploymentView)))]
 async fn remove(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<RemoveQuery>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
     let deployment = load(&state, &caller, &id)?;
     let deployment = deployments::modify(state.store.as_ref(), deployment.id, |d| {
         d.desired = Desired::Removed { volumes: query.volumes };
@@ -262,21 +351,20 @@ async fn remove(
     ))
 }
 
+/// Deploys the previous version again, or version N.
+#[utoipa::path(post, path = "/deployments/{id}/rollback", tag = "deployments", params(("id" = String, Path), VersionQuery),
+    responses((status = 202, description = "Accepted", body = DeploymentView)))]
 async fn rollback(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<VersionQuery>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
     let deployment = load(&state, &caller, &id)?;
     let target_version = match query.version {
         Some(version) => version,
         None => deployment.version.checked_sub(1).filter(|v| *v >= 1).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "no_previous_version",
-                "version 1 has no previous version; pass ?version=N",
-            )
+            ApiError::new(Code::NoPreviousVersion, "version 1 has no previous version; pass ?version=N")
         })?,
     };
     if stacks::version(state.store.as_ref(), deployment.stack_id, target_version)?.is_none() {
@@ -293,25 +381,50 @@ async fn rollback(
     Ok(accepted(&state, &deployment, format!("{} asked to roll back to version {target_version}", caller.username)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EventsQuery {
+    /// Only events after this sequence number.
     #[serde(default)]
     after: u64,
+    /// Answer Server-Sent Events: the history, then new events as they happen.
     #[serde(default)]
     follow: bool,
 }
 
-fn event_json(event: &Event) -> Value {
-    json!({
-        "seq": event.seq,
-        "at": rfc3339_ms(event.at_unix_ms),
-        "level": event.level,
-        "message": event.message,
-        "percent": event.percent,
-        "outcome": event.outcome.map(DeploymentState::as_str),
-    })
+/// A step of a deployment's history: progress, a drift repair, a failure.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    seq: u64,
+    at: String,
+    level: Level,
+    message: String,
+    /// Progress of the operation, 0 to 100, when known.
+    percent: Option<u8>,
+    /// On the event that ends an operation: the state it ended in.
+    outcome: Option<&'static str>,
 }
 
+fn event_view(event: &Event) -> EventView {
+    EventView {
+        seq: event.seq,
+        at: rfc3339_ms(event.at_unix_ms),
+        level: event.level,
+        message: event.message.clone(),
+        percent: event.percent,
+        outcome: event.outcome.map(DeploymentState::as_str),
+    }
+}
+
+fn event_json(event: &Event) -> String {
+    serde_json::to_string(&event_view(event)).unwrap_or_default()
+}
+
+/// The deployment's event log as JSON, or with `follow=true` as Server-Sent Events
+/// (`deployment` events carrying an `EventView`; `lagged` when this follower fell behind).
+#[utoipa::path(get, path = "/deployments/{id}/events", tag = "deployments", params(("id" = String, Path), EventsQuery),
+    responses((status = 200, description = "The events; `text/event-stream` with follow=true",
+        content((Items<EventView> = "application/json"), (String = "text/event-stream")))))]
 async fn events(
     State(state): State<AppState>,
     caller: Caller,
@@ -321,8 +434,8 @@ async fn events(
     let deployment = load(&state, &caller, &id)?;
     let events = state.reconciler.events.clone();
     if !query.follow {
-        let history: Vec<Value> = events.history(deployment.id, query.after)?.iter().map(event_json).collect();
-        return Ok(Json(json!({ "items": history })).into_response());
+        let history: Vec<EventView> = events.history(deployment.id, query.after)?.iter().map(event_view).collect();
+        return Ok(Json(Items::from(history)).into_response());
     }
     // Subscribe before reading history, then skip what history already had: no gap, no repeat.
     let live = events.subscribe();
@@ -352,26 +465,35 @@ async fn events(
 }
 
 fn sse(event: &Event) -> SseEvent {
-    SseEvent::default().event("deployment").id(event.seq.to_string()).data(event_json(event).to_string())
+    SseEvent::default().event("deployment").id(event.seq.to_string()).data(event_json(event))
 }
 
 /// Most lines sent in one `logs` event.
 const LOG_BATCH: usize = 512;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LogsQuery {
+    /// One service only.
     service: Option<String>,
+    /// The last N lines (1,000 by default; 100 before following).
     tail: Option<u32>,
-    /// Unix seconds or RFC 3339.
+    /// Only lines from this time: Unix seconds or RFC 3339.
     since: Option<String>,
+    /// Include each line's time (the default).
     #[serde(default = "yes")]
     timestamps: bool,
+    /// Answer Server-Sent Events: the tail, then new lines as they come.
     #[serde(default)]
     follow: bool,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn line_json(line: &crate::logs::LogLine, timestamps: bool) -> String {
+    serde_json::to_string(&line_view(line, timestamps)).unwrap_or_default()
 }
 
 fn parse_since(raw: &str) -> Result<i64, ApiError> {
@@ -385,22 +507,38 @@ fn parse_since(raw: &str) -> Result<i64, ApiError> {
         .ok_or_else(|| ApiError::invalid("since", "since must be Unix seconds or an RFC 3339 time"))
 }
 
-fn line_json(line: &crate::logs::LogLine, timestamps: bool) -> Value {
-    let mut value = json!({
-        "service": line.service,
-        "container": line.container,
-        "stream": match line.stream { windflow_protocol::messages::LogStream::Stdout => "stdout", windflow_protocol::messages::LogStream::Stderr => "stderr" },
-        "line": line.text,
-    });
-    if timestamps {
-        value["at"] = json!(rfc3339_ms(line.at_unix_ms));
+/// One line of a container's output.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogLineView {
+    service: String,
+    container: String,
+    /// `stdout` or `stderr`.
+    stream: &'static str,
+    line: String,
+    /// When the container wrote it (unless `timestamps=false`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    at: Option<String>,
+}
+
+fn line_view(line: &crate::logs::LogLine, timestamps: bool) -> LogLineView {
+    LogLineView {
+        service: line.service.clone(),
+        container: line.container.clone(),
+        stream: match line.stream {
+            windflow_protocol::messages::LogStream::Stdout => "stdout",
+            windflow_protocol::messages::LogStream::Stderr => "stderr",
+        },
+        line: line.text.clone(),
+        at: timestamps.then(|| rfc3339_ms(line.at_unix_ms)),
     }
-    value
 }
 
 /// Logs of a deployment's containers: the last lines as JSON, or with `follow=true` those
-/// lines and then new ones as Server-Sent Events: `log` (one line), `logs` (an array of lines
-/// that were waiting together), and `skipped` when this follower fell behind.
+/// lines and then new ones as Server-Sent Events: `log` (one `LogLineView`), `logs` (an array
+/// of lines that were waiting together), and `skipped` when this follower fell behind.
+#[utoipa::path(get, path = "/deployments/{id}/logs", tag = "deployments", params(("id" = String, Path), LogsQuery),
+    responses((status = 200, description = "The lines; `text/event-stream` with follow=true",
+        content((Items<LogLineView> = "application/json"), (String = "text/event-stream")))))]
 async fn logs(
     State(state): State<AppState>,
     caller: Caller,
@@ -414,7 +552,7 @@ async fn logs(
             .and_then(|stack| {
                 stacks::version(state.store.as_ref(), stack.id, deployment.version).ok().flatten().map(|v| (stack, v))
             })
-            .and_then(|(stack, version)| stacks::spec_of(&stack, &version).ok())
+            .and_then(|(stack, version)| stacks::spec_of(&state.master_key, &stack, &version).ok())
             .is_some_and(|spec| spec.services.iter().any(|s| &s.name == service));
         if !known {
             return Err(ApiError::invalid("service", format!("the deployment has no service {service:?}")));
@@ -429,30 +567,32 @@ async fn logs(
     let timestamps = query.timestamps;
     if !query.follow {
         let lines = state.logs.fetch(&source, Some(query.tail.unwrap_or(1000)), since).await?;
-        return Ok(Json(json!({ "items": lines.iter().map(|l| line_json(l, timestamps)).collect::<Vec<_>>() }))
-            .into_response());
+        let lines: Vec<LogLineView> = lines.iter().map(|l| line_view(l, timestamps)).collect();
+        return Ok(Json(Items::from(lines)).into_response());
     }
     // Subscribe first, then read the tail: a line may show twice, none goes missing.
     let live = state.logs.follow(&source).await?;
     let history = state.logs.fetch(&source, Some(query.tail.unwrap_or(100)), since).await?;
-    let past = stream::iter(history.into_iter().map(move |l| {
-        Ok::<_, Infallible>(SseEvent::default().event("log").data(line_json(&l, timestamps).to_string()))
-    }));
+    let past = stream::iter(
+        history
+            .into_iter()
+            .map(move |l| Ok::<_, Infallible>(SseEvent::default().event("log").data(line_json(&l, timestamps)))),
+    );
     let future = stream::unfold(live, move |mut live| async move {
         match live.recv().await {
             Ok(line) => {
                 // Lines already waiting go out together, as one `logs` event: a busy service
                 // costs a follower one event per batch, not one per line.
-                let mut batch = vec![line_json(&line, timestamps)];
+                let mut batch = vec![line_view(&line, timestamps)];
                 while batch.len() < LOG_BATCH {
                     match live.try_recv() {
-                        Ok(line) => batch.push(line_json(&line, timestamps)),
+                        Ok(line) => batch.push(line_view(&line, timestamps)),
                         Err(_) => break,
                     }
                 }
-                let event = match batch.len() {
-                    1 => SseEvent::default().event("log").data(batch[0].to_string()),
-                    _ => SseEvent::default().event("logs").data(Value::Array(batch).to_string()),
+                let event = match batch.as_slice() {
+                    [one] => SseEvent::default().event("log").data(serde_json::to_string(one).unwrap_or_default()),
+                    _ => SseEvent::default().event("logs").data(serde_json::to_string(&batch).unwrap_or_default()),
                 };
                 Some((Ok(event), live))
             }

@@ -5,21 +5,24 @@
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use rustls_pki_types::CertificateSigningRequestDer;
 use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::AppState;
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, Code};
 use crate::agents;
 
 const INSTALL_SH: &str = include_str!("../../../packaging/install.sh");
 
-pub fn api_routes() -> Router<AppState> {
-    Router::new().route("/agents/enroll", post(enroll))
+pub fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(enroll))
 }
 
 pub fn file_routes() -> Router<AppState> {
@@ -45,31 +48,32 @@ async fn download(State(state): State<AppState>, Path(file): Path<String>) -> Re
     let expected = format!("windflow-agent-{}", std::env::consts::ARCH);
     if file != expected {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            Code::NotFound,
             format!("this control plane serves only {expected}; build the agent for your architecture from source"),
         ));
     }
     let bytes = tokio::fs::read(&state.settings.agent_binary).await.map_err(|e| {
         tracing::error!(path = %state.settings.agent_binary.display(), error = %e, "agent binary unavailable");
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "agent_binary_missing",
+            Code::AgentBinaryMissing,
             "the agent binary is not available on this control plane (see --agent-binary)",
         )
     })?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
 }
 
-#[derive(Debug, Deserialize)]
-struct EnrollRequest {
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct EnrollRequest {
+    /// A join token (`wfj_…`).
     token: String,
+    /// A PKCS#10 certificate signing request, made on the host; only its public key is used.
     csr_pem: String,
+    /// The target's name, 1 to 64 characters.
     name: String,
 }
 
-#[derive(Debug, Serialize)]
-struct EnrollResponse {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EnrollResponse {
     agent_id: Uuid,
     certificate_pem: String,
     ca_pem: String,
@@ -79,6 +83,9 @@ struct EnrollResponse {
     server_name: String,
 }
 
+/// Turns a join token and a CSR into an agent certificate; used by `windflow-agent enroll`.
+#[utoipa::path(post, path = "/agents/enroll", tag = "agents", security(()), request_body = EnrollRequest,
+    responses((status = 201, body = EnrollResponse)))]
 async fn enroll(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<EnrollRequest>,

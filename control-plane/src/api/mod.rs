@@ -9,10 +9,13 @@ pub mod auth;
 pub mod deployments;
 pub mod enroll;
 pub mod error;
+pub mod hardening;
 pub mod health;
+pub mod openapi;
 pub mod orgs;
 pub mod stacks;
 pub mod targets;
+pub mod totp;
 pub mod users;
 
 use std::path::PathBuf;
@@ -20,16 +23,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::auth::Auth;
 use crate::hub::Hub;
 use crate::pki::Pki;
 use crate::store::Store;
 
-pub use error::ApiError;
+pub use error::{ApiError, Code};
 
 /// What the HTTP layer needs to know about how the control plane is reached.
 #[derive(Debug, Clone)]
@@ -45,10 +49,11 @@ pub struct Settings {
     /// Requests per second allowed from one address (0: no limit), and the burst above it.
     pub rate_limit_per_s: u32,
     pub rate_burst: u32,
+    /// How long a request may take before it is answered 503.
+    pub request_timeout: Duration,
+    /// Origins other than the control plane's own that browsers may call the API from.
+    pub allowed_origins: Vec<String>,
 }
-
-/// Largest request body accepted (a Compose file may be 1 MiB, plus its JSON envelope).
-pub const MAX_BODY: usize = 4 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -59,77 +64,52 @@ pub struct AppState {
     pub reconciler: Arc<crate::deployments::Reconciler>,
     pub logs: Arc<crate::logs::LogHub>,
     pub audit: Arc<crate::audit::AuditLog>,
+    pub master_key: Arc<crate::sealing::MasterKey>,
     pub login_guard: Arc<crate::login_guard::LoginGuard>,
+    /// Requests per credential; `None` when that limit is off.
+    pub credential_limiter: Option<Arc<hardening::CredentialLimiter>>,
     pub settings: Arc<Settings>,
 }
 
-pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+/// Every route under `/api/v1`, each documented in the OpenAPI document as it is registered.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(auth::routes())
+        .merge(totp::routes())
         .merge(targets::routes())
         .merge(stacks::routes())
         .merge(deployments::routes())
         .merge(audit::routes())
         .merge(orgs::routes())
         .merge(users::routes())
-        .merge(enroll::api_routes());
+        .merge(enroll::api_routes())
+}
+
+/// The API's routes and their OpenAPI document. Nested before splitting, so that the
+/// document's paths carry `/api/v1`.
+fn api_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (api, document) =
+        OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).nest("/api/v1", api_routes()).split_for_parts();
+    (api, openapi::finish(document))
+}
+
+/// The OpenAPI document of the whole API (what `/api/openapi.json` serves).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_and_document().1
+}
+
+pub fn router(state: AppState) -> Router {
+    let (api, document) = api_and_document();
     let router = Router::new()
-        .nest("/api/v1", api)
+        .merge(api)
+        .merge(openapi::docs(document))
         .merge(health::routes())
         .merge(enroll::file_routes())
         .route("/", axum::routing::get(dashboard))
         .fallback(|| async { ApiError::not_found("route") })
         .layer(middleware::from_fn_with_state(state.clone(), audit::record_requests))
-        .layer(middleware::from_fn_with_state(state.clone(), measure_requests))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
-    let router = match rate_limit(&state.settings) {
-        Some(limit) => router.layer(limit),
-        None => router,
-    };
-    router.layer(middleware::from_fn(security_headers)).with_state(state)
-}
-
-type RateLimit = tower_governor::GovernorLayer<
-    tower_governor::key_extractor::PeerIpKeyExtractor,
-    governor::middleware::NoOpMiddleware<governor::clock::QuantaInstant>,
-    axum::body::Body,
->;
-
-/// Per-address rate limiting: a token bucket per client IP, answered with the API's error shape
-/// and `Retry-After`. Idle addresses are forgotten every minute.
-fn rate_limit(settings: &Settings) -> Option<RateLimit> {
-    if settings.rate_limit_per_s == 0 {
-        return None;
-    }
-    let config = tower_governor::governor::GovernorConfigBuilder::default()
-        .per_nanosecond(1_000_000_000 / u64::from(settings.rate_limit_per_s))
-        .burst_size(settings.rate_burst.max(1))
-        .finish()?;
-    let limiter = config.limiter().clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            limiter.retain_recent();
-        }
-    });
-    Some(tower_governor::GovernorLayer::new(config).error_handler(|error| {
-        use tower_governor::GovernorError;
-        let error = match error {
-            GovernorError::TooManyRequests { wait_time, .. } => ApiError {
-                retry_after_s: Some(wait_time.max(1)),
-                ..ApiError::new(
-                    axum::http::StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "too many requests from this address; slow down",
-                )
-            },
-            GovernorError::UnableToExtractKey => {
-                ApiError::new(axum::http::StatusCode::BAD_REQUEST, "no_peer_address", "the client address is unknown")
-            }
-            GovernorError::Other { code, msg, .. } => ApiError::new(code, "rate_limit_error", msg.unwrap_or_default()),
-        };
-        axum::response::IntoResponse::into_response(error)
-    }))
+        .layer(middleware::from_fn_with_state(state.clone(), measure_requests));
+    hardening::protect(router, &state).with_state(state)
 }
 
 async fn dashboard() -> axum::response::Html<&'static str> {
@@ -154,38 +134,41 @@ async fn measure_requests(
     response
 }
 
-async fn security_headers(request: axum::extract::Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
-    let headers = response.headers_mut();
-    for (name, value) in [
-        (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"),
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
-        (
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
-        ),
-    ] {
-        headers.insert(name, HeaderValue::from_static(value));
-    }
-    response
-}
+/// The highest page number a list answers (with at most 500 per page, far past any list).
+const MAX_PAGE: usize = 1_000_000;
 
-/// `?page=&per_page=` on list routes (pages start at 1; 50 per page by default, 500 at most).
-#[derive(Debug, serde::Deserialize)]
+/// `?page=&per_page=` on list routes.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// The page, from 1.
+    #[param(minimum = 1, maximum = 1000000)]
     pub page: Option<usize>,
+    /// Items per page: 50 by default, 500 at most.
+    #[param(minimum = 1, maximum = 500)]
     pub per_page: Option<usize>,
 }
 
 /// One page of a list.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
-    items: Vec<T>,
-    total: usize,
-    page: usize,
-    per_page: usize,
+    pub items: Vec<T>,
+    /// How many there are in all pages.
+    pub total: usize,
+    pub page: usize,
+    pub per_page: usize,
+}
+
+/// A whole list, not paged (short by nature: an organisation's members, a user's tokens).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Items<T> {
+    pub items: Vec<T>,
+}
+
+impl<T> From<Vec<T>> for Items<T> {
+    fn from(items: Vec<T>) -> Self {
+        Self { items }
+    }
 }
 
 impl PageQuery {
@@ -193,8 +176,8 @@ impl PageQuery {
     pub fn bounds(&self) -> Result<(usize, usize, usize), ApiError> {
         let page = self.page.unwrap_or(1);
         let per_page = self.per_page.unwrap_or(50);
-        if page == 0 {
-            return Err(ApiError::invalid("page", "page numbers start at 1"));
+        if !(1..=MAX_PAGE).contains(&page) {
+            return Err(ApiError::invalid("page", format!("page must be between 1 and {MAX_PAGE}")));
         }
         if !(1..=500).contains(&per_page) {
             return Err(ApiError::invalid("per_page", "per_page must be between 1 and 500"));

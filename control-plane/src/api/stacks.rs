@@ -1,65 +1,105 @@
 //! `/stacks`: Compose stacks and their immutable versions; `/stacks/validate` for editors.
+//! Secret variables are write-only: answers name them, never show their values.
 
 use std::collections::BTreeMap;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::error::{ApiError, ApiJson, ApiQuery};
+use super::error::{ApiError, ApiJson, ApiQuery, Code};
 use super::{AppState, Page, PageQuery, rfc3339_s};
 use crate::auth::Caller;
 use crate::compose::Diagnostic;
-use crate::stacks::{self, Saved, Stack, StackVersion};
+use crate::stacks::{self, Content, Saved, Stack, StackVersion};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/stacks", get(list).post(create))
-        .route("/stacks/validate", post(validate))
-        .route("/stacks/{id}", get(show).put(update).delete(remove))
-        .route("/stacks/{id}/versions", get(versions))
-        .route("/stacks/{id}/versions/{version}", get(show_version))
-        .route("/stacks/{id}/clone", post(clone))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(validate))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(versions))
+        .routes(routes!(show_version))
+        .routes(routes!(clone))
 }
 
-fn summary(stack: &Stack) -> Value {
-    json!({
-        "id": stack.id,
-        "name": stack.name,
-        "version": stack.current_version,
-        "created_by": stack.created_by,
-        "created_at": rfc3339_s(stack.created_at_unix_s),
-        "updated_at": rfc3339_s(stack.updated_at_unix_s),
-    })
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StackSummary {
+    id: Uuid,
+    name: String,
+    /// The current version.
+    version: u32,
+    created_by: String,
+    created_at: String,
+    updated_at: String,
 }
 
-fn version_view(version: &StackVersion) -> Value {
-    json!({
-        "version": version.version,
-        "compose": version.compose,
-        "variables": version.variables,
-        "created_by": version.created_by,
-        "created_at": rfc3339_s(version.created_at_unix_s),
-    })
+impl From<&Stack> for StackSummary {
+    fn from(stack: &Stack) -> Self {
+        Self {
+            id: stack.id,
+            name: stack.name.clone(),
+            version: stack.current_version,
+            created_by: stack.created_by.clone(),
+            created_at: rfc3339_s(stack.created_at_unix_s),
+            updated_at: rfc3339_s(stack.updated_at_unix_s),
+        }
+    }
 }
 
-/// A stack with one version's Compose file, variables and service names.
-fn stack_view(stack: &Stack, version: &StackVersion, spec: &windflow_protocol::StackSpec) -> Value {
-    let mut view = summary(stack);
-    view["compose"] = json!(version.compose);
-    view["variables"] = json!(version.variables);
-    view["services"] = json!(spec.services.iter().map(|s| &s.name).collect::<Vec<_>>());
-    view
+/// A stack with its current version's Compose file, variables and services.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StackView {
+    #[serde(flatten)]
+    summary: StackSummary,
+    compose: String,
+    variables: BTreeMap<String, String>,
+    /// The names of the secret variables (their values are never shown).
+    secrets: Vec<String>,
+    /// Service names, in the order they start.
+    services: Vec<String>,
+    /// Keys WindFlow does not apply (only in the answer that saved a version).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warnings: Option<Vec<Diagnostic>>,
 }
 
-fn saved_view(saved: &Saved) -> Value {
-    let mut view = stack_view(&saved.stack, &saved.version, &saved.spec);
-    view["warnings"] = json!(saved.warnings);
-    view
+/// One saved version.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionView {
+    version: u32,
+    compose: String,
+    variables: BTreeMap<String, String>,
+    secrets: Vec<String>,
+    created_by: String,
+    created_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionSummary {
+    version: u32,
+    created_by: String,
+    created_at: String,
+}
+
+fn view(stack: &Stack, version: &StackVersion, services: Vec<String>, warnings: Option<Vec<Diagnostic>>) -> StackView {
+    StackView {
+        summary: stack.into(),
+        compose: version.compose.clone(),
+        variables: version.variables.clone(),
+        secrets: version.secrets.keys().cloned().collect(),
+        services,
+        warnings,
+    }
+}
+
+fn saved_view(saved: Saved) -> StackView {
+    let services = saved.spec.services.into_iter().map(|s| s.name).collect();
+    view(&saved.stack, &saved.version, services, Some(saved.warnings))
 }
 
 /// One of the caller's organisation's stacks; any other id is not found.
@@ -68,76 +108,120 @@ pub fn load(state: &AppState, caller: &Caller, raw: &str) -> Result<Stack, ApiEr
     stacks::get_in(state.store.as_ref(), caller.org_id, id)?.ok_or_else(|| ApiError::not_found("stack"))
 }
 
+fn current_version(state: &AppState, stack: &Stack) -> Result<StackVersion, ApiError> {
+    stacks::version(state.store.as_ref(), stack.id, stack.current_version)?
+        .ok_or_else(|| ApiError::not_found("stack version"))
+}
+
+/// The organisation's stacks.
+#[utoipa::path(get, path = "/stacks", tag = "stacks", params(PageQuery),
+    responses((status = 200, body = Page<StackSummary>)))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<PageQuery>,
-) -> Result<Json<Page<Value>>, ApiError> {
-    let all = stacks::list(state.store.as_ref(), caller.org_id)?.iter().map(summary).collect();
+) -> Result<Json<Page<StackSummary>>, ApiError> {
+    let all = stacks::list(state.store.as_ref(), caller.org_id)?.iter().map(StackSummary::from).collect();
     Ok(Json(query.apply(all)?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateStack {
+pub struct CreateStack {
+    /// 1 to 64 characters, unique in the organisation.
+    #[schema(min_length = 1, max_length = 64, pattern = r"\S")]
     name: String,
+    /// Compose YAML, 1 MiB at most.
     compose: String,
+    /// Values for `${NAME}` in the Compose file.
     #[serde(default)]
     variables: BTreeMap<String, String>,
+    /// Like `variables`, but sealed at rest and never shown again.
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
 }
 
+/// Saves a new stack as version 1, if its Compose file validates.
+#[utoipa::path(post, path = "/stacks", tag = "stacks", request_body = CreateStack,
+    responses((status = 201, description = "Created", body = StackView)))]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<CreateStack>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<StackView>), ApiError> {
+    let content = Content { compose: body.compose, variables: body.variables, secrets: body.secrets };
     let saved = stacks::create(
         state.store.as_ref(),
+        &state.master_key,
         caller.org_id,
         body.name.trim(),
-        &body.compose,
-        body.variables,
+        content,
         &caller.username,
     )?;
     tracing::info!(stack_id = %saved.stack.id, name = %saved.stack.name, by = %caller.username, "stack created");
-    Ok((StatusCode::CREATED, Json(saved_view(&saved))))
+    Ok((StatusCode::CREATED, Json(saved_view(saved))))
 }
 
-async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+/// A stack with its current version.
+#[utoipa::path(get, path = "/stacks/{id}", tag = "stacks", params(("id" = String, Path)),
+    responses((status = 200, body = StackView)))]
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<StackView>, ApiError> {
     let stack = load(&state, &caller, &id)?;
-    let version = stacks::version(state.store.as_ref(), stack.id, stack.current_version)?
-        .ok_or_else(|| ApiError::not_found("stack version"))?;
-    let spec = stacks::spec_of(&stack, &version)?;
-    Ok(Json(stack_view(&stack, &version, &spec)))
+    let version = current_version(&state, &stack)?;
+    let spec = stacks::spec_of(&state.master_key, &stack, &version)?;
+    Ok(Json(view(&stack, &version, spec.services.into_iter().map(|s| s.name).collect(), None)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UpdateStack {
+pub struct UpdateStack {
+    #[schema(min_length = 1, max_length = 64, pattern = r"\S")]
     name: Option<String>,
+    /// The new Compose file; the current one when left out.
     compose: Option<String>,
+    /// Replaces every variable; the current ones when left out.
     variables: Option<BTreeMap<String, String>>,
+    /// Changes to secrets, one by one: a value sets one, `null` removes one; secrets left out
+    /// keep their values.
+    secrets: Option<BTreeMap<String, Option<String>>>,
 }
 
+/// Saves a new version (and optionally a new name), if it validates.
+#[utoipa::path(put, path = "/stacks/{id}", tag = "stacks", params(("id" = String, Path)), request_body = UpdateStack,
+    responses((status = 200, description = "The new version", body = StackView)))]
 async fn update(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateStack>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StackView>, ApiError> {
     let stack = load(&state, &caller, &id)?;
-    let saved = stacks::update(
-        state.store.as_ref(),
-        &stack,
-        body.name.as_deref().map(str::trim),
-        body.compose.as_deref(),
-        body.variables,
-        &caller.username,
-    )?;
+    let mut content = stacks::content_of(&state.master_key, &current_version(&state, &stack)?)?;
+    if let Some(compose) = body.compose {
+        content.compose = compose;
+    }
+    if let Some(variables) = body.variables {
+        content.variables = variables;
+    }
+    for (name, value) in body.secrets.unwrap_or_default() {
+        match value {
+            Some(value) => content.secrets.insert(name, value),
+            None => content.secrets.remove(&name),
+        };
+    }
+    let name = body.name.as_deref().map(str::trim);
+    let saved = stacks::update(state.store.as_ref(), &state.master_key, &stack, name, content, &caller.username)?;
     tracing::info!(stack_id = %stack.id, version = saved.version.version, by = %caller.username, "stack updated");
-    Ok(Json(saved_view(&saved)))
+    Ok(Json(saved_view(saved)))
 }
 
+/// Deletes a stack and every version of it; refused while it is deployed.
+#[utoipa::path(delete, path = "/stacks/{id}", tag = "stacks", params(("id" = String, Path)),
+    responses((status = 204, description = "Deleted")))]
 async fn remove(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let stack = load(&state, &caller, &id)?;
     let active: Vec<String> = crate::deployments::list_in(state.store.as_ref(), caller.org_id)?
@@ -146,92 +230,126 @@ async fn remove(State(state): State<AppState>, caller: Caller, Path(id): Path<St
         .map(|d| d.id.to_string())
         .collect();
     if !active.is_empty() {
-        return Err(ApiError {
-            details: Some(json!({ "deployments": active })),
-            ..ApiError::new(StatusCode::CONFLICT, "stack_in_use", "the stack is deployed; remove its deployments first")
-        });
+        return Err(ApiError::new(Code::StackInUse, "the stack is deployed; remove its deployments first")
+            .with_details(serde_json::json!({ "deployments": active })));
     }
     stacks::delete(state.store.as_ref(), &stack)?;
     tracing::info!(stack_id = %stack.id, by = %caller.username, "stack deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Every saved version, newest first.
+#[utoipa::path(get, path = "/stacks/{id}/versions", tag = "stacks", params(("id" = String, Path), PageQuery),
+    responses((status = 200, body = Page<VersionSummary>)))]
 async fn versions(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<PageQuery>,
-) -> Result<Json<Page<Value>>, ApiError> {
+) -> Result<Json<Page<VersionSummary>>, ApiError> {
     let stack = load(&state, &caller, &id)?;
-    let mut all: Vec<Value> = stacks::versions(state.store.as_ref(), stack.id)?
-        .iter()
-        .map(|v| json!({ "version": v.version, "created_by": v.created_by, "created_at": rfc3339_s(v.created_at_unix_s) }))
+    let all = stacks::versions(state.store.as_ref(), stack.id)?
+        .into_iter()
+        .rev()
+        .map(|v| VersionSummary {
+            version: v.version,
+            created_by: v.created_by,
+            created_at: rfc3339_s(v.created_at_unix_s),
+        })
         .collect();
-    all.reverse();
     Ok(Json(query.apply(all)?))
 }
 
+/// One version's Compose file and variables.
+#[utoipa::path(get, path = "/stacks/{id}/versions/{version}", tag = "stacks",
+    params(("id" = String, Path), ("version" = String, Path, description = "The version number")),
+    responses((status = 200, body = VersionView)))]
 async fn show_version(
     State(state): State<AppState>,
     caller: Caller,
     Path((id, version)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<VersionView>, ApiError> {
     let stack = load(&state, &caller, &id)?;
     let number: u32 = version.parse().map_err(|_| ApiError::not_found("stack version"))?;
     let version =
         stacks::version(state.store.as_ref(), stack.id, number)?.ok_or_else(|| ApiError::not_found("stack version"))?;
-    Ok(Json(version_view(&version)))
+    Ok(Json(VersionView {
+        version: version.version,
+        secrets: version.secrets.keys().cloned().collect(),
+        compose: version.compose,
+        variables: version.variables,
+        created_by: version.created_by,
+        created_at: rfc3339_s(version.created_at_unix_s),
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CloneStack {
+pub struct CloneStack {
+    #[schema(min_length = 1, max_length = 64, pattern = r"\S")]
     name: String,
 }
 
+/// A new stack from this one's current version (secrets included).
+#[utoipa::path(post, path = "/stacks/{id}/clone", tag = "stacks", params(("id" = String, Path)), request_body = CloneStack,
+    responses((status = 201, description = "The new stack", body = StackView)))]
 async fn clone(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<CloneStack>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<StackView>), ApiError> {
     let stack = load(&state, &caller, &id)?;
-    let version = stacks::version(state.store.as_ref(), stack.id, stack.current_version)?
-        .ok_or_else(|| ApiError::not_found("stack version"))?;
+    let content = stacks::content_of(&state.master_key, &current_version(&state, &stack)?)?;
     let saved = stacks::create(
         state.store.as_ref(),
+        &state.master_key,
         caller.org_id,
         body.name.trim(),
-        &version.compose,
-        version.variables,
+        content,
         &caller.username,
     )?;
     tracing::info!(from = %stack.id, stack_id = %saved.stack.id, by = %caller.username, "stack cloned");
-    Ok((StatusCode::CREATED, Json(saved_view(&saved))))
+    Ok((StatusCode::CREATED, Json(saved_view(saved))))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ValidateStack {
+pub struct ValidateStack {
     compose: String,
     #[serde(default)]
     variables: BTreeMap<String, String>,
     #[serde(default)]
+    secrets: BTreeMap<String, String>,
+    /// The stack's name (it names the project); `stack` when left out.
+    #[serde(default)]
     name: Option<String>,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Validation {
+    valid: bool,
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+    services: Vec<String>,
+}
+
 /// Checks a Compose file without saving anything: every error and warning with where it is.
-async fn validate(_caller: Caller, ApiJson(body): ApiJson<ValidateStack>) -> Json<Value> {
+#[utoipa::path(post, path = "/stacks/validate", tag = "stacks", request_body = ValidateStack,
+    responses((status = 200, body = Validation)))]
+async fn validate(_caller: Caller, ApiJson(body): ApiJson<ValidateStack>) -> Result<Json<Validation>, ApiError> {
     let name = body.name.unwrap_or_else(|| "stack".into());
-    match crate::compose::parse(&body.compose, &name, &body.variables) {
-        Ok(parsed) => Json(json!({
-            "valid": true,
-            "errors": Vec::<Diagnostic>::new(),
-            "warnings": parsed.warnings,
-            "services": parsed.spec.services.iter().map(|s| &s.name).collect::<Vec<_>>(),
-        })),
-        Err(invalid) => {
-            Json(json!({ "valid": false, "errors": invalid.errors, "warnings": invalid.warnings, "services": [] }))
+    let content = Content { compose: body.compose, variables: body.variables, secrets: body.secrets };
+    Ok(Json(match stacks::validate(&name, &content) {
+        Ok(parsed) => Validation {
+            valid: true,
+            errors: vec![],
+            warnings: parsed.warnings,
+            services: parsed.spec.services.into_iter().map(|s| s.name).collect(),
+        },
+        Err(stacks::StackError::Invalid(invalid)) => {
+            Validation { valid: false, errors: invalid.errors, warnings: invalid.warnings, services: vec![] }
         }
-    }
+        Err(other) => return Err(other.into()),
+    }))
 }

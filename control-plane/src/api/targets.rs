@@ -3,37 +3,42 @@
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 use windflow_protocol::{HostFacts, JobOutcome, JobOutput, JobPayload, SwarmState};
 
-use super::error::{ApiError, ApiJson, ApiQuery};
+use super::error::{ApiError, ApiJson, ApiQuery, Code};
 use super::{AppState, Page, PageQuery, rfc3339_ms, rfc3339_s};
 use crate::agents::{self, Agent};
 use crate::auth::Caller;
 use crate::join_tokens::{self, JoinToken};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/targets", get(list))
-        .route("/targets/join-tokens", post(create_join_token).get(list_join_tokens))
-        .route("/targets/join-tokens/{id}", delete(revoke_join_token))
-        .route("/targets/{id}", get(show).delete(remove))
-        .route("/targets/{id}/test", post(test))
-        .route("/targets/{id}/revoke", post(revoke))
-        .route("/targets/{id}/facts", post(refresh_facts))
-        .route("/targets/facts", post(refresh_all_facts))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(create_join_token, list_join_tokens))
+        .routes(routes!(revoke_join_token))
+        .routes(routes!(show, remove))
+        .routes(routes!(test))
+        .routes(routes!(revoke))
+        .routes(routes!(refresh_facts))
+        .routes(routes!(refresh_all_facts))
 }
 
-#[derive(Debug, Serialize)]
-struct TargetView {
+/// A host running an agent.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TargetView {
     id: Uuid,
     name: String,
+    /// `docker`, `swarm` (a Swarm manager) or `host` (no engine found).
     kind: &'static str,
+    /// `connected`, `disconnected` or `revoked`.
     status: &'static str,
     connected: bool,
     enrolled_at: String,
@@ -41,7 +46,51 @@ struct TargetView {
     last_seen: Option<String>,
     remote_address: Option<String>,
     revoked_at: Option<String>,
-    facts: Option<HostFacts>,
+    facts: Option<FactsView>,
+}
+
+/// What the agent reported about its host.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FactsView {
+    hostname: String,
+    /// The operating system's pretty name.
+    os: String,
+    arch: String,
+    kernel: String,
+    cpus: u32,
+    memory_bytes: u64,
+    docker: Option<DockerView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DockerView {
+    version: String,
+    api_version: String,
+    /// `inactive`, `manager`, `worker`, or the engine's own word (pending, locked…).
+    swarm: String,
+    swarm_node_id: Option<String>,
+}
+
+impl From<HostFacts> for FactsView {
+    fn from(facts: HostFacts) -> Self {
+        Self {
+            hostname: facts.hostname,
+            os: facts.os,
+            arch: facts.arch,
+            kernel: facts.kernel,
+            cpus: facts.cpus,
+            memory_bytes: facts.memory_bytes,
+            docker: facts.docker.map(|docker| {
+                let (swarm, swarm_node_id) = match docker.swarm {
+                    SwarmState::Inactive => ("inactive".to_owned(), None),
+                    SwarmState::Manager { node_id } => ("manager".to_owned(), Some(node_id)),
+                    SwarmState::Worker { node_id } => ("worker".to_owned(), Some(node_id)),
+                    SwarmState::Other(other) => (other, None),
+                };
+                DockerView { version: docker.version, api_version: docker.api_version, swarm, swarm_node_id }
+            }),
+        }
+    }
 }
 
 fn kind_of(facts: Option<&HostFacts>) -> &'static str {
@@ -71,10 +120,13 @@ fn view(state: &AppState, agent: Agent) -> TargetView {
         last_seen: live.as_ref().map(|l| l.last_seen_unix_ms).or(agent.last_seen_unix_ms).map(rfc3339_ms),
         remote_address: live.as_ref().map(|l| l.remote_address.to_string()),
         revoked_at: agent.revoked_at_unix_s.map(rfc3339_s),
-        facts,
+        facts: facts.map(FactsView::from),
     }
 }
 
+/// The organisation's targets.
+#[utoipa::path(get, path = "/targets", tag = "targets", params(PageQuery),
+    responses((status = 200, body = Page<TargetView>)))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -97,6 +149,9 @@ pub fn load(state: &AppState, caller: &Caller, raw: &str) -> Result<Agent, ApiEr
     agents::get_in(state.store.as_ref(), caller.org_id, parse_id(raw)?)?.ok_or_else(|| ApiError::not_found("target"))
 }
 
+/// A target with its live state and host facts.
+#[utoipa::path(get, path = "/targets/{id}", tag = "targets", params(("id" = String, Path)),
+    responses((status = 200, body = TargetView)))]
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -106,42 +161,75 @@ async fn show(
     Ok(Json(view(&state, agent)))
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PingResult {
+    ok: bool,
+    /// The round trip through the agent.
+    latency_ms: f64,
+}
+
+/// Round-trips a ping through the target's agent.
+#[utoipa::path(post, path = "/targets/{id}/test", tag = "targets", params(("id" = String, Path)),
+    responses((status = 200, body = PingResult)))]
 async fn test(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PingResult>, ApiError> {
     let agent = load(&state, &caller, &id)?;
     let round_trip = state.hub.ping(agent.id).await?;
-    Ok(Json(serde_json::json!({
-        "ok": true,
-        "latency_ms": round_trip.as_secs_f64() * 1000.0,
-    })))
+    Ok(Json(PingResult { ok: true, latency_ms: round_trip.as_secs_f64() * 1000.0 }))
 }
 
+/// Has the agent collect its host's facts again, by a signed job.
+#[utoipa::path(post, path = "/targets/{id}/facts", tag = "targets", params(("id" = String, Path)),
+    responses((status = 200, body = FactsView)))]
 async fn refresh_facts(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<HostFacts>, ApiError> {
+) -> Result<Json<FactsView>, ApiError> {
     let agent = load(&state, &caller, &id)?;
     match state.hub.run_job(agent.id, JobPayload::CollectFacts, Duration::from_secs(30)).await? {
         JobOutcome::Succeeded(JobOutput::Facts(facts)) => {
             agents::observe(state.store.as_ref(), agent.id, |a| a.facts = Some(facts.clone()))?;
-            Ok(Json(facts))
+            Ok(Json(facts.into()))
         }
-        JobOutcome::Succeeded(other) => Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "unexpected_job_output",
-            format!("the agent answered {other:?}"),
-        )),
-        JobOutcome::Failed { message } => Err(ApiError::new(StatusCode::BAD_GATEWAY, "job_failed", message)),
+        JobOutcome::Succeeded(other) => {
+            Err(ApiError::new(Code::JobFailed, format!("the agent answered with something else: {other:?}")))
+        }
+        JobOutcome::Failed { message } => Err(ApiError::new(Code::JobFailed, message)),
     }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FanOutFailure {
+    target_id: Uuid,
+    error: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Latency {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FanOutResult {
+    /// Connected targets asked.
+    targets: usize,
+    succeeded: usize,
+    failures: Vec<FanOutFailure>,
+    duration_ms: f64,
+    /// Per target, in milliseconds.
+    latency_ms: Latency,
 }
 
 /// Refreshes the facts of every connected target at once, by signed jobs. Answers with how
 /// many succeeded and how long they took (per target: p50, p99, max).
-async fn refresh_all_facts(State(state): State<AppState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(post, path = "/targets/facts", tag = "targets", responses((status = 200, body = FanOutResult)))]
+async fn refresh_all_facts(State(state): State<AppState>, caller: Caller) -> Result<Json<FanOutResult>, ApiError> {
     let started = std::time::Instant::now();
     let connected: std::collections::HashSet<Uuid> = state.hub.connected_agents().into_iter().collect();
     let ours = agents::ids_in(state.store.as_ref(), caller.org_id)?.into_iter().filter(|id| connected.contains(id));
@@ -155,23 +243,30 @@ async fn refresh_all_facts(State(state): State<AppState>, caller: Caller) -> Res
                 durations.push(took.as_secs_f64() * 1000.0);
                 state.hub.update_facts(agent_id, facts);
             }
-            Ok(other) => failures.push(serde_json::json!({ "target_id": agent_id, "error": format!("{other:?}") })),
-            Err(error) => failures.push(serde_json::json!({ "target_id": agent_id, "error": error.to_string() })),
+            Ok(other) => failures.push(FanOutFailure { target_id: agent_id, error: format!("{other:?}") }),
+            Err(error) => failures.push(FanOutFailure { target_id: agent_id, error: error.to_string() }),
         }
     }
     durations.sort_by(f64::total_cmp);
     let percentile =
         |p: f64| durations.get(((durations.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
     tracing::info!(targets = durations.len() + failures.len(), failed = failures.len(), by = %caller.username, "facts refreshed on every target");
-    Ok(Json(serde_json::json!({
-        "targets": durations.len() + failures.len(),
-        "succeeded": durations.len(),
-        "failures": failures,
-        "duration_ms": elapsed.as_secs_f64() * 1000.0,
-        "latency_ms": { "p50": percentile(0.5), "p99": percentile(0.99), "max": durations.last().copied().unwrap_or(0.0) },
-    })))
+    Ok(Json(FanOutResult {
+        targets: durations.len() + failures.len(),
+        succeeded: durations.len(),
+        duration_ms: elapsed.as_secs_f64() * 1000.0,
+        latency_ms: Latency {
+            p50: percentile(0.5),
+            p99: percentile(0.99),
+            max: durations.last().copied().unwrap_or(0.0),
+        },
+        failures,
+    }))
 }
 
+/// Closes the agent's connection now and refuses it afterwards.
+#[utoipa::path(post, path = "/targets/{id}/revoke", tag = "targets", params(("id" = String, Path)),
+    responses((status = 200, body = TargetView)))]
 async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
@@ -188,6 +283,8 @@ async fn revoke(
 }
 
 /// Revokes and forgets a target.
+#[utoipa::path(delete, path = "/targets/{id}", tag = "targets", params(("id" = String, Path)),
+    responses((status = 204, description = "Revoked and forgotten")))]
 async fn remove(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let agent = load(&state, &caller, &id)?;
     state.hub.revoke(agent.id);
@@ -196,12 +293,16 @@ async fn remove(State(state): State<AppState>, caller: Caller, Path(id): Path<St
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateJoinToken {
+pub struct CreateJoinToken {
+    /// How many hosts may enrol with it: 1 to 100,000.
     #[serde(default = "one")]
+    #[schema(default = 1, minimum = 1, maximum = 100000)]
     uses: u32,
+    /// Lifetime: 1 s to 30 days.
     #[serde(default = "one_hour")]
+    #[schema(default = 3600, minimum = 1, maximum = 2592000)]
     ttl_seconds: u64,
 }
 
@@ -213,8 +314,8 @@ fn one_hour() -> u64 {
     3600
 }
 
-#[derive(Debug, Serialize)]
-struct JoinTokenView {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JoinTokenView {
     id: Uuid,
     created_by: String,
     created_at: String,
@@ -250,11 +351,25 @@ pub fn one_liner(state: &AppState, token: &str) -> String {
     )
 }
 
+/// A new join token: its secret and the one-liner that uses it, in this answer only.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedJoinToken {
+    id: Uuid,
+    token: String,
+    expires_at: String,
+    uses_allowed: u32,
+    /// The command to paste on a new host.
+    command: String,
+}
+
+/// Makes a join token and the one-liner that enrols a host with it.
+#[utoipa::path(post, path = "/targets/join-tokens", tag = "targets", request_body = CreateJoinToken,
+    responses((status = 201, body = CreatedJoinToken)))]
 async fn create_join_token(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<CreateJoinToken>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedJoinToken>), ApiError> {
     if !(1..=100_000).contains(&body.uses) {
         return Err(ApiError::invalid("uses", "uses must be between 1 and 100000"));
     }
@@ -272,16 +387,19 @@ async fn create_join_token(
     let command = one_liner(&state, &token);
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({
-            "id": record.id,
-            "token": token,
-            "expires_at": rfc3339_s(record.expires_at_unix_s),
-            "uses_allowed": record.uses_allowed,
-            "command": command,
-        })),
+        Json(CreatedJoinToken {
+            id: record.id,
+            token,
+            expires_at: rfc3339_s(record.expires_at_unix_s),
+            uses_allowed: record.uses_allowed,
+            command,
+        }),
     ))
 }
 
+/// The organisation's join tokens (never their secrets).
+#[utoipa::path(get, path = "/targets/join-tokens", tag = "targets", params(PageQuery),
+    responses((status = 200, body = Page<JoinTokenView>)))]
 async fn list_join_tokens(
     State(state): State<AppState>,
     caller: Caller,
@@ -291,6 +409,9 @@ async fn list_join_tokens(
     Ok(Json(query.apply(all)?))
 }
 
+/// Revokes a join token: hosts can no longer enrol with it.
+#[utoipa::path(delete, path = "/targets/join-tokens/{id}", tag = "targets", params(("id" = String, Path)),
+    responses((status = 204, description = "Revoked")))]
 async fn revoke_join_token(
     State(state): State<AppState>,
     caller: Caller,

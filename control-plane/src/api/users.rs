@@ -1,55 +1,59 @@
 //! `/users`: accounts of the installation, managed by installation administrators (create,
 //! disable, reset a password); and `/users/me/password`, where anyone changes their own.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::error::{ApiError, ApiJson};
-use super::{AppState, rfc3339_s};
+use super::auth::{OrgRole, blocking};
+use super::error::{ApiError, ApiJson, Code};
+use super::{AppState, Items, rfc3339_s};
 use crate::auth::{AuthError, Caller, User};
 use crate::orgs::{self, Membership, Role};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/users", get(list).post(create))
-        .route("/users/me/password", post(change_own_password))
-        .route("/users/{id}", get(show).patch(update))
-        .route("/users/{id}/password", post(reset_password))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(change_own_password))
+        .routes(routes!(show, update))
+        .routes(routes!(reset_password))
+        .routes(routes!(reset_totp))
 }
 
 fn require_admin(caller: &Caller) -> Result<(), ApiError> {
-    if caller.is_admin {
-        Ok(())
-    } else {
-        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "users are managed by installation administrators"))
-    }
+    if caller.is_admin { Ok(()) } else { Err(ApiError::forbidden("users are managed by installation administrators")) }
 }
 
-fn user_json(state: &AppState, user: &User) -> Result<Value, ApiError> {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    id: Uuid,
+    username: String,
+    is_admin: bool,
+    disabled: bool,
+    totp_enabled: bool,
+    /// `local` (password) or `sso` (made by single sign-on).
+    source: &'static str,
+    created_at: String,
+    orgs: Vec<OrgRole>,
+}
+
+fn user_view(state: &AppState, user: &User) -> Result<UserView, ApiError> {
     let memberships = orgs::memberships_of(state.store.as_ref(), user.id)?;
-    Ok(json!({
-        "id": user.id,
-        "username": user.username,
-        "is_admin": user.is_admin,
-        "disabled": user.disabled,
-        "created_at": rfc3339_s(user.created_at_unix_s),
-        "orgs": memberships.iter().map(|m| json!({ "id": m.org_id, "role": m.role.as_str() })).collect::<Vec<_>>(),
-    }))
-}
-
-/// Runs argon2 (deliberately slow) off the async workers.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, AuthError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "password task failed"))?
-        .map_err(ApiError::from)
+    Ok(UserView {
+        id: user.id,
+        username: user.username.clone(),
+        is_admin: user.is_admin,
+        disabled: user.disabled,
+        totp_enabled: user.has_second_factor(),
+        source: if user.sso.is_some() { "sso" } else { "local" },
+        created_at: rfc3339_s(user.created_at_unix_s),
+        orgs: memberships.iter().map(|m| OrgRole::new(m.org_id, m.role)).collect(),
+    })
 }
 
 fn load(state: &AppState, raw: &str) -> Result<User, ApiError> {
@@ -57,21 +61,34 @@ fn load(state: &AppState, raw: &str) -> Result<User, ApiError> {
     state.auth.user_by_id(id)?.ok_or_else(|| ApiError::not_found("user"))
 }
 
-async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+/// Every user of the installation (installation administrators).
+#[utoipa::path(get, path = "/users", tag = "users", responses((status = 200, body = Items<UserView>)))]
+async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Items<UserView>>, ApiError> {
     require_admin(&caller)?;
-    let items = state.auth.users()?.iter().map(|u| user_json(&state, u)).collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(json!({ "items": items })))
+    let items = state.auth.users()?.iter().map(|u| user_view(&state, u)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(items.into()))
 }
 
-async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+/// A user (installation administrators).
+#[utoipa::path(get, path = "/users/{id}", tag = "users", params(("id" = String, Path)),
+    responses((status = 200, body = UserView)))]
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<UserView>, ApiError> {
     require_admin(&caller)?;
-    Ok(Json(user_json(&state, &load(&state, &id)?)?))
+    Ok(Json(user_view(&state, &load(&state, &id)?)?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateUser {
+pub struct CreateUser {
+    /// 1 to 64 letters, digits, `.`, `-`, `_` or `@`.
+    #[schema(pattern = r"^[A-Za-z0-9._@-]{1,64}$")]
     username: String,
+    /// 12 to 1,024 characters, at least 5 different ones, not containing the user name.
+    #[schema(min_length = 12, max_length = 1024)]
     password: String,
     #[serde(default)]
     is_admin: bool,
@@ -80,17 +97,19 @@ struct CreateUser {
     role: Option<Role>,
 }
 
+/// Creates a user, optionally in an organisation (installation administrators).
+#[utoipa::path(post, path = "/users", tag = "users", request_body = CreateUser,
+    responses((status = 201, body = UserView)))]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<CreateUser>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
     require_admin(&caller)?;
     let org = match body.org_id {
-        Some(id) => Some(
-            orgs::get(state.store.as_ref(), id)?
-                .ok_or_else(|| ApiError { field: Some("org_id".into()), ..ApiError::not_found("organisation") })?,
-        ),
+        Some(id) => {
+            Some(orgs::get(state.store.as_ref(), id)?.ok_or_else(|| ApiError::not_found("organisation").on("org_id"))?)
+        }
         None if body.role.is_some() => return Err(ApiError::invalid("role", "a role needs an org_id")),
         None => None,
     };
@@ -108,30 +127,31 @@ async fn create(
         orgs::set_member(state.store.as_ref(), &member)?;
     }
     tracing::info!(user = %user.username, is_admin = user.is_admin, by = %caller.username, "user created");
-    Ok((StatusCode::CREATED, Json(user_json(&state, &user)?)))
+    Ok((StatusCode::CREATED, Json(user_view(&state, &user)?)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UpdateUser {
+pub struct UpdateUser {
     disabled: Option<bool>,
     is_admin: Option<bool>,
 }
 
 /// Disables or enables a user, or grants or takes away installation administration. Nobody
 /// does either to themselves, so the installation cannot lock its last administrator out.
+#[utoipa::path(patch, path = "/users/{id}", tag = "users", params(("id" = String, Path)), request_body = UpdateUser,
+    responses((status = 200, body = UserView)))]
 async fn update(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateUser>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserView>, ApiError> {
     require_admin(&caller)?;
     let user = load(&state, &id)?;
     if user.id == caller.user_id {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "self_change",
+            Code::SelfChange,
             "you cannot disable yourself or change your own administrator status",
         ));
     }
@@ -143,16 +163,19 @@ async fn update(
         state.auth.revoke_sessions(user.id, None)?;
     }
     tracing::warn!(user = %user.username, disabled = user.disabled, is_admin = user.is_admin, by = %caller.username, "user changed");
-    Ok(Json(user_json(&state, &user)?))
+    Ok(Json(user_view(&state, &user)?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ResetPassword {
+pub struct ResetPassword {
+    #[schema(min_length = 12, max_length = 1024)]
     password: String,
 }
 
-/// Sets a user's password and signs out all their sessions.
+/// Sets a user's password and signs out all their sessions (installation administrators).
+#[utoipa::path(post, path = "/users/{id}/password", tag = "users", params(("id" = String, Path)),
+    request_body = ResetPassword, responses((status = 204, description = "Set")))]
 async fn reset_password(
     State(state): State<AppState>,
     caller: Caller,
@@ -166,15 +189,35 @@ async fn reset_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+/// Turns off a user's two-factor authentication, for one who lost their device; their
+/// sessions are signed out (installation administrators).
+#[utoipa::path(delete, path = "/users/{id}/totp", tag = "users", params(("id" = String, Path)),
+    responses((status = 204, description = "Turned off")))]
+async fn reset_totp(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&caller)?;
+    let user = load(&state, &id)?;
+    state.auth.disable_totp(&user)?;
+    state.auth.revoke_sessions(user.id, None)?;
+    tracing::warn!(user = %user.username, by = %caller.username, "two-factor authentication reset");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ChangePassword {
+pub struct ChangePassword {
     current_password: String,
+    #[schema(min_length = 12, max_length = 1024)]
     new_password: String,
 }
 
 /// Changes the caller's own password after checking the current one; every other session of
 /// theirs is signed out, this one stays.
+#[utoipa::path(post, path = "/users/me/password", tag = "users", request_body = ChangePassword,
+    responses((status = 204, description = "Changed")))]
 async fn change_own_password(
     State(state): State<AppState>,
     caller: Caller,
@@ -189,8 +232,6 @@ async fn change_own_password(
         auth.set_password(&user, &body.new_password, Some(caller.session_id))
     })
     .await
-    .map_err(|e| {
-        if e.code == "bad_credentials" { ApiError { field: Some("current_password".into()), ..e } } else { e }
-    })?;
+    .map_err(|e| if e.code == Code::BadCredentials { e.on("current_password") } else { e })?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -21,7 +21,7 @@ use windflow_protocol::stack::*;
 pub const MAX_COMPOSE_BYTES: usize = 1024 * 1024;
 
 /// A finding: an error or a warning, with where it is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Diagnostic {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
