@@ -319,6 +319,27 @@ impl Auth {
         if created { Ok(user) } else { Err(AuthError::UserExists(username.to_owned())) }
     }
 
+    /// Makes the account of someone who signs in through an identity provider. It has no
+    /// password: its hash matches none.
+    pub fn create_sso_user(&self, username: &str, identity: SsoIdentity) -> Result<User, AuthError> {
+        check_username(username)?;
+        let user = User {
+            id: Uuid::now_v7(),
+            username: username.to_owned(),
+            password_hash: "!sso".into(),
+            is_admin: false,
+            created_at_unix_s: now_unix_s(),
+            disabled: false,
+            totp: None,
+            sso: Some(identity),
+        };
+        let created = self.store.atomic(
+            &[Check { table: Table::Users, key: user.key(), expected: None }],
+            &[Write { table: Table::Users, key: user.key(), value: Some(user.encode()) }],
+        )?;
+        if created { Ok(user) } else { Err(AuthError::UserExists(username.to_owned())) }
+    }
+
     /// Every user, by name.
     pub fn users(&self) -> Result<Vec<User>, AuthError> {
         Ok(self.store.load_all()?)

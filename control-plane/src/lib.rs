@@ -24,6 +24,7 @@ pub mod pki;
 pub mod sealing;
 pub mod secrets;
 pub mod server;
+pub mod sso;
 pub mod stacks;
 pub mod store;
 pub mod totp;

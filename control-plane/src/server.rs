@@ -128,13 +128,14 @@ pub async fn serve(
     let reconciler =
         crate::deployments::Reconciler::new(store.clone(), hub.clone(), events, audit.clone(), master_key.clone());
     let state = AppState {
-        store,
+        store: store.clone(),
         pki: pki.clone(),
         hub: hub.clone(),
         auth,
         reconciler: reconciler.clone(),
         logs: crate::logs::LogHub::new(hub.clone()),
         audit,
+        sso: Arc::new(crate::sso::Sso::new(store, master_key.clone(), &settings.public_url)),
         master_key,
         login_guard: Arc::default(),
         credential_limiter: crate::api::hardening::CredentialLimiter::new(

@@ -46,10 +46,12 @@ pub enum Table {
     Memberships,
     /// An index of targets by organisation. Key: organisation id, then agent id; empty value.
     OrgTargets,
+    /// An organisation's identity provider. Key: organisation id.
+    SsoConfigs,
 }
 
 impl Table {
-    const ALL: [Table; 13] = [
+    const ALL: [Table; 14] = [
         Table::Users,
         Table::Sessions,
         Table::JoinTokens,
@@ -63,6 +65,7 @@ impl Table {
         Table::Orgs,
         Table::Memberships,
         Table::OrgTargets,
+        Table::SsoConfigs,
     ];
 
     fn name(self) -> &'static str {
@@ -80,6 +83,7 @@ impl Table {
             Table::Orgs => "orgs",
             Table::Memberships => "memberships",
             Table::OrgTargets => "org_targets",
+            Table::SsoConfigs => "sso_configs",
         }
     }
 

@@ -56,9 +56,7 @@ pub fn access(method: &Method, path: &str) -> Access {
     let session_only = Access { scope: None, role: None };
     let scope = if read { Scope::Read } else { Scope::Admin };
     match (method, segments.as_slice()) {
-        (_, ["tokens", ..]) | (_, ["auth", "logout" | "totp" | "sso"]) | (_, ["auth", "totp" | "sso", ..]) => {
-            session_only
-        }
+        (_, ["tokens", ..]) | (_, ["auth", "logout" | "totp"]) | (_, ["auth", "totp", ..]) => session_only,
         (_, ["users", "me", ..]) => session_only,
         (_, ["auth", ..] | ["orgs", ..] | ["users", ..] | ["events", ..] | ["audit", ..]) => {
             Access { scope: Some(scope), role: None }

@@ -13,6 +13,7 @@ pub mod hardening;
 pub mod health;
 pub mod openapi;
 pub mod orgs;
+pub mod sso;
 pub mod stacks;
 pub mod targets;
 pub mod totp;
@@ -65,6 +66,7 @@ pub struct AppState {
     pub logs: Arc<crate::logs::LogHub>,
     pub audit: Arc<crate::audit::AuditLog>,
     pub master_key: Arc<crate::sealing::MasterKey>,
+    pub sso: Arc<crate::sso::Sso>,
     pub login_guard: Arc<crate::login_guard::LoginGuard>,
     /// Requests per credential; `None` when that limit is off.
     pub credential_limiter: Option<Arc<hardening::CredentialLimiter>>,
@@ -76,6 +78,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(auth::routes())
         .merge(totp::routes())
+        .merge(sso::routes())
         .merge(targets::routes())
         .merge(stacks::routes())
         .merge(deployments::routes())

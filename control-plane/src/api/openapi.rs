@@ -134,7 +134,7 @@ mod tests {
     }
 
     #[test]
-    fn only_sign_in_refresh_and_enrollment_are_public() {
+    fn only_sign_in_single_sign_on_refresh_and_enrollment_are_public() {
         let mut document = super::super::openapi();
         let mut public: Vec<String> = document
             .paths
@@ -149,9 +149,16 @@ mod tests {
             })
             .collect();
         public.sort();
-        assert_eq!(
-            public,
-            ["/api/v1/agents/enroll", "/api/v1/auth/login", "/api/v1/auth/login/totp", "/api/v1/auth/refresh"]
-        );
+        let expected = [
+            "/api/v1/agents/enroll",
+            "/api/v1/auth/login",
+            "/api/v1/auth/login/totp",
+            "/api/v1/auth/refresh",
+            "/api/v1/auth/sso/callback",
+            "/api/v1/auth/sso/exchange",
+            "/api/v1/auth/sso/providers",
+            "/api/v1/auth/sso/{org}/start",
+        ];
+        assert_eq!(public, expected);
     }
 }
