@@ -211,8 +211,9 @@ impl Hub {
         let connection = match incoming.await {
             Ok(connection) => connection,
             Err(error) => {
-                Metrics::inc(&self.metrics.agent_handshakes_refused);
-                tracing::warn!(%remote, %error, "agent handshake refused");
+                let reason = refusal_reason(&error);
+                self.metrics.observe_handshake_refusal(reason);
+                tracing::warn!(%remote, %error, reason, "agent handshake refused");
                 self.audit.record(Fact {
                     actor: "anonymous".into(),
                     kind: "agent.handshake_refused",
@@ -688,5 +689,28 @@ impl ClientCertVerifier for AgentCertVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+/// Why a handshake failed, for the metrics: the TLS alert it ended with, by name.
+pub fn refusal_reason(error: &quinn::ConnectionError) -> &'static str {
+    let quinn::ConnectionError::TransportError(error) = error else {
+        return match error {
+            quinn::ConnectionError::TimedOut => "timed_out",
+            quinn::ConnectionError::VersionMismatch => "quic_version",
+            _ => "closed",
+        };
+    };
+    // QUIC carries a TLS alert as the crypto error 0x100 + alert (RFC 9001, 4.8).
+    match u64::from(error.code).checked_sub(0x100) {
+        Some(40) => "handshake_failure",
+        Some(42) => "bad_certificate",
+        Some(44) => "certificate_revoked",
+        Some(45) => "certificate_expired",
+        Some(46) => "certificate_unknown",
+        Some(48) => "unknown_ca",
+        Some(116) => "certificate_required",
+        Some(120) => "no_application_protocol",
+        Some(alert) if alert < 0x100 => "other_tls_alert",
+        _ => "transport_error",
     }
 }

@@ -35,6 +35,8 @@ pub struct Metrics {
     http_latency: Mutex<BTreeMap<String, Histogram>>,
     /// Jobs by outcome (succeeded, failed, refused, link_error, timeout, not_connected).
     jobs: Mutex<BTreeMap<&'static str, u64>>,
+    /// Refused handshakes by reason (the TLS alert: unknown_ca, certificate_expired, …).
+    handshake_refusals: Mutex<BTreeMap<&'static str, u64>>,
     /// Server-Sent Event streams open now (events, logs, audit).
     pub sse_open: AtomicI64,
 }
@@ -98,6 +100,12 @@ impl Metrics {
 
     pub fn observe_job(&self, outcome: &'static str) {
         *self.jobs.lock().unwrap_or_else(|e| e.into_inner()).entry(outcome).or_default() += 1;
+    }
+
+    /// Counts a refused handshake, in the total and under its reason.
+    pub fn observe_handshake_refusal(&self, reason: &'static str) {
+        Self::inc(&self.agent_handshakes_refused);
+        *self.handshake_refusals.lock().unwrap_or_else(|e| e.into_inner()).entry(reason).or_default() += 1;
     }
 
     /// Everything, in the Prometheus text format, with the given gauges after the counters.
@@ -172,6 +180,13 @@ impl Metrics {
         );
         for (outcome, count) in self.jobs.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = writeln!(out, "windflow_jobs_total{{outcome=\"{outcome}\"}} {count}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP windflow_agent_handshake_refusals_total Agent handshakes refused, by reason.\n# TYPE windflow_agent_handshake_refusals_total counter"
+        );
+        for (reason, count) in self.handshake_refusals.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(out, "windflow_agent_handshake_refusals_total{{reason=\"{reason}\"}} {count}");
         }
         let _ = writeln!(
             out,

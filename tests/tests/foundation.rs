@@ -276,6 +276,11 @@ async fn clients_without_a_certificate_from_our_ca_are_refused_and_counted() {
     })
     .await;
     assert!(counted, "three refusals counted");
+    let metrics = cp.http().get(cp.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    for reason in ["certificate_required", "unknown_ca", "certificate_expired"] {
+        let line = format!("windflow_agent_handshake_refusals_total{{reason=\"{reason}\"}}");
+        assert!(metrics.contains(&line), "{reason} counted:\n{metrics}");
+    }
     assert!(cp.process.logs().contains("agent handshake refused"));
     // The control plane is unharmed.
     assert_eq!(cp.api(Method::GET, "/targets", None).await.0, StatusCode::OK);

@@ -226,6 +226,7 @@ fn find_org(store: &dyn crate::store::Store, wanted: &str) -> Result<Option<orgs
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"username": "admin", "password": "correct-horse-battery"}))]
 pub struct LoginRequest {
     username: String,
     password: String,
@@ -438,6 +439,9 @@ impl From<&api_tokens::ApiToken> for TokenView {
     }
 }
 
+/// The longest lifetime an API token may be given (ten years).
+const MAX_TOKEN_TTL_S: u64 = 10 * 365 * 86400;
+
 /// The caller's own API tokens.
 #[utoipa::path(get, path = "/tokens", tag = "auth", responses((status = 200, body = Items<TokenView>)))]
 async fn list_tokens(State(state): State<AppState>, caller: Caller) -> Result<Json<Items<TokenView>>, ApiError> {
@@ -447,12 +451,13 @@ async fn list_tokens(State(state): State<AppState>, caller: Caller) -> Result<Js
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "ci-deploys", "scope": "deploy", "ttl_seconds": 2592000}))]
 pub struct CreateToken {
     /// 1 to 64 characters.
     name: String,
     scope: Scope,
-    /// Lifetime; without it the token does not expire.
-    #[schema(minimum = 1)]
+    /// Lifetime, up to ten years; without it the token does not expire.
+    #[schema(minimum = 1, maximum = 315360000)]
     ttl_seconds: Option<u64>,
 }
 
@@ -469,10 +474,10 @@ async fn create_token(
     if name.is_empty() || name.chars().count() > 64 {
         return Err(ApiError::invalid("name", "name must be 1 to 64 characters"));
     }
-    if body.ttl_seconds == Some(0) {
+    if body.ttl_seconds.is_some_and(|ttl| !(1..=MAX_TOKEN_TTL_S).contains(&ttl)) {
         return Err(ApiError::invalid(
             "ttl_seconds",
-            "ttl_seconds must be positive (leave it out for a token that does not expire)",
+            "ttl_seconds must be between 1 and 315360000 (ten years); leave it out for a token that does not expire",
         ));
     }
     if caller.role.is_none() {

@@ -117,6 +117,7 @@ impl ToSchema for Code {}
 
 /// An error answer.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "invalid_compose", "message": "the Compose file is not valid: services.web.ports[0]: invalid port", "field": "compose", "details": {"errors": [{"path": "services.web.ports[0]", "message": "invalid port"}], "warnings": []}}}))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }

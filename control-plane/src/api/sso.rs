@@ -114,6 +114,13 @@ async fn show_sso(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "issuer": "https://keycloak.example.com/realms/main",
+    "client_id": "windflow",
+    "client_secret": "from-the-provider",
+    "role_mapping": [{"group": "platform-team", "role": "admin"}, {"group": "developers", "role": "operator"}],
+    "default_role": "viewer"
+}))]
 pub struct SsoConfigInput {
     /// The provider's issuer URL: https, or http on 127.0.0.1 only.
     #[schema(example = "https://keycloak.example.com/realms/main")]
@@ -148,8 +155,8 @@ async fn save_sso(
 ) -> Result<Json<SsoConfigView>, ApiError> {
     let (org, role) = load(&state, &caller, &id, Role::Admin)?;
     crate::sso::check_issuer(&body.issuer)?;
-    if body.client_id.trim().is_empty() {
-        return Err(ApiError::invalid("client_id", "client_id is required"));
+    if body.client_id.trim().is_empty() || body.client_id.len() > 255 {
+        return Err(ApiError::invalid("client_id", "client_id must be 1 to 255 characters"));
     }
     let grants_owner =
         body.role_mapping.iter().any(|m| m.role == Role::Owner) || body.default_role == Some(Role::Owner);
@@ -204,15 +211,19 @@ async fn remove_sso(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+/// What the provider answered to discovery.
+#[derive(Debug, Default, Serialize, ToSchema)]
 pub struct SsoTest {
     ok: bool,
-    issuer: String,
-    authorization_endpoint: String,
+    /// Why it failed, when it did.
+    error: Option<String>,
+    issuer: Option<String>,
+    authorization_endpoint: Option<String>,
     token_endpoint: Option<String>,
 }
 
-/// Checks that the provider answers: discovery and signing keys.
+/// Checks that the provider answers discovery and publishes its signing keys; a provider that
+/// does not is a result (`ok: false` and why), not an error of this request.
 #[utoipa::path(post, path = "/orgs/{id}/sso/test", tag = "orgs", params(("id" = String, Path)),
     responses((status = 200, body = SsoTest)))]
 async fn test_sso(
@@ -222,12 +233,15 @@ async fn test_sso(
 ) -> Result<Json<SsoTest>, ApiError> {
     let (org, _) = load(&state, &caller, &id, Role::Admin)?;
     let config = state.sso.config(org.id)?.ok_or_else(|| ApiError::from(SsoError::NotConfigured))?;
-    let metadata = state.sso.discover(&config).await?;
-    Ok(Json(SsoTest {
-        ok: true,
-        issuer: metadata.issuer().to_string(),
-        authorization_endpoint: metadata.authorization_endpoint().to_string(),
-        token_endpoint: metadata.token_endpoint().map(|t| t.to_string()),
+    Ok(Json(match state.sso.discover(&config).await {
+        Ok(metadata) => SsoTest {
+            ok: true,
+            issuer: Some(metadata.issuer().to_string()),
+            authorization_endpoint: Some(metadata.authorization_endpoint().to_string()),
+            token_endpoint: metadata.token_endpoint().map(|t| t.to_string()),
+            ..SsoTest::default()
+        },
+        Err(error) => SsoTest { ok: false, error: Some(error.to_string()), ..SsoTest::default() },
     }))
 }
 
@@ -275,10 +289,11 @@ fn see_other(location: &str) -> Response {
 }
 
 /// Starts signing in through the organisation's identity provider (id or name): answers 303
-/// to the provider.
+/// to the provider, or back to `return_to#sso_error=<why>` when that is not possible (a
+/// browser is on the other end).
 #[utoipa::path(get, path = "/auth/sso/{org}/start", tag = "auth", security(()),
     params(("org" = String, Path, description = "The organisation's id or name"), StartQuery),
-    responses((status = 303, description = "To the identity provider")))]
+    responses((status = 303, description = "To the identity provider, or back with `#sso_error`")))]
 async fn sso_start(
     State(state): State<AppState>,
     Path(org): Path<String>,
@@ -289,8 +304,15 @@ async fn sso_start(
         Err(_) => orgs::list(state.store.as_ref())?.into_iter().find(|o| o.name.eq_ignore_ascii_case(&org)),
     }
     .ok_or_else(|| ApiError::not_found("organisation"))?;
-    let url = state.sso.begin(&org, &local_path(query.return_to.as_deref())).await?;
-    Ok(see_other(&url))
+    let return_to = local_path(query.return_to.as_deref());
+    Ok(match state.sso.begin(&org, &return_to).await {
+        Ok(url) => see_other(&url),
+        Err(SsoError::Store(e)) => return Err(e.into()),
+        Err(error) => {
+            tracing::warn!(org_id = %org.id, error = %error, "single sign-on could not start");
+            see_other(&format!("{return_to}#sso_error={}", fragment_value(&error.to_string())))
+        }
+    })
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -127,6 +127,12 @@ async fn list(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "blog",
+    "compose": "services:\n  db:\n    image: mysql:8.4\n    environment:\n      MYSQL_ROOT_PASSWORD: ${DB_PASSWORD}\n  web:\n    image: wordpress:6.6\n    ports: [\"8080:80\"]\n    depends_on: [db]\n",
+    "variables": {"TAG": "6.6"},
+    "secrets": {"DB_PASSWORD": "s3cret-value"}
+}))]
 pub struct CreateStack {
     /// 1 to 64 characters, unique in the organisation.
     #[schema(min_length = 1, max_length = 64, pattern = r"\S")]

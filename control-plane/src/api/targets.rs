@@ -295,6 +295,7 @@ async fn remove(State(state): State<AppState>, caller: Caller, Path(id): Path<St
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"uses": 10, "ttl_seconds": 86400}))]
 pub struct CreateJoinToken {
     /// How many hosts may enrol with it: 1 to 100,000.
     #[serde(default = "one")]

@@ -83,6 +83,7 @@ async fn show(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"username": "alice", "password": "a long enough passphrase", "org_id": "0199b5f0-0000-7000-8000-000000000000", "role": "operator"}))]
 pub struct CreateUser {
     /// 1 to 64 letters, digits, `.`, `-`, `_` or `@`.
     #[schema(pattern = r"^[A-Za-z0-9._@-]{1,64}$")]
