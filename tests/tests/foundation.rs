@@ -608,3 +608,38 @@ async fn an_address_over_its_rate_limit_gets_429_with_retry_after_and_the_error_
         cp.call_with(None, Method::POST, "/api/v1/auth/login", Some(json!({"username": big, "password": "x"}))).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_malformed_and_wrongly_signed_access_tokens_answer_401() {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    let dir = scratch();
+    let cp = ControlPlane::start(dir.path()).await;
+    let valid = cp.admin_login().await;
+    let (_, me) = cp.call_with(Some(&valid), Method::GET, "/api/v1/auth/me", None).await;
+    let claims = |exp_offset: i64| {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        // The claims of a real session, only the lifetime differs.
+        let payload = valid.split('.').nth(1).expect("payload");
+        let mut claims: serde_json::Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload).expect("base64"),
+        )
+        .expect("json");
+        claims["exp"] = json!(now + exp_offset);
+        claims
+    };
+    let secret = std::fs::read(dir.path().join("data/jwt.key")).expect("the JWT key");
+    let expired = encode(&Header::default(), &claims(-3600), &EncodingKey::from_secret(&secret)).expect("signed");
+    let foreign = encode(&Header::default(), &claims(600), &EncodingKey::from_secret(b"another key")).expect("signed");
+    let unsigned = format!("{}.", valid.rsplit_once('.').expect("three parts").0);
+    for (what, token) in
+        [("expired", expired), ("wrongly signed", foreign), ("unsigned", unsigned), ("malformed", "a.b.c".into())]
+    {
+        let (status, body) = cp.call_with(Some(&token), Method::GET, "/api/v1/auth/me", None).await;
+        assert_eq!(
+            (status, body["error"]["code"].clone()),
+            (StatusCode::UNAUTHORIZED, json!("unauthenticated")),
+            "{what}"
+        );
+    }
+    assert_eq!(me["username"], "admin", "the real token works");
+}
