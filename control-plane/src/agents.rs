@@ -26,13 +26,21 @@ pub struct Agent {
     /// Updated when a session starts and when it ends, not on every heartbeat.
     pub last_seen_unix_ms: Option<u64>,
     pub facts: Option<HostFacts>,
+    pub labels: crate::labels::Labels,
 }
 
 impl Record for Agent {
     const TABLE: Table = Table::Agents;
-    const VERSION: u64 = 1;
+    const VERSION: u64 = 2;
     fn key(&self) -> Vec<u8> {
         self.id.as_bytes().to_vec()
+    }
+    fn migrate(version: u64, mut record: serde_json::Value) -> Option<serde_json::Value> {
+        // v2: labels.
+        (version == 1).then(|| {
+            record["labels"] = serde_json::json!({});
+            record
+        })
     }
 }
 
@@ -73,7 +81,8 @@ pub fn enroll(
     let agent = |token: &join_tokens::JoinToken| Agent {
         id,
         org_id: token.org_id,
-        name: name.into(),
+        name: token.assign.name.clone().unwrap_or_else(|| name.into()),
+        labels: token.assign.labels.clone(),
         enrolled_at_unix_s: now_unix_s(),
         join_token_id: token.id,
         revoked_at_unix_s: None,

@@ -76,6 +76,8 @@ pub struct User {
     /// Set for accounts made by single sign-on: they sign in through their provider only (their
     /// password hash matches no password).
     pub sso: Option<SsoIdentity>,
+    /// The dashboard's language for this user (`en`, `fr`); the browser's when unset.
+    pub locale: Option<String>,
 }
 
 /// Who an account is at its identity provider.
@@ -93,15 +95,18 @@ impl User {
 
 impl Record for User {
     const TABLE: Table = Table::Users;
-    const VERSION: u64 = 2;
+    const VERSION: u64 = 3;
     fn key(&self) -> Vec<u8> {
         self.username.as_bytes().to_vec()
     }
     fn migrate(version: u64, mut record: serde_json::Value) -> Option<serde_json::Value> {
-        // v2: the second factor and single sign-on.
-        (version == 1).then(|| {
+        // v2: the second factor and single sign-on; v3: the language.
+        if version == 1 {
             record["totp"] = serde_json::Value::Null;
             record["sso"] = serde_json::Value::Null;
+        }
+        (version <= 2).then(|| {
+            record["locale"] = serde_json::Value::Null;
             record
         })
     }
@@ -311,6 +316,7 @@ impl Auth {
             disabled: false,
             totp: None,
             sso: None,
+            locale: None,
         };
         let created = self.store.atomic(
             &[Check { table: Table::Users, key: user.key(), expected: None }],
@@ -332,6 +338,7 @@ impl Auth {
             disabled: false,
             totp: None,
             sso: Some(identity),
+            locale: None,
         };
         let created = self.store.atomic(
             &[Check { table: Table::Users, key: user.key(), expected: None }],

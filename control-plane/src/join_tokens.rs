@@ -40,13 +40,30 @@ pub struct JoinToken {
     pub uses_allowed: u32,
     pub uses: u32,
     pub revoked: bool,
+    /// What the targets it enrolls start with.
+    pub assign: Assign,
+}
+
+/// What a join token gives the targets it enrolls.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Assign {
+    /// The target's name, in place of the host's own (for bulk onboarding).
+    pub name: Option<String>,
+    pub labels: crate::labels::Labels,
 }
 
 impl Record for JoinToken {
     const TABLE: Table = Table::JoinTokens;
-    const VERSION: u64 = 1;
+    const VERSION: u64 = 2;
     fn key(&self) -> Vec<u8> {
         self.id.as_bytes().to_vec()
+    }
+    fn migrate(version: u64, mut record: serde_json::Value) -> Option<serde_json::Value> {
+        // v2: names and labels for the targets.
+        (version == 1).then(|| {
+            record["assign"] = serde_json::json!({ "name": null, "labels": {} });
+            record
+        })
     }
 }
 
@@ -63,6 +80,7 @@ pub fn create(
     created_by: &str,
     ttl: Duration,
     uses: u32,
+    assign: Assign,
 ) -> Result<(JoinToken, String), StoreError> {
     let minted = secrets::mint(PREFIX, Uuid::now_v7());
     let now = now_unix_s();
@@ -76,6 +94,7 @@ pub fn create(
         uses_allowed: uses.max(1),
         uses: 0,
         revoked: false,
+        assign,
     };
     store.save(&token)?;
     Ok((token, minted.token))
@@ -163,7 +182,8 @@ mod tests {
     #[test]
     fn a_two_use_token_enrolls_twice_then_is_used_up() {
         let (_dir, store) = store();
-        let (_, token) = create(&store, Uuid::nil(), "admin", Duration::from_secs(60), 2).expect("create");
+        let (_, token) =
+            create(&store, Uuid::nil(), "admin", Duration::from_secs(60), 2, Assign::default()).expect("create");
         for _ in 0..2 {
             assert!(check(&store, &token).expect("usable").spend(&store, &[]).expect("spent"));
         }
@@ -173,7 +193,8 @@ mod tests {
     #[test]
     fn concurrent_enrollments_each_get_a_use_until_none_is_left() {
         let (_dir, store) = store();
-        let (_, token) = create(&store, Uuid::nil(), "admin", Duration::from_secs(60), 40).expect("create");
+        let (_, token) =
+            create(&store, Uuid::nil(), "admin", Duration::from_secs(60), 40, Assign::default()).expect("create");
         let store = std::sync::Arc::new(store);
         let threads: Vec<_> = (0..50)
             .map(|_| {
@@ -188,7 +209,8 @@ mod tests {
     #[test]
     fn a_stale_redemption_cannot_spend_a_use_twice() {
         let (_dir, store) = store();
-        let (_, token) = create(&store, Uuid::nil(), "admin", Duration::from_secs(60), 1).expect("create");
+        let (_, token) =
+            create(&store, Uuid::nil(), "admin", Duration::from_secs(60), 1, Assign::default()).expect("create");
         let a = check(&store, &token).expect("usable");
         let b = check(&store, &token).expect("usable");
         assert!(a.spend(&store, &[]).expect("first wins"));
@@ -199,8 +221,9 @@ mod tests {
     #[test]
     fn revoked_expired_wrong_and_malformed_tokens_are_refused() {
         let (_dir, store) = store();
-        let (record, token) = create(&store, Uuid::nil(), "admin", Duration::from_secs(60), 5).expect("create");
-        let (_, expired) = create(&store, Uuid::nil(), "admin", Duration::ZERO, 5).expect("create");
+        let (record, token) =
+            create(&store, Uuid::nil(), "admin", Duration::from_secs(60), 5, Assign::default()).expect("create");
+        let (_, expired) = create(&store, Uuid::nil(), "admin", Duration::ZERO, 5, Assign::default()).expect("create");
         assert!(matches!(check(&store, &expired), Err(JoinTokenError::Expired)));
         let forged = format!("{}x", &token[..token.len() - 1]);
         assert!(matches!(check(&store, &forged), Err(JoinTokenError::Unknown)));
@@ -213,7 +236,8 @@ mod tests {
     #[test]
     fn the_token_string_is_not_stored() {
         let (_dir, store) = store();
-        let (_, token) = create(&store, Uuid::nil(), "admin", Duration::from_secs(60), 1).expect("create");
+        let (_, token) =
+            create(&store, Uuid::nil(), "admin", Duration::from_secs(60), 1, Assign::default()).expect("create");
         let secret = token.rsplit('_').next().expect("secret");
         for (_, value) in store.scan(Table::JoinTokens).expect("scan") {
             assert!(!String::from_utf8_lossy(&value).contains(secret));

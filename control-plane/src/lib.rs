@@ -16,6 +16,7 @@ pub mod deployments;
 pub mod fsutil;
 pub mod hub;
 pub mod join_tokens;
+pub mod labels;
 pub mod login_guard;
 pub mod logs;
 pub mod metrics;

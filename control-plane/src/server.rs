@@ -193,7 +193,9 @@ fn upgrade_records(store: &dyn Store) -> anyhow::Result<()> {
     let rewritten = upgrade::<crate::auth::User>(store)?
         + upgrade::<crate::auth::Session>(store)?
         + upgrade::<crate::orgs::Org>(store)?
-        + upgrade::<crate::stacks::StackVersion>(store)?;
+        + upgrade::<crate::stacks::StackVersion>(store)?
+        + upgrade::<crate::join_tokens::JoinToken>(store)?
+        + upgrade::<crate::agents::Agent>(store)?;
     if rewritten > 0 {
         tracing::info!(records = rewritten, "upgraded stored records to this version");
     }

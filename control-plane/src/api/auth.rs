@@ -27,7 +27,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(login_second_factor))
         .routes(routes!(refresh))
         .routes(routes!(logout))
-        .routes(routes!(me))
+        .routes(routes!(me, update_me))
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(revoke_token))
 }
@@ -382,6 +382,8 @@ pub struct Me {
     second_factor: bool,
     /// How the account signs in: `local` (password) or `sso`.
     source: &'static str,
+    /// The dashboard's language (`en`, `fr`); unset: the browser's.
+    locale: Option<String>,
     /// The organisation this request acted in, if any.
     org: Option<OrgRole>,
     orgs: Vec<OrgRole>,
@@ -396,6 +398,7 @@ async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me>, A
         totp_enabled: user.has_second_factor(),
         second_factor: caller.second_factor,
         source: if user.sso.is_some() { "sso" } else { "local" },
+        locale: user.locale.clone(),
         org: caller.role.map(|role| OrgRole { id: caller.org_id, role }),
         orgs: orgs::memberships_of(state.store.as_ref(), user.id)?
             .iter()
@@ -405,6 +408,32 @@ async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me>, A
         is_admin: user.is_admin,
         created_at: super::rfc3339_s(user.created_at_unix_s),
     }))
+}
+
+/// The languages of the dashboard.
+pub const LOCALES: [&str; 2] = ["en", "fr"];
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMe {
+    /// `en` or `fr`; `null` follows the browser.
+    #[schema(nullable, pattern = "^(en|fr)$")]
+    locale: Option<String>,
+}
+
+/// Changes the caller's own preferences.
+#[utoipa::path(patch, path = "/auth/me", tag = "auth", request_body = UpdateMe, responses((status = 200, body = Me)))]
+async fn update_me(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<UpdateMe>,
+) -> Result<Json<Me>, ApiError> {
+    if body.locale.as_deref().is_some_and(|l| !LOCALES.contains(&l)) {
+        return Err(ApiError::invalid("locale", format!("locale must be one of {}", LOCALES.join(", "))));
+    }
+    let user = state.auth.user(&caller.username)?.ok_or_else(|| ApiError::not_found("user"))?;
+    state.auth.update_user(&user, |u| u.locale = body.locale)?;
+    me(State(state), caller).await
 }
 
 /// An API token, never with its secret (which only the creation answer holds).

@@ -28,6 +28,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(deploy))
         .routes(routes!(list))
+        .routes(routes!(activity))
+        .routes(routes!(changes))
         .routes(routes!(show, remove))
         .routes(routes!(rollback))
         .routes(routes!(events))
@@ -300,6 +302,126 @@ async fn list(
         .map(|d| view(&state, &d))
         .collect();
     Ok(Json(PageQuery { page: query.page, per_page: query.per_page }.apply(all)?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ActivityQuery {
+    /// Days back from today (UTC), 1 to 90; 14 by default.
+    #[param(minimum = 1, maximum = 90)]
+    days: Option<u32>,
+}
+
+/// What the organisation's deployments did on one day (UTC).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActivityDay {
+    #[schema(example = "2026-11-25")]
+    day: String,
+    applied: u64,
+    failed: u64,
+    drift_repaired: u64,
+    removed: u64,
+}
+
+/// Deployment outcomes per day, oldest first, for the overview's chart.
+#[utoipa::path(get, path = "/deployments/activity", tag = "deployments", params(ActivityQuery),
+    responses((status = 200, body = Items<ActivityDay>)))]
+async fn activity(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ActivityQuery>,
+) -> Result<Json<Items<ActivityDay>>, ApiError> {
+    let days = query.days.unwrap_or(14);
+    if !(1..=90).contains(&days) {
+        return Err(ApiError::invalid("days", "days must be between 1 and 90"));
+    }
+    const DAY_MS: u64 = 86_400_000;
+    let today = crate::hub::unix_ms() / DAY_MS;
+    let first = today + 1 - u64::from(days);
+    let mut buckets: Vec<ActivityDay> = (first..=today)
+        .map(|day| ActivityDay {
+            day: rfc3339_ms(day * DAY_MS).get(..10).unwrap_or_default().to_owned(),
+            applied: 0,
+            failed: 0,
+            drift_repaired: 0,
+            removed: 0,
+        })
+        .collect();
+    for entry in state.audit.entries()? {
+        let day = entry.at_unix_ms / DAY_MS;
+        if entry.org_id != Some(caller.org_id) || day < first {
+            continue;
+        }
+        let Some(bucket) = buckets.get_mut((day - first) as usize) else { continue };
+        match entry.kind.as_str() {
+            "deployment.applied" => bucket.applied += 1,
+            "deployment.failed" => bucket.failed += 1,
+            "deployment.drift_repaired" => bucket.drift_repaired += 1,
+            "deployment.removed" => bucket.removed += 1,
+            _ => {}
+        }
+    }
+    Ok(Json(buckets.into()))
+}
+
+/// What changed in the organisation, live, for every member: `change` events (an audit entry
+/// about a target or a deployment: `agent.connected`, `deployment.failed`, …) and `progress`
+/// events (a step of any of its deployments, with `deployment_id`).
+#[utoipa::path(get, path = "/changes", tag = "deployments",
+    responses((status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String)))]
+async fn changes(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    let org = caller.org_id;
+    let audit = stream::unfold(state.audit.subscribe(), move |mut live| async move {
+        loop {
+            match live.recv().await {
+                Ok(entry)
+                    if entry.org_id == Some(org)
+                        && (entry.kind.starts_with("agent.") || entry.kind.starts_with("deployment.")) =>
+                {
+                    let data = json!({
+                        "kind": entry.kind,
+                        "object": entry.object,
+                        "detail": entry.detail,
+                        "at": rfc3339_ms(entry.at_unix_ms),
+                    });
+                    return Some((
+                        Ok::<_, Infallible>(SseEvent::default().event("change").data(data.to_string())),
+                        live,
+                    ));
+                }
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(skipped)) => {
+                    let marker = SseEvent::default().event("lagged").data(json!({ "skipped": skipped }).to_string());
+                    return Some((Ok(marker), live));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let store = state.store.clone();
+    let progress = stream::unfold(state.reconciler.events.subscribe(), move |mut live| {
+        let store = store.clone();
+        async move {
+            loop {
+                match live.recv().await {
+                    Ok(event) => {
+                        let ours =
+                            deployments::get_in(store.as_ref(), org, event.deployment_id).ok().flatten().is_some();
+                        if ours {
+                            let mut data = serde_json::to_value(event_view(&event)).unwrap_or_default();
+                            data["deployment_id"] = json!(event.deployment_id);
+                            return Some((Ok(SseEvent::default().event("progress").data(data.to_string())), live));
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    Ok(Sse::new(crate::metrics::tracked(stream::select(audit, progress), state.hub.metrics.clone()))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }
 
 fn stack_name(state: &AppState, deployment: &Deployment) -> Option<String> {

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -18,13 +18,15 @@ use super::{AppState, Page, PageQuery, rfc3339_ms, rfc3339_s};
 use crate::agents::{self, Agent};
 use crate::auth::Caller;
 use crate::join_tokens::{self, JoinToken};
+use crate::labels::Labels;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list))
         .routes(routes!(create_join_token, list_join_tokens))
         .routes(routes!(revoke_join_token))
-        .routes(routes!(show, remove))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(history))
         .routes(routes!(test))
         .routes(routes!(revoke))
         .routes(routes!(refresh_facts))
@@ -46,6 +48,8 @@ pub struct TargetView {
     last_seen: Option<String>,
     remote_address: Option<String>,
     revoked_at: Option<String>,
+    /// Key–value labels (`env=prod`), for filtering and grouping.
+    labels: Labels,
     facts: Option<FactsView>,
 }
 
@@ -120,23 +124,145 @@ fn view(state: &AppState, agent: Agent) -> TargetView {
         last_seen: live.as_ref().map(|l| l.last_seen_unix_ms).or(agent.last_seen_unix_ms).map(rfc3339_ms),
         remote_address: live.as_ref().map(|l| l.remote_address.to_string()),
         revoked_at: agent.revoked_at_unix_s.map(rfc3339_s),
+        labels: agent.labels,
         facts: facts.map(FactsView::from),
     }
 }
 
-/// The organisation's targets.
-#[utoipa::path(get, path = "/targets", tag = "targets", params(PageQuery),
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ListQuery {
+    /// Targets whose name or host name contains this (any case).
+    q: Option<String>,
+    /// `connected`, `disconnected` or `revoked`.
+    status: Option<String>,
+    /// `docker`, `swarm` or `host`.
+    kind: Option<String>,
+    /// Label selectors, comma separated: `env=prod,group` (a bare key: has that label).
+    label: Option<String>,
+    #[param(minimum = 1, maximum = 1000000)]
+    page: Option<usize>,
+    #[param(minimum = 1, maximum = 500)]
+    per_page: Option<usize>,
+}
+
+/// The organisation's targets, with optional filters.
+#[utoipa::path(get, path = "/targets", tag = "targets", params(ListQuery),
     responses((status = 200, body = Page<TargetView>)))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(query): ApiQuery<PageQuery>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<TargetView>>, ApiError> {
-    // Paged in the store: a large fleet costs a request only the page it returns.
-    let (_, per_page, offset) = query.bounds()?;
-    let (total, page) = agents::page(state.store.as_ref(), caller.org_id, offset, per_page)?;
-    let items = page.into_iter().map(|a| view(&state, a)).collect();
-    Ok(Json(query.paged(total, items)?))
+    let paging = PageQuery { page: query.page, per_page: query.per_page };
+    let given = |filter: &Option<String>| filter.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
+    let (q, status, kind, label) = (given(&query.q), given(&query.status), given(&query.kind), given(&query.label));
+    if q.is_none() && status.is_none() && kind.is_none() && label.is_none() {
+        // Paged in the store: a large fleet costs a request only the page it returns.
+        let (_, per_page, offset) = paging.bounds()?;
+        let (total, page) = agents::page(state.store.as_ref(), caller.org_id, offset, per_page)?;
+        let items = page.into_iter().map(|a| view(&state, a)).collect();
+        return Ok(Json(paging.paged(total, items)?));
+    }
+    if let Some(wanted) = &status
+        && !["connected", "disconnected", "revoked"].contains(&wanted.as_str())
+    {
+        return Err(ApiError::invalid("status", "status must be connected, disconnected or revoked"));
+    }
+    let selectors: Vec<String> = label.iter().flat_map(|l| l.split(',')).map(str::to_owned).collect();
+    let needle = q.map(|q| q.to_lowercase());
+    let mut matching = Vec::new();
+    for id in agents::ids_in(state.store.as_ref(), caller.org_id)? {
+        let Some(agent) = agents::get(state.store.as_ref(), id)? else { continue };
+        if !selectors.iter().all(|s| crate::labels::matches(&agent.labels, s)) {
+            continue;
+        }
+        let target = view(&state, agent);
+        let named = |n: &Option<String>| {
+            n.as_ref().is_none_or(|n| {
+                target.name.to_lowercase().contains(n)
+                    || target.facts.as_ref().is_some_and(|f| f.hostname.to_lowercase().contains(n))
+            })
+        };
+        if named(&needle)
+            && status.as_deref().is_none_or(|s| target.status == s)
+            && kind.as_deref().is_none_or(|k| target.kind == k)
+        {
+            matching.push(target);
+        }
+    }
+    Ok(Json(paging.apply(matching)?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTarget {
+    /// 1 to 253 characters.
+    #[schema(min_length = 1, max_length = 253, pattern = r"\S")]
+    name: Option<String>,
+    /// Replaces every label.
+    labels: Option<Labels>,
+}
+
+/// Renames a target or sets its labels.
+#[utoipa::path(patch, path = "/targets/{id}", tag = "targets", params(("id" = String, Path)), request_body = UpdateTarget,
+    responses((status = 200, body = TargetView)))]
+async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateTarget>,
+) -> Result<Json<TargetView>, ApiError> {
+    let agent = load(&state, &caller, &id)?;
+    let name = body.name.as_deref().map(str::trim);
+    if name.is_some_and(|n| n.is_empty() || n.len() > 253) {
+        return Err(ApiError::invalid("name", "name must be 1 to 253 characters"));
+    }
+    if let Some(labels) = &body.labels {
+        crate::labels::check(labels).map_err(|e| ApiError::invalid("labels", e.to_string()))?;
+    }
+    let agent = agents::update(state.store.as_ref(), agent.id, |a| {
+        if let Some(name) = name {
+            a.name = name.to_owned();
+        }
+        if let Some(labels) = body.labels {
+            a.labels = labels;
+        }
+    })?
+    .ok_or_else(|| ApiError::not_found("target"))?;
+    Ok(Json(view(&state, agent)))
+}
+
+/// A moment of a target's connection history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryEntry {
+    at: String,
+    /// `agent.connected`, `agent.disconnected`, `agent.refused`, `agent.revoked`.
+    kind: String,
+    detail: Option<String>,
+    remote: Option<String>,
+}
+
+/// The target's connection history, newest first.
+#[utoipa::path(get, path = "/targets/{id}/history", tag = "targets", params(("id" = String, Path), PageQuery),
+    responses((status = 200, body = Page<HistoryEntry>)))]
+async fn history(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<Page<HistoryEntry>>, ApiError> {
+    let agent = load(&state, &caller, &id)?;
+    let object = agent.id.to_string();
+    let mut entries: Vec<HistoryEntry> = state
+        .audit
+        .entries()?
+        .into_iter()
+        .filter(|e| e.kind.starts_with("agent.") && e.object == object)
+        .map(|e| HistoryEntry { at: rfc3339_ms(e.at_unix_ms), kind: e.kind, detail: e.detail, remote: e.remote })
+        .collect();
+    entries.reverse();
+    Ok(Json(query.apply(entries)?))
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -305,6 +431,12 @@ pub struct CreateJoinToken {
     #[serde(default = "one_hour")]
     #[schema(default = 3600, minimum = 1, maximum = 2592000)]
     ttl_seconds: u64,
+    /// The name of the target it enrolls (a token for one host), in place of the host's name.
+    #[schema(min_length = 1, max_length = 253, pattern = r"\S")]
+    name: Option<String>,
+    /// Labels the targets it enrolls start with.
+    #[serde(default)]
+    labels: Labels,
 }
 
 fn one() -> u32 {
@@ -325,6 +457,9 @@ pub struct JoinTokenView {
     uses: u32,
     revoked: bool,
     usable: bool,
+    /// The name the target it enrolls gets.
+    name: Option<String>,
+    labels: Labels,
 }
 
 impl From<JoinToken> for JoinTokenView {
@@ -338,6 +473,8 @@ impl From<JoinToken> for JoinTokenView {
             uses_allowed: t.uses_allowed,
             uses: t.uses,
             revoked: t.revoked,
+            name: t.assign.name,
+            labels: t.assign.labels,
         }
     }
 }
@@ -377,12 +514,18 @@ async fn create_join_token(
     if !(1..=30 * 86400).contains(&body.ttl_seconds) {
         return Err(ApiError::invalid("ttl_seconds", "ttl_seconds must be between 1 and 2592000 (30 days)"));
     }
+    let name = body.name.as_deref().map(str::trim).map(str::to_owned);
+    if name.as_ref().is_some_and(|n| n.is_empty() || n.len() > 253) {
+        return Err(ApiError::invalid("name", "name must be 1 to 253 characters"));
+    }
+    crate::labels::check(&body.labels).map_err(|e| ApiError::invalid("labels", e.to_string()))?;
     let (record, token) = join_tokens::create(
         state.store.as_ref(),
         caller.org_id,
         &caller.username,
         Duration::from_secs(body.ttl_seconds),
         body.uses,
+        join_tokens::Assign { name, labels: body.labels },
     )?;
     tracing::info!(token_id = %record.id, uses = body.uses, by = %caller.username, "join token created");
     let command = one_liner(&state, &token);
