@@ -6,6 +6,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Build output lives outside the clone so that a fresh clone (as in CI) reuses earlier builds.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/windflow/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# memory-serve (which embeds the dashboard) would list every asset as a cargo warning.
+export MEMORY_SERVE_QUIET=1
 # Python tools for the tests (schemathesis) live in a virtualenv outside the clone too.
 export WINDFLOW_VENV="${WINDFLOW_VENV:-/var/cache/windflow/venv}"
 

@@ -108,15 +108,24 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::docs(document))
         .merge(health::routes())
         .merge(enroll::file_routes())
-        .route("/", axum::routing::get(dashboard))
-        .fallback(|| async { ApiError::not_found("route") })
+        // Unknown API paths answer in the API's error shape; every other path is the dashboard's
+        // (its own routes are the browser's, so deep links load the app).
+        .route("/api/{*rest}", axum::routing::any(|| async { ApiError::not_found("route") }))
+        .fallback_service(dashboard())
         .layer(middleware::from_fn_with_state(state.clone(), audit::record_requests))
         .layer(middleware::from_fn_with_state(state.clone(), measure_requests));
     hardening::protect(router, &state).with_state(state)
 }
 
-async fn dashboard() -> axum::response::Html<&'static str> {
-    axum::response::Html(include_str!("../../../dashboard/index.html"))
+/// The dashboard, embedded at build time (see `build.rs`): compressed, with ETags, its hashed
+/// assets cached for good and `index.html` for every path it does not have.
+fn dashboard() -> Router {
+    memory_serve::load!()
+        .index_file(Some("/index.html"))
+        .fallback(Some("/index.html"))
+        .fallback_status(axum::http::StatusCode::OK)
+        .html_cache_control(memory_serve::CacheControl::NoCache)
+        .into_router()
 }
 
 /// Counts and times every request by its route template (never by its concrete path, which

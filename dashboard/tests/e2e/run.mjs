@@ -1,0 +1,237 @@
+// The dashboard in a real browser (Debian's chromium, driven by playwright-core) against a real
+// control plane, agent and Docker engine, as a person would use it: sign in, add a server,
+// write a stack (and see an error at its line), deploy it, watch it run and its logs, roll it
+// back, delete it. Every page is screenshotted and scanned by axe-core; a serious or critical
+// accessibility violation fails the run.
+//
+// Environment (set by tests/tests/dashboard.rs): WINDFLOW_URL, WINDFLOW_PASSWORD, WINDFLOW_IMAGE
+// (a local busybox image), WINDFLOW_TARGET (the connected agent's name), WINDFLOW_RESULTS.
+
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { join } from 'node:path'
+import { chromium } from 'playwright-core'
+
+const require = createRequire(import.meta.url)
+const url = process.env.WINDFLOW_URL
+const password = process.env.WINDFLOW_PASSWORD
+const image = process.env.WINDFLOW_IMAGE
+const targetName = process.env.WINDFLOW_TARGET
+const results = process.env.WINDFLOW_RESULTS ?? 'test-results'
+const stackName = `e2e-${Date.now().toString(36)}`
+mkdirSync(results, { recursive: true })
+
+const stackYaml = (line) => `services:
+  worker:
+    image: ${image}
+    command: ["sh", "-c", "while true; do echo '${line}'; sleep 1; done"]
+    stop_grace_period: 1s
+`
+
+const step = (text) => console.log(`· ${text}`)
+// Evaluated through the debugging protocol: the page's own CSP stays on for the app.
+const axeSource = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8')
+const violations = []
+
+async function scan(page, name) {
+  // Let transitions end: a fading-in element is measured at its final colours.
+  await page.waitForTimeout(400)
+  await page.screenshot({ path: join(results, `${name}.png`), fullPage: true })
+  await page.evaluate(axeSource)
+  const found = await page.evaluate(async () => {
+    const report = await axe.run(document, { resultTypes: ['violations'] })
+    return report.violations
+      .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+      .map((v) => ({
+        id: v.id,
+        impact: v.impact,
+        help: v.help,
+        nodes: v.nodes.slice(0, 3).map((n) => `${n.target.join(' ')} ${JSON.stringify(n.any[0]?.data ?? '')}`),
+      }))
+  })
+  for (const v of found) violations.push({ page: name, ...v })
+  step(`${name}: screenshot, ${found.length} serious accessibility violation(s)`)
+  for (const v of found) console.log(`  ${v.impact} ${v.id}: ${v.help} — ${v.nodes.join(' | ')}`)
+}
+
+async function setEditor(page, text) {
+  const editor = page.locator('[data-testid=yaml-editor] .cm-content')
+  await editor.click()
+  await page.keyboard.press('Control+A')
+  await page.keyboard.press('Delete')
+  await page.keyboard.insertText(text)
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+})
+const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1366, height: 900 }, locale: 'en-GB' })
+const page = await context.newPage()
+page.setDefaultTimeout(20_000)
+const consoleErrors = []
+page.on('pageerror', (error) => consoleErrors.push(String(error)))
+if (process.env.DEBUG_E2E) page.on('response', (r) => r.url().includes('/api/') && console.log('resp', r.status(), r.url()))
+const failedRequests = []
+page.on('requestfailed', (r) => failedRequests.push(`${r.url()}: ${r.failure()?.errorText}`))
+page.on('response', (r) => r.status() >= 400 && !r.url().includes('/api/') && failedRequests.push(`${r.url()}: ${r.status()}`))
+page.on('console', (message) => {
+  if (message.type() === 'error' && /Content Security Policy|Refused to/.test(message.text())) consoleErrors.push(message.text())
+})
+
+try {
+  step('sign in')
+  await page.goto(`${url}/deployments`)
+  await page.waitForURL((u) => u.pathname === '/login')
+  await scan(page, 'login')
+  await page.fill('#wf-username', 'admin')
+  await page.fill('#wf-password', 'not the password')
+  await page.click('button[type=submit]')
+  await page.getByRole('alert').getByText('Wrong user name or password').waitFor()
+  await page.fill('#wf-password', password)
+  await page.click('button[type=submit]')
+  await page.waitForURL((u) => u.pathname === '/deployments')
+
+  step('overview')
+  await page.goto(`${url}/`)
+  await page.getByText('Targets connected').waitFor()
+  await scan(page, 'overview')
+
+  step('add a server and see its one-liner')
+  await page.goto(`${url}/targets`)
+  await page.getByRole('link', { name: targetName }).waitFor()
+  await scan(page, 'targets')
+  await page.getByRole('button', { name: 'Add a server' }).click()
+  await page.fill('#wf-token-labels', 'env=e2e')
+  await page.getByRole('button', { name: 'Make the command' }).click()
+  const command = await page.getByRole('textbox', { name: 'Install command' }).inputValue()
+  if (!command.includes('--pinnedpubkey') || !command.includes('WINDFLOW_JOIN_TOKEN=')) throw new Error(`not a one-liner: ${command}`)
+  await page.getByText(/Valid until/).waitFor()
+  await scan(page, 'add-server')
+  await page.getByRole('button', { name: 'Close', exact: true }).click()
+
+  step('add many servers from a CSV file, and group the targets by a label')
+  await page.getByRole('button', { name: 'Add many' }).click()
+  await page.locator('input[type=file]').setInputFiles({
+    name: 'servers.csv',
+    mimeType: 'text/csv',
+    buffer: Buffer.from('name,labels\nweb-01,env=prod; group=web\ndb-01,env=prod\n'),
+  })
+  await page.getByRole('cell', { name: 'web-01' }).waitFor()
+  await page.getByRole('button', { name: 'Make 2 commands' }).click()
+  await page.locator('code', { hasText: 'WINDFLOW_JOIN_TOKEN=' }).nth(1).waitFor()
+  const download = page.waitForEvent('download')
+  await page.getByRole('button', { name: 'Download the commands (CSV)' }).click()
+  const csv = readFileSync(await (await download).path(), 'utf8')
+  if (!csv.startsWith('name,labels,expires_at,command') || csv.split('\n').filter(Boolean).length !== 3) throw new Error(`download: ${csv}`)
+  await scan(page, 'bulk-onboarding')
+  await page.getByRole('dialog', { name: 'Add many servers' }).getByRole('button', { name: 'Close', exact: true }).click()
+
+  step('a target in detail')
+  await page.getByRole('link', { name: targetName }).click()
+  await page.getByText('Connection history').waitFor()
+  await page.getByRole('button', { name: 'Test the connection' }).click()
+  await page.getByText(/Round trip: [\d.]+ ms/).waitFor()
+  await page.fill('#wf-target-labels', 'env=e2e; group=web')
+  await page.getByRole('button', { name: 'Save' }).click()
+  await page.getByText('Saved').first().waitFor()
+  await scan(page, 'target')
+  await page.goto(`${url}/targets`)
+  await page.locator('.el-select', { hasText: 'Group by label' }).click()
+  await page.getByRole('option', { name: 'env', exact: true }).click()
+  await page.getByRole('heading', { name: 'env=e2e (1)' }).waitFor()
+  await scan(page, 'targets-grouped')
+
+  step('create a stack from YAML, with an error at its line first')
+  await page.goto(`${url}/stacks/new`)
+  await page.fill('input[aria-label=Name]', stackName)
+  await setEditor(page, `${stackYaml('first version')}    ports: ["8080:80"\n`)
+  await page.locator('.wf-findings .error').getByText(/Line 7, column 1/).waitFor()
+  await page.getByText('1 error(s)').waitFor()
+  await scan(page, 'stack-error')
+  await setEditor(page, stackYaml('first version'))
+  await page.getByText('Valid', { exact: true }).waitFor()
+  await page.getByRole('button', { name: 'Create the stack' }).click()
+  await page.getByText('Saved as version 1.').waitFor()
+  await page.waitForURL(/\/stacks\/[0-9a-f-]{36}$/)
+
+  step('save version 2 and compare it with version 1')
+  await setEditor(page, stackYaml('hello from the worker v2'))
+  await page.getByText('Valid', { exact: true }).waitFor()
+  await page.getByRole('button', { name: 'Save a new version' }).click()
+  await page.getByText('Saved as version 2.').waitFor()
+  await page.getByRole('tab', { name: 'Versions' }).click()
+  await page.locator('td.gone', { hasText: 'first version' }).waitFor()
+  await page.locator('td.new', { hasText: 'hello from the worker v2' }).waitFor()
+  await scan(page, 'stack-versions')
+
+  step('deploy it, watch it run and read its logs')
+  await page.getByRole('button', { name: 'Deploy', exact: true }).click()
+  const dialog = page.getByRole('dialog', { name: `Deploy ${stackName}` })
+  await dialog.locator('.el-select').click()
+  await page.getByRole('option', { name: new RegExp(targetName) }).click()
+  await dialog.getByText(new RegExp(targetName)).waitFor()
+  await page.screenshot({ path: join(results, 'deploy-dialog.png') })
+  await dialog.getByRole('button', { name: 'Deploy', exact: true }).click()
+  await page.waitForURL(/\/deployments\/[0-9a-f-]{36}$/)
+  await page.locator('[data-testid=deployment-state]', { hasText: 'Running' }).waitFor({ timeout: 90_000 })
+  await page.locator('[data-testid=log-lines]', { hasText: 'hello from the worker v2' }).waitFor({ timeout: 30_000 })
+  await scan(page, 'deployment')
+
+  step('roll back to version 1')
+  await page.getByRole('button', { name: 'Roll back' }).click()
+  await page.getByRole('dialog').getByRole('button', { name: 'Roll back' }).click()
+  await page.getByText('Wanted: version 1').waitFor()
+  await page.getByText('running: version 1').waitFor({ timeout: 90_000 })
+  await page.locator('[data-testid=log-lines]', { hasText: 'first version' }).waitFor({ timeout: 30_000 })
+
+  step('the deployments list')
+  await page.goto(`${url}/deployments`)
+  await page.getByRole('link', { name: stackName }).waitFor()
+  await scan(page, 'deployments')
+
+  step('delete the deployment')
+  await page.getByRole('link', { name: stackName }).click()
+  await page.getByRole('button', { name: 'Delete' }).click()
+  await page.getByRole('dialog').getByRole('button', { name: 'Delete' }).click()
+  await page.locator('[data-testid=deployment-state]', { hasText: 'Removed' }).waitFor({ timeout: 60_000 })
+
+  step('the other pages')
+  await page.goto(`${url}/stacks`)
+  await page.getByRole('link', { name: stackName }).waitFor()
+  await scan(page, 'stacks')
+  await page.goto(`${url}/audit`)
+  await page.getByText('Verify the chain').waitFor()
+  await page.getByRole('button', { name: 'Verify the chain' }).click()
+  await page.getByText(/Intact: \d+ entries/).waitFor()
+  await scan(page, 'audit')
+  await page.goto(`${url}/settings`)
+  await page.getByRole('button', { name: 'Set up an authenticator app' }).waitFor()
+  await scan(page, 'settings')
+  await page.getByRole('tab', { name: 'Organisation' }).click()
+  await page.getByText('Single sign-on (OpenID Connect)').waitFor()
+  await scan(page, 'settings-organisation')
+
+  step('in French, on a phone')
+  await page.setViewportSize({ width: 390, height: 844 })
+  await page.goto(`${url}/`)
+  await page.locator('.wf-lang').click()
+  await page.getByRole('option', { name: 'Français' }).click()
+  await page.getByText('Cibles connectées').waitFor()
+  await scan(page, 'overview-fr-phone')
+
+  if (consoleErrors.length) throw new Error(`errors in the page: ${consoleErrors.join('; ')}`)
+  if (violations.length) {
+    writeFileSync(join(results, 'axe.json'), JSON.stringify(violations, null, 2))
+    throw new Error(`accessibility: ${violations.length} serious violation(s):\n${JSON.stringify(violations, null, 2)}`)
+  }
+  console.log('the dashboard passed')
+} catch (error) {
+  const messages = await page.locator('.el-message').allInnerTexts().catch(() => [])
+  console.error(`messages on the page: ${JSON.stringify(messages)}; failed requests: ${JSON.stringify(failedRequests)}`)
+  await page.screenshot({ path: join(results, 'failure.png'), fullPage: true }).catch(() => {})
+  console.error(error)
+  process.exitCode = 1
+} finally {
+  await browser.close()
+}

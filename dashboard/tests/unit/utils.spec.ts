@@ -1,0 +1,99 @@
+import { describe, expect, it } from 'vitest'
+import { parseCsv, serverRows, toCsv } from '@/utils/csv'
+import { lineOfPath, parsePath } from '@/utils/yamlPath'
+import { LogBuffer } from '@/utils/logBuffer'
+import { ago, bytes, labelList, parseLabels, stateType } from '@/utils/format'
+import { parseEvents } from '@/api/sse'
+
+describe('CSV for bulk onboarding', () => {
+  it('reads quoted fields, blank lines and both line endings', () => {
+    expect(parseCsv('a,"b, c","say ""hi"""\r\n\nd,e\n')).toEqual([
+      ['a', 'b, c', 'say "hi"'],
+      ['d', 'e'],
+    ])
+  })
+  it('skips a header row and numbers the servers by their line', () => {
+    expect(serverRows('name,labels\nweb-1,env=prod; group=web\ndb-1\n')).toEqual([
+      { line: 2, name: 'web-1', labels: 'env=prod; group=web' },
+      { line: 3, name: 'db-1', labels: '' },
+    ])
+  })
+  it('quotes what needs it on the way out', () => {
+    expect(toCsv([['a', 'b,c', 'd"e']])).toBe('a,"b,c","d""e"\n')
+  })
+})
+
+describe('finding a Compose path in YAML', () => {
+  const yaml = ['services:', '  web:', '    image: nginx', '    ports:', '      - "80:80"', '      - "443:443"', '  db:', '    image: postgres', 'volumes:', '  data: {}'].join('\n')
+  it('splits paths into keys and indices', () => {
+    expect(parsePath('services.web.ports[1]')).toEqual(['services', 'web', 'ports', 1])
+  })
+  it('points at the key, the list item, or the deepest part found', () => {
+    expect(lineOfPath(yaml, 'services.web.image')).toBe(3)
+    expect(lineOfPath(yaml, 'services.web.ports[1]')).toBe(6)
+    expect(lineOfPath(yaml, 'services.db.image')).toBe(8)
+    expect(lineOfPath(yaml, 'volumes.data')).toBe(10)
+    expect(lineOfPath(yaml, 'services.db.healthcheck')).toBe(7)
+    expect(lineOfPath(yaml, 'nothing.here')).toBe(1)
+  })
+})
+
+describe('the log buffer behind the virtual list', () => {
+  const line = (n: number, service = 'web') => ({ service, container: 'c', stream: 'stdout', line: `line ${n}` })
+  it('keeps a bound, searching and windowing over 100,000 lines', () => {
+    const buffer = new LogBuffer(100_000)
+    buffer.push(Array.from({ length: 120_000 }, (_, i) => line(i, i % 2 ? 'web' : 'worker')))
+    expect(buffer.size).toBe(100_000)
+    expect(buffer.dropped).toBe(20_000)
+    expect(buffer.at(0)?.line).toBe('line 20000')
+    const [first, last] = buffer.window(20 * 500, 480, 20)
+    expect([first, last]).toEqual([480, 544])
+    buffer.search('LINE 11999')
+    expect(buffer.visible).toBe(10)
+    expect(buffer.at(0)?.line).toBe('line 119990')
+    buffer.push([line(1), { ...line(2), line: 'line 119999x' }])
+    expect(buffer.visible).toBe(11)
+    buffer.search('')
+    expect(buffer.visible).toBe(100_000)
+  })
+  it('writes the download with or without times', () => {
+    const buffer = new LogBuffer()
+    buffer.push([{ ...line(1), at: '2026-01-01T00:00:00Z' }])
+    expect(buffer.text(true)).toBe('2026-01-01T00:00:00Z web | line 1\n')
+    expect(buffer.text(false)).toBe('web | line 1\n')
+  })
+})
+
+describe('formatting', () => {
+  it('shows sizes, times, states and labels', () => {
+    expect(bytes(1536)).toBe('1.5 KiB')
+    expect(bytes(8 * 1024 ** 3)).toBe('8.0 GiB')
+    expect(ago('2026-01-01T00:00:00Z', 'en', Date.parse('2026-01-01T00:03:00Z'))).toBe('3 minutes ago')
+    expect(stateType('failed')).toBe('danger')
+    expect(labelList({ env: 'prod', edge: '' })).toEqual(['env=prod', 'edge'])
+    expect(parseLabels('env=prod; group = web, x=a=b')).toEqual({ env: 'prod', group: 'web', x: 'a=b' })
+  })
+})
+
+describe('server-sent events', () => {
+  it('parses whole events and keeps the unfinished rest', () => {
+    const { events, rest } = parseEvents('event: log\ndata: {"a":1}\nid: 7\n\n: keep-alive\n\ndata: x\ndata: y\n\nevent: lo')
+    expect(events).toEqual([
+      { event: 'log', data: '{"a":1}', id: '7' },
+      { event: 'message', data: 'x\ny' },
+    ])
+    expect(rest).toBe('event: lo')
+  })
+})
+
+describe('resuming a log stream', () => {
+  const at = (s: number) => `2026-11-25T10:00:${String(s).padStart(2, '0')}.000Z`
+  const line = (s: number, text = `l${s}`) => ({ service: 'web', container: 'c1', stream: 'stdout', line: text, at: at(s) })
+  it('drops the tail it already has and keeps what is new', async () => {
+    const { resync } = await import('@/utils/logBuffer')
+    expect(resync(line(3), [line(1), line(2), line(3), line(4)])).toEqual({ fresh: [line(4)], caughtUp: true })
+    expect(resync(line(3), [line(1), line(2)])).toEqual({ fresh: [], caughtUp: false })
+    expect(resync(line(3), [line(5), line(6)])).toEqual({ fresh: [line(5), line(6)], caughtUp: true })
+    expect(resync(undefined, [line(1)])).toEqual({ fresh: [line(1)], caughtUp: true })
+  })
+})

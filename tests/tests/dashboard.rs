@@ -1,0 +1,47 @@
+//! The dashboard in a real browser: `dashboard/tests/e2e/run.mjs` (playwright-core driving
+//! Debian's chromium, axe-core on every page) against this real control plane, a real agent and
+//! the real Docker engine. Screenshots land in `dashboard/test-results/`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+use windflow_tests::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn people_sign_in_add_a_server_write_deploy_watch_roll_back_and_delete_a_stack() {
+    let dashboard = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboard");
+    assert!(dashboard.join("node_modules/playwright-core").exists(), "scripts/bootstrap runs npm ci in dashboard/");
+    let image = busybox_image();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cp = ControlPlane::start(dir.path()).await;
+    // Named by its join token, as the bulk onboarding names servers.
+    let (_, token) = cp
+        .api(Method::POST, "/targets/join-tokens", Some(json!({"uses": 1, "ttl_seconds": 600, "name": "e2e-host"})))
+        .await;
+    let mut agent =
+        Agent::enroll(&cp, &dir.path().join("agent"), token["token"].as_str().expect("token")).expect("enrolls");
+    agent.start();
+    let id = agent.id();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !cp.is_connected(&id).await {
+        assert!(std::time::Instant::now() < deadline, "the agent connects: {}", agent.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let output = Command::new("node")
+        .arg("tests/e2e/run.mjs")
+        .current_dir(&dashboard)
+        .env("WINDFLOW_URL", cp.url(""))
+        .env("WINDFLOW_PASSWORD", ADMIN_PASSWORD)
+        .env("WINDFLOW_IMAGE", &image)
+        .env("WINDFLOW_TARGET", "e2e-host")
+        .env("WINDFLOW_RESULTS", dashboard.join("test-results"))
+        .output()
+        .expect("node runs");
+    let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    eprintln!("{report}");
+    assert!(output.status.success(), "the browser run failed:\n{report}\ncontrol plane:\n{}", cp.process.logs());
+}
