@@ -31,3 +31,43 @@ ensure_dockerd() {
   tail -20 /var/log/windflow-dockerd.log >&2 || true
   fail "the Docker engine did not start"
 }
+
+# A second Docker engine, a single-node Swarm manager, for the Swarm tests. It runs in its own
+# network namespace (10.231.0.2, reached from here over a veth pair) so that its Swarm ports,
+# iptables rules and bridge never touch the main engine. `nsenter --net` rather than
+# `ip netns exec`, which would also hide the host's cgroups from it. Nodes here have no
+# registry, so tasks use the local image instead of trying a pull first.
+export WINDFLOW_SWARM_DOCKER_HOST=unix:///run/windflow-swarm/docker.sock
+export WINDFLOW_SWARM_ADDRESS=10.231.0.2
+ensure_swarm_dockerd() {
+  local swarm_docker=(docker -H "$WINDFLOW_SWARM_DOCKER_HOST")
+  if "${swarm_docker[@]}" info --format '{{.Swarm.ControlAvailable}}' 2>/dev/null | grep -q true; then return 0; fi
+  if [ ! -e /var/run/netns/wfswarm ]; then
+    say "creating the Swarm test network namespace"
+    ip netns add wfswarm
+    ip link add wf-swarm-h type veth peer name wf-swarm-n
+    ip link set wf-swarm-n netns wfswarm
+    ip addr add 10.231.0.1/24 dev wf-swarm-h
+    ip link set wf-swarm-h up
+    ip netns exec wfswarm ip addr add "$WINDFLOW_SWARM_ADDRESS/24" dev wf-swarm-n
+    ip netns exec wfswarm ip link set wf-swarm-n up
+    ip netns exec wfswarm ip link set lo up
+    ip netns exec wfswarm ip route add default via 10.231.0.1
+  fi
+  if ! "${swarm_docker[@]}" version >/dev/null 2>&1; then
+    say "starting the Swarm test engine"
+    mkdir -p /run/windflow-swarm /var/lib/windflow-swarm
+    DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 nohup nsenter --net=/var/run/netns/wfswarm dockerd \
+      --data-root /var/lib/windflow-swarm/docker --exec-root /run/windflow-swarm/exec \
+      --pidfile /run/windflow-swarm/docker.pid --host "$WINDFLOW_SWARM_DOCKER_HOST" \
+      >/var/log/windflow-swarm-dockerd.log 2>&1 &
+    for _ in $(seq 1 60); do
+      "${swarm_docker[@]}" version >/dev/null 2>&1 && break
+      sleep 0.5
+    done
+    "${swarm_docker[@]}" version >/dev/null 2>&1 || { tail -20 /var/log/windflow-swarm-dockerd.log >&2; fail "the Swarm test engine did not start"; }
+  fi
+  if ! "${swarm_docker[@]}" info --format '{{.Swarm.LocalNodeState}}' | grep -q active; then
+    "${swarm_docker[@]}" swarm init --advertise-addr "$WINDFLOW_SWARM_ADDRESS" >/dev/null
+  fi
+}

@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex};
 use ed25519_dalek::VerifyingKey;
 use tokio::sync::mpsc;
 use uuid::Uuid;
-use windflow_protocol::messages::{JobOutcome, JobOutput, LogChunk};
-use windflow_protocol::{JobEnvelope, JobPayload, JobRejection, SignedJob};
+use windflow_protocol::messages::{JobOutcome, JobOutput, LogChunk, StackStatus};
+use windflow_protocol::{JobEnvelope, JobPayload, JobRejection, Platform, SignedJob, Workload};
 
 use crate::driver::ProgressSender;
 use crate::driver::docker::{DockerDriver, DockerError};
+use crate::driver::swarm::SwarmDriver;
 use crate::journal::Journal;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,8 +57,8 @@ impl JobGate {
 #[derive(Debug, Default)]
 pub struct Executor {
     projects: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Deployments applied here (id → project), whose state the agent reports.
-    pub deployments: Mutex<HashMap<Uuid, String>>,
+    /// Deployments applied here (id → project and platform), whose state the agent reports.
+    pub deployments: Mutex<HashMap<Uuid, (String, Platform)>>,
 }
 
 impl Executor {
@@ -66,75 +67,120 @@ impl Executor {
     }
 
     /// Starts (with a project) or stops (without) reporting a deployment's state.
-    pub fn track(&self, deployment_id: Uuid, project: Option<&str>) {
+    pub fn track(&self, deployment_id: Uuid, workload: Option<(&str, Platform)>) {
         let mut deployments = self.deployments.lock().unwrap_or_else(|e| e.into_inner());
-        match project {
-            Some(project) => deployments.insert(deployment_id, project.to_owned()),
+        match workload {
+            Some((project, platform)) => deployments.insert(deployment_id, (project.to_owned(), platform)),
             None => deployments.remove(&deployment_id),
         };
     }
 
-    pub fn tracked(&self) -> Vec<(Uuid, String)> {
-        self.deployments.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(id, p)| (*id, p.clone())).collect()
+    pub fn tracked(&self) -> Vec<(Uuid, String, Platform)> {
+        let deployments = self.deployments.lock().unwrap_or_else(|e| e.into_inner());
+        deployments.iter().map(|(id, (project, platform))| (*id, project.clone(), *platform)).collect()
     }
 
-    /// Runs a job. Progress goes to `progress`; log lines of a `StreamLogs` job go to `logs`,
-    /// and the job ends when `logs` is closed (the control plane stopped listening).
+    /// Runs a job. Progress goes to `progress`; log lines of a log job go to `logs`, and the
+    /// job ends when `logs` is closed (the control plane stopped listening).
     pub async fn execute(
         &self,
         payload: &JobPayload,
         progress: &ProgressSender,
         logs: &mpsc::Sender<LogChunk>,
     ) -> JobOutcome {
-        let failed = |e: DockerError| JobOutcome::Failed { message: e.to_string() };
-        match payload {
-            JobPayload::CollectFacts => JobOutcome::Succeeded(JobOutput::Facts(crate::facts::collect().await)),
+        let result = match payload {
+            JobPayload::CollectFacts => return JobOutcome::Succeeded(JobOutput::Facts(crate::facts::collect().await)),
             JobPayload::DeployStack { deployment_id, spec } => {
-                let lock = self.project_lock(&spec.project).await;
-                let _guard = lock.lock().await;
-                match DockerDriver::connect().await {
-                    Ok(driver) => match driver.apply(*deployment_id, spec, progress).await {
-                        Ok(status) => {
-                            self.track(*deployment_id, Some(&spec.project));
-                            JobOutcome::Succeeded(JobOutput::Stack(status))
-                        }
-                        Err(e) => failed(e),
-                    },
-                    Err(e) => failed(e),
-                }
+                let apply = async { DockerDriver::connect().await?.apply(*deployment_id, spec, progress).await };
+                self.deploy(*deployment_id, &spec.project, Platform::Docker, apply).await
             }
-            JobPayload::StreamLogs { project, service, tail, since_unix_s, follow } => {
-                match DockerDriver::connect().await {
-                    Ok(driver) => match driver.logs(project, service.as_deref(), *tail, *since_unix_s, *follow).await {
-                        Ok(mut chunks) => {
-                            while let Some(chunk) = chunks.recv().await {
-                                if logs.send(chunk).await.is_err() {
-                                    break;
-                                }
-                            }
-                            JobOutcome::Succeeded(JobOutput::None)
-                        }
-                        Err(e) => failed(e),
-                    },
-                    Err(e) => failed(e),
-                }
+            JobPayload::DeployWorkload { deployment_id, workload: workload @ Workload::Swarm { spec, swarm } } => {
+                let apply = async { SwarmDriver::connect().await?.apply(*deployment_id, spec, swarm, progress).await };
+                self.deploy(*deployment_id, workload.project(), workload.platform(), apply).await
             }
             JobPayload::RemoveStack { deployment_id, project, remove_volumes } => {
-                let lock = self.project_lock(project).await;
-                let _guard = lock.lock().await;
-                match DockerDriver::connect().await {
-                    Ok(driver) => match driver.remove(project, *remove_volumes, progress).await {
-                        Ok(()) => {
-                            self.track(*deployment_id, None);
-                            JobOutcome::Succeeded(JobOutput::None)
-                        }
-                        Err(e) => failed(e),
-                    },
-                    Err(e) => failed(e),
-                }
+                self.remove(*deployment_id, project, Platform::Docker, *remove_volumes, progress).await
             }
+            JobPayload::RemoveWorkload { deployment_id, project, platform, remove_volumes } => {
+                self.remove(*deployment_id, project, *platform, *remove_volumes, progress).await
+            }
+            JobPayload::StreamLogs { project, service, tail, since_unix_s, follow } => {
+                let stream = async {
+                    DockerDriver::connect()
+                        .await?
+                        .logs(project, service.as_deref(), *tail, *since_unix_s, *follow)
+                        .await
+                };
+                forward_logs(stream, logs).await
+            }
+            JobPayload::StreamWorkloadLogs { platform, project, service, tail, since_unix_s, follow } => {
+                let stream = async {
+                    match platform {
+                        Platform::Docker => {
+                            DockerDriver::connect()
+                                .await?
+                                .logs(project, service.as_deref(), *tail, *since_unix_s, *follow)
+                                .await
+                        }
+                        Platform::Swarm => {
+                            SwarmDriver::connect()
+                                .await?
+                                .logs(project, service.as_deref(), *tail, *since_unix_s, *follow)
+                                .await
+                        }
+                    }
+                };
+                forward_logs(stream, logs).await
+            }
+        };
+        result.unwrap_or_else(|e| JobOutcome::Failed { message: e.to_string() })
+    }
+
+    async fn deploy(
+        &self,
+        deployment_id: Uuid,
+        project: &str,
+        platform: Platform,
+        apply: impl Future<Output = Result<StackStatus, DockerError>>,
+    ) -> Result<JobOutcome, DockerError> {
+        let lock = self.project_lock(project).await;
+        let _guard = lock.lock().await;
+        let status = apply.await?;
+        self.track(deployment_id, Some((project, platform)));
+        Ok(JobOutcome::Succeeded(JobOutput::Stack(status)))
+    }
+
+    async fn remove(
+        &self,
+        deployment_id: Uuid,
+        project: &str,
+        platform: Platform,
+        remove_volumes: bool,
+        progress: &ProgressSender,
+    ) -> Result<JobOutcome, DockerError> {
+        let lock = self.project_lock(project).await;
+        let _guard = lock.lock().await;
+        match platform {
+            Platform::Docker => DockerDriver::connect().await?.remove(project, remove_volumes, progress).await?,
+            Platform::Swarm => SwarmDriver::connect().await?.remove(project, remove_volumes, progress).await?,
+        }
+        self.track(deployment_id, None);
+        Ok(JobOutcome::Succeeded(JobOutput::None))
+    }
+}
+
+/// Copies a driver's log lines to the job's log channel until either side ends.
+async fn forward_logs(
+    stream: impl Future<Output = Result<mpsc::Receiver<LogChunk>, DockerError>>,
+    logs: &mpsc::Sender<LogChunk>,
+) -> Result<JobOutcome, DockerError> {
+    let mut chunks = stream.await?;
+    while let Some(chunk) = chunks.recv().await {
+        if logs.send(chunk).await.is_err() {
+            break;
         }
     }
+    Ok(JobOutcome::Succeeded(JobOutput::None))
 }
 
 #[cfg(test)]

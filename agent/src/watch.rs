@@ -1,6 +1,7 @@
 //! Reports the observed state of every deployment on this host: right after a container of one
 //! changes (Docker events, debounced) and every few seconds regardless. This is what lets the
-//! control plane notice and repair drift, such as a container removed by hand.
+//! control plane notice and repair drift, such as a container or a Swarm service removed by
+//! hand. Swarm tasks' containers carry the stack's labels, so their events wake it too.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -12,7 +13,11 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 use windflow_protocol::messages::AgentMessage;
 
+use futures_util::future::OptionFuture;
+use windflow_protocol::Platform;
+
 use crate::driver::docker::{DockerDriver, LABEL_DEPLOYMENT, LABEL_MANAGED};
+use crate::driver::swarm::SwarmDriver;
 use crate::jobs::Executor;
 
 const PERIOD: Duration = Duration::from_secs(15);
@@ -29,12 +34,21 @@ pub async fn report_stacks(executor: Arc<Executor>, out: mpsc::Sender<AgentMessa
                 continue;
             }
         };
+        // Only a manager sees the Swarm's services.
+        let swarm = SwarmDriver::connect().await.ok();
         if let Ok(found) = driver.managed().await {
             for (id, project) in found {
-                executor.track(id, Some(&project));
+                executor.track(id, Some((&project, Platform::Docker)));
             }
         }
-        if !push(&driver, &executor, &out, None).await {
+        if let Some(Ok(found)) = OptionFuture::from(swarm.as_ref().map(SwarmDriver::managed)).await {
+            for (id, project) in found {
+                executor.track(id, Some((&project, Platform::Swarm)));
+            }
+        }
+        let drivers = Drivers { docker: driver, swarm };
+        let driver = &drivers;
+        if !push(driver, &executor, &out, None).await {
             return;
         }
         let filters = [("type", "container".to_owned()), ("label", format!("{LABEL_MANAGED}=true"))].into_iter().fold(
@@ -44,7 +58,8 @@ pub async fn report_stacks(executor: Arc<Executor>, out: mpsc::Sender<AgentMessa
                 map
             },
         );
-        let mut events = driver.client().events(Some(EventsOptions { filters: Some(filters), ..Default::default() }));
+        let mut events =
+            driver.docker.client().events(Some(EventsOptions { filters: Some(filters), ..Default::default() }));
         let mut tick = tokio::time::interval(PERIOD);
         tick.tick().await;
         let mut dirty: HashSet<Uuid> = HashSet::new();
@@ -60,12 +75,12 @@ pub async fn report_stacks(executor: Arc<Executor>, out: mpsc::Sender<AgentMessa
                     _ => break,
                 },
                 () = debounce, if !dirty.is_empty() => {
-                    if !push(&driver, &executor, &out, Some(std::mem::take(&mut dirty))).await {
+                    if !push(driver, &executor, &out, Some(std::mem::take(&mut dirty))).await {
                         return;
                     }
                 }
                 _ = tick.tick() => {
-                    if !push(&driver, &executor, &out, None).await {
+                    if !push(driver, &executor, &out, None).await {
                         return;
                     }
                 }
@@ -78,20 +93,31 @@ pub async fn report_stacks(executor: Arc<Executor>, out: mpsc::Sender<AgentMessa
 /// Sends the state of the given deployments (all tracked ones when `None`). False once the
 /// session is gone.
 async fn push(
-    driver: &DockerDriver,
+    drivers: &Drivers,
     executor: &Executor,
     out: &mpsc::Sender<AgentMessage>,
     only: Option<HashSet<Uuid>>,
 ) -> bool {
-    for (id, project) in executor.tracked() {
+    for (id, project, platform) in executor.tracked() {
         if only.as_ref().is_some_and(|only| !only.contains(&id)) {
             continue;
         }
-        if let Ok(status) = driver.status(id, &project).await
+        let status = match (platform, &drivers.swarm) {
+            (Platform::Docker, _) => drivers.docker.status(id, &project).await,
+            (Platform::Swarm, Some(swarm)) => swarm.status(id, &project).await,
+            // No longer a manager: nothing this host can say about the stack.
+            (Platform::Swarm, None) => continue,
+        };
+        if let Ok(status) = status
             && out.send(AgentMessage::StackStatus(status)).await.is_err()
         {
             return false;
         }
     }
     true
+}
+
+struct Drivers {
+    docker: DockerDriver,
+    swarm: Option<SwarmDriver>,
 }

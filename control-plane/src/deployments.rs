@@ -8,16 +8,16 @@
 //! that ran.
 
 use crate::sealing::MasterKey;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
-use windflow_protocol::JobPayload;
 use windflow_protocol::messages::{ContainerState, JobOutcome, JobOutput, StackStatus};
-use windflow_protocol::stack::{RestartPolicy, StackSpec};
+use windflow_protocol::stack::{RestartPolicy, StackSpec, SwarmSpec};
+use windflow_protocol::{JobPayload, Platform, Workload};
 
 use crate::audit::{AuditLog, Fact};
 use crate::auth::now_unix_s;
@@ -73,6 +73,10 @@ pub struct Deployment {
     pub target_id: Uuid,
     /// Fixed at creation, so renaming the stack never orphans containers.
     pub project: String,
+    /// What runs it on the target, chosen at creation from what the target is.
+    pub platform: Platform,
+    /// Replicas set by hand per service, over the stack's own `deploy.replicas`.
+    pub scale: BTreeMap<String, u32>,
     /// The stack version that should run.
     pub version: u32,
     pub desired: Desired,
@@ -91,9 +95,57 @@ pub struct Deployment {
 
 impl Record for Deployment {
     const TABLE: Table = Table::Deployments;
-    const VERSION: u64 = 1;
+    const VERSION: u64 = 2;
     fn key(&self) -> Vec<u8> {
         self.id.as_bytes().to_vec()
+    }
+    fn migrate(version: u64, mut record: serde_json::Value) -> Option<serde_json::Value> {
+        // v2: the platform (every earlier deployment ran on the Docker engine) and scale.
+        (version == 1).then(|| {
+            record["platform"] = serde_json::json!("Docker");
+            record["scale"] = serde_json::json!({});
+            record
+        })
+    }
+}
+
+/// A stack version as a deployment runs it: secrets opened, the project fixed at the
+/// deployment's creation, and the deployment's scale applied.
+pub fn desired_spec(
+    store: &dyn Store,
+    key: &MasterKey,
+    deployment: &Deployment,
+    version: u32,
+) -> Result<(StackSpec, SwarmSpec), String> {
+    let stack = stacks::get(store, deployment.stack_id).map_err(|e| e.to_string())?.ok_or("the stack was deleted")?;
+    let stored = stacks::version(store, stack.id, version)
+        .map_err(|e| e.to_string())?
+        .ok_or(format!("stack version {version} does not exist"))?;
+    let parsed = stacks::parsed_of(key, &stack, &stored).map_err(|e| e.to_string())?;
+    let mut spec = parsed.spec;
+    spec.project = deployment.project.clone();
+    for service in &mut spec.services {
+        if let Some(replicas) = deployment.scale.get(&service.name) {
+            service.replicas = *replicas;
+        }
+    }
+    Ok((spec, parsed.swarm))
+}
+
+/// The job that applies `spec` for the deployment, on its platform.
+fn deploy_payload(deployment: &Deployment, spec: StackSpec, swarm: SwarmSpec) -> JobPayload {
+    let deployment_id = deployment.id;
+    match deployment.platform {
+        Platform::Docker => JobPayload::DeployStack { deployment_id, spec },
+        Platform::Swarm => JobPayload::DeployWorkload { deployment_id, workload: Workload::Swarm { spec, swarm } },
+    }
+}
+
+fn remove_payload(deployment: &Deployment, remove_volumes: bool) -> JobPayload {
+    let (deployment_id, project) = (deployment.id, deployment.project.clone());
+    match deployment.platform {
+        Platform::Docker => JobPayload::RemoveStack { deployment_id, project, remove_volumes },
+        platform => JobPayload::RemoveWorkload { deployment_id, project, platform, remove_volumes },
     }
 }
 
@@ -237,16 +289,17 @@ impl Events {
     }
 }
 
-/// Why a deployment's observed state is not what its spec asks for, if it is not.
-pub fn drift(spec: &StackSpec, observed: &StackStatus) -> Option<String> {
+/// Why a deployment's observed state is not what its spec asks for, if it is not. A Swarm
+/// restarts and reschedules tasks itself: there only a missing or changed service is drift.
+pub fn drift(spec: &StackSpec, observed: &StackStatus, platform: Platform) -> Option<String> {
     for service in &spec.services {
-        let containers = observed
-            .services
-            .iter()
-            .find(|s| s.service == service.name)
-            .map(|s| s.containers.as_slice())
-            .unwrap_or_default();
-        if containers.len() < service.replicas as usize {
+        let found = observed.services.iter().find(|s| s.service == service.name);
+        let containers = found.map(|s| s.containers.as_slice()).unwrap_or_default();
+        if platform == Platform::Swarm {
+            if found.is_none() {
+                return Some(format!("service {} is missing", service.name));
+            }
+        } else if containers.len() < service.replicas as usize {
             return Some(format!(
                 "service {} has {} of {} containers",
                 service.name,
@@ -257,6 +310,7 @@ pub fn drift(spec: &StackSpec, observed: &StackStatus) -> Option<String> {
         let one_shot = service.restart == RestartPolicy::No;
         for container in containers {
             match container.state {
+                _ if platform == Platform::Swarm => {}
                 ContainerState::Running | ContainerState::Restarting => {}
                 ContainerState::Exited { code: 0 } if one_shot => {}
                 ContainerState::Exited { code } if one_shot => {
@@ -367,22 +421,14 @@ impl Reconciler {
         }
     }
 
-    fn spec(&self, deployment: &Deployment, version: u32) -> Result<StackSpec, String> {
-        let stack = stacks::get(self.store.as_ref(), deployment.stack_id)
-            .map_err(|e| e.to_string())?
-            .ok_or("the stack was deleted")?;
-        let stored = stacks::version(self.store.as_ref(), stack.id, version)
-            .map_err(|e| e.to_string())?
-            .ok_or(format!("stack version {version} does not exist"))?;
-        let mut spec = stacks::spec_of(&self.master_key, &stack, &stored).map_err(|e| e.to_string())?;
-        spec.project = deployment.project.clone();
-        Ok(spec)
+    fn spec(&self, deployment: &Deployment, version: u32) -> Result<(StackSpec, SwarmSpec), String> {
+        desired_spec(self.store.as_ref(), &self.master_key, deployment, version)
     }
 
     fn drifted(&self, deployment: &Deployment) -> Option<String> {
         let observed = self.hub.observed(deployment.id)?;
-        let spec = self.spec(deployment, deployment.version).ok()?;
-        drift(&spec, &observed)
+        let (spec, _) = self.spec(deployment, deployment.version).ok()?;
+        drift(&spec, &observed, deployment.platform)
     }
 
     async fn work(&self, deployment: Deployment) {
@@ -418,7 +464,7 @@ impl Reconciler {
             self.last_repair.lock().unwrap_or_else(|e| e.into_inner()).insert(id, std::time::Instant::now());
             self.events.append(id, Level::Warning, format!("drift detected: {why}; repairing"), None);
         }
-        let spec = match self.spec(&deployment, deployment.version) {
+        let (spec, swarm) = match self.spec(&deployment, deployment.version) {
             Ok(spec) => spec,
             Err(reason) => {
                 self.events.finish(id, Level::Error, format!("cannot deploy: {reason}"), State::Failed);
@@ -442,7 +488,7 @@ impl Reconciler {
                 Some(0),
             );
         }
-        match self.run_deploy(&deployment, spec).await {
+        match self.run_deploy(&deployment, spec, swarm).await {
             Ok(()) => {
                 let message = if repairing {
                     "drift repaired".to_owned()
@@ -493,10 +539,10 @@ impl Reconciler {
         }
     }
 
-    async fn run_deploy(&self, deployment: &Deployment, spec: StackSpec) -> Result<(), HubError> {
+    async fn run_deploy(&self, deployment: &Deployment, spec: StackSpec, swarm: SwarmSpec) -> Result<(), HubError> {
         let id = deployment.id;
         let events = self.events.clone();
-        let payload = JobPayload::DeployStack { deployment_id: id, spec };
+        let payload = deploy_payload(deployment, spec, swarm);
         let outcome = self
             .hub
             .run_job_with_progress(deployment.target_id, payload, DEPLOY_TIMEOUT, move |step, percent| {
@@ -518,14 +564,14 @@ impl Reconciler {
     async fn roll_back(&self, deployment: &Deployment, previous: u32) {
         let id = deployment.id;
         self.events.append(id, Level::Warning, format!("rolling back to version {previous}"), None);
-        let spec = match self.spec(deployment, previous) {
+        let (spec, swarm) = match self.spec(deployment, previous) {
             Ok(spec) => spec,
             Err(reason) => {
                 self.events.finish(id, Level::Error, format!("rollback impossible: {reason}"), State::Failed);
                 return;
             }
         };
-        match self.run_deploy(deployment, spec).await {
+        match self.run_deploy(deployment, spec, swarm).await {
             Ok(()) => self.events.finish(
                 id,
                 Level::Info,
@@ -551,8 +597,7 @@ impl Reconciler {
             None,
         );
         let events = self.events.clone();
-        let payload =
-            JobPayload::RemoveStack { deployment_id: id, project: deployment.project.clone(), remove_volumes: volumes };
+        let payload = remove_payload(&deployment, volumes);
         let outcome = self
             .hub
             .run_job_with_progress(deployment.target_id, payload, DEPLOY_TIMEOUT, move |step, percent| {
@@ -641,7 +686,7 @@ mod tests {
             container(&spec, "web", 1, ContainerState::Running),
             container(&spec, "web", 2, ContainerState::Running),
         ];
-        assert_eq!(drift(&spec, &observed(&spec, web, ContainerState::Exited { code: 0 })), None);
+        assert_eq!(drift(&spec, &observed(&spec, web, ContainerState::Exited { code: 0 }), Platform::Docker), None);
     }
 
     #[test]
@@ -649,7 +694,7 @@ mod tests {
         let spec = spec();
         let one = vec![container(&spec, "web", 1, ContainerState::Running)];
         assert_eq!(
-            drift(&spec, &observed(&spec, one, ContainerState::Exited { code: 0 })),
+            drift(&spec, &observed(&spec, one, ContainerState::Exited { code: 0 }), Platform::Docker),
             Some("service web has 1 of 2 containers".into())
         );
         let stopped = vec![
@@ -657,7 +702,7 @@ mod tests {
             container(&spec, "web", 2, ContainerState::Exited { code: 137 }),
         ];
         assert!(
-            drift(&spec, &observed(&spec, stopped, ContainerState::Exited { code: 0 }))
+            drift(&spec, &observed(&spec, stopped, ContainerState::Exited { code: 0 }), Platform::Docker)
                 .is_some_and(|d| d.contains("p-web-2"))
         );
     }
@@ -669,6 +714,32 @@ mod tests {
             container(&spec, "web", 1, ContainerState::Running),
             container(&spec, "web", 2, ContainerState::Running),
         ];
-        assert!(drift(&spec, &observed(&spec, web, ContainerState::Exited { code: 3 })).is_some());
+        assert!(drift(&spec, &observed(&spec, web, ContainerState::Exited { code: 3 }), Platform::Docker).is_some());
+    }
+
+    #[test]
+    fn on_swarm_only_a_missing_or_changed_service_is_drift() {
+        let spec = spec();
+        let starting = vec![container(&spec, "web", 1, ContainerState::Created)];
+        let observed_swarm = observed(&spec, starting, ContainerState::Exited { code: 1 });
+        assert_eq!(drift(&spec, &observed_swarm, Platform::Swarm), None, "Swarm restarts tasks itself");
+        let mut without_web = observed_swarm.clone();
+        without_web.services.retain(|s| s.service != "web");
+        assert_eq!(drift(&spec, &without_web, Platform::Swarm), Some("service web is missing".into()));
+        let mut changed = observed_swarm;
+        changed.services[1].containers[0].config_hash = "other".into();
+        assert!(drift(&spec, &changed, Platform::Swarm).is_some_and(|d| d.contains("deployed configuration")));
+    }
+
+    #[test]
+    fn a_deployment_stored_before_platforms_existed_ran_on_docker() {
+        let v1 = serde_json::json!({"v": 1, "record": {
+            "id": Uuid::nil(), "org_id": Uuid::nil(), "stack_id": Uuid::nil(), "target_id": Uuid::nil(),
+            "project": "p", "version": 1, "desired": {"state": "running"}, "generation": 1,
+            "settled_generation": 1, "state": "running", "reason": null, "running_version": 1,
+            "created_by": "admin", "created_at_unix_s": 0, "updated_at_unix_s": 0
+        }});
+        let deployment = Deployment::decode(&serde_json::to_vec(&v1).expect("json")).expect("migrates");
+        assert_eq!((deployment.platform, deployment.scale), (Platform::Docker, BTreeMap::new()));
     }
 }

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 use uuid::Uuid;
-use windflow_protocol::JobPayload;
 use windflow_protocol::io::read_frame;
 use windflow_protocol::messages::{JobEvent, JobOutcome, LogChunk, LogStream};
+use windflow_protocol::{JobPayload, Platform};
 
 use crate::hub::{Hub, HubError};
 
@@ -59,7 +59,18 @@ pub struct Source {
     pub deployment_id: Uuid,
     pub target_id: Uuid,
     pub project: String,
+    pub platform: Platform,
     pub service: Option<String>,
+}
+
+impl Source {
+    fn payload(&self, tail: Option<u32>, since_unix_s: Option<i64>, follow: bool) -> JobPayload {
+        let (project, service) = (self.project.clone(), self.service.clone());
+        match self.platform {
+            Platform::Docker => JobPayload::StreamLogs { project, service, tail, since_unix_s, follow },
+            platform => JobPayload::StreamWorkloadLogs { platform, project, service, tail, since_unix_s, follow },
+        }
+    }
 }
 
 pub struct LogHub {
@@ -85,13 +96,7 @@ impl LogHub {
         tail: Option<u32>,
         since_unix_s: Option<i64>,
     ) -> Result<Vec<LogLine>, HubError> {
-        let payload = JobPayload::StreamLogs {
-            project: source.project.clone(),
-            service: source.service.clone(),
-            tail,
-            since_unix_s,
-            follow: false,
-        };
+        let payload = source.payload(tail, since_unix_s, false);
         let mut recv = self.hub.open_job(source.target_id, payload, REQUEST_VALIDITY).await?;
         let mut lines = Vec::new();
         loop {
@@ -118,13 +123,7 @@ impl LogHub {
         if let Some(sender) = self.follows.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(sender.subscribe());
         }
-        let payload = JobPayload::StreamLogs {
-            project: source.project.clone(),
-            service: source.service.clone(),
-            tail: Some(0),
-            since_unix_s: None,
-            follow: true,
-        };
+        let payload = source.payload(Some(0), None, true);
         let recv = self.hub.open_job(source.target_id, payload, REQUEST_VALIDITY).await?;
         let (sender, receiver) = broadcast::channel(FOLLOWER_BUFFER);
         {

@@ -215,8 +215,20 @@ enum StackCommand {
         target: String,
         #[arg(long)]
         version: Option<u32>,
+        /// `swarm` or `docker`; by default what the target is (a Swarm manager runs services).
+        #[arg(long)]
+        platform: Option<String>,
         #[arg(long)]
         detach: bool,
+    },
+    /// Print what a stack becomes on a platform (Swarm services…), and what stands in the way.
+    Render {
+        name: String,
+        /// The platform: swarm.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        version: Option<u32>,
     },
     Delete {
         name: String,
@@ -240,6 +252,14 @@ enum DeploymentsCommand {
         /// Remove its named volumes too.
         #[arg(long)]
         volumes: bool,
+    },
+    /// Run this many replicas of one service, and follow until they run.
+    Scale {
+        id: String,
+        service: String,
+        replicas: u32,
+        #[arg(long)]
+        detach: bool,
     },
 }
 
@@ -641,17 +661,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         );
                     }
                 }
-                StackCommand::Deploy { name, target, version, detach } => {
+                StackCommand::Deploy { name, target, version, platform, detach } => {
                     let stack = find_stack(&mut client, &name).await?;
                     let target = find_target(&mut client, &target).await?;
-                    let mut path = format!(
-                        "/stacks/{}/deploy/{}",
+                    let mut query: Vec<String> = version.map(|v| format!("version={v}")).into_iter().collect();
+                    query.extend(platform.map(|p| format!("platform={p}")));
+                    let path = format!(
+                        "/stacks/{}/deploy/{}?{}",
                         stack["id"].as_str().unwrap_or(""),
-                        target["id"].as_str().unwrap_or("")
+                        target["id"].as_str().unwrap_or(""),
+                        query.join("&")
                     );
-                    if let Some(version) = version {
-                        path.push_str(&format!("?version={version}"));
-                    }
                     let deployment = client.request(Method::POST, &path, None).await?;
                     let id = deployment["id"].as_str().unwrap_or_default().to_owned();
                     println!(
@@ -661,6 +681,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                     if !detach {
                         follow_deployment(&mut client, &id, deployment["events_from"].as_u64().unwrap_or(0)).await?;
+                    }
+                }
+                StackCommand::Render { name, to, version } => {
+                    let stack = find_stack(&mut client, &name).await?;
+                    let mut path = format!("/stacks/{}/render?to={to}", stack["id"].as_str().unwrap_or(""));
+                    if let Some(version) = version {
+                        path.push_str(&format!("&version={version}"));
+                    }
+                    let rendering = client.request(Method::GET, &path, None).await?;
+                    print!("{}", rendering["yaml"].as_str().unwrap_or(""));
+                    for finding in rendering["findings"].as_array().into_iter().flatten() {
+                        let what = if finding["blocking"].as_bool() == Some(true) { "refused" } else { "note" };
+                        eprintln!(
+                            "{what}: {}: {}",
+                            finding["path"].as_str().unwrap_or(""),
+                            finding["message"].as_str().unwrap_or("")
+                        );
                     }
                 }
                 StackCommand::Delete { name } => {
@@ -704,6 +741,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let removing =
                         client.request(Method::DELETE, &format!("/deployments/{id}?volumes={volumes}"), None).await?;
                     follow_deployment(&mut client, &id, removing["events_from"].as_u64().unwrap_or(0)).await?;
+                }
+                DeploymentsCommand::Scale { id, service, replicas, detach } => {
+                    let body = serde_json::json!({ "service": service, "replicas": replicas });
+                    let scaling = client.request(Method::POST, &format!("/deployments/{id}/scale"), Some(body)).await?;
+                    if !detach {
+                        follow_deployment(&mut client, &id, scaling["events_from"].as_u64().unwrap_or(0)).await?;
+                    }
                 }
             }
             Ok(())

@@ -195,7 +195,8 @@ fn upgrade_records(store: &dyn Store) -> anyhow::Result<()> {
         + upgrade::<crate::orgs::Org>(store)?
         + upgrade::<crate::stacks::StackVersion>(store)?
         + upgrade::<crate::join_tokens::JoinToken>(store)?
-        + upgrade::<crate::agents::Agent>(store)?;
+        + upgrade::<crate::agents::Agent>(store)?
+        + upgrade::<crate::deployments::Deployment>(store)?;
     if rewritten > 0 {
         tracing::info!(records = rewritten, "upgraded stored records to this version");
     }

@@ -269,7 +269,12 @@ pub fn versions(store: &dyn Store, stack_id: Uuid) -> Result<Vec<StackVersion>, 
 /// The typed spec of a stored version. Stored versions were valid when saved; parsing again
 /// keeps the store free of derived data.
 pub fn spec_of(key: &MasterKey, stack: &Stack, version: &StackVersion) -> Result<StackSpec, StackError> {
-    Ok(validate(&stack.name, &content_of(key, version)?)?.spec)
+    Ok(parsed_of(key, stack, version)?.spec)
+}
+
+/// As [`spec_of`], with what only some platforms apply (the Swarm parts).
+pub fn parsed_of(key: &MasterKey, stack: &Stack, version: &StackVersion) -> Result<compose::Parsed, StackError> {
+    validate(&stack.name, &content_of(key, version)?)
 }
 
 /// Deletes a stack and all its versions in one transaction.

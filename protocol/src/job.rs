@@ -30,6 +30,57 @@ pub enum JobPayload {
     /// lines (all when `None`) since `since_unix_s`, then, with `follow`, new lines until the
     /// control plane closes the stream.
     StreamLogs { project: String, service: Option<String>, tail: Option<u32>, since_unix_s: Option<i64>, follow: bool },
+    /// Make a workload on an orchestrator (not the Docker engine's own containers) match its spec.
+    DeployWorkload { deployment_id: Uuid, workload: Workload },
+    /// Remove everything of the project on `platform`; volumes only when asked.
+    RemoveWorkload { deployment_id: Uuid, project: String, platform: Platform, remove_volumes: bool },
+    /// As `StreamLogs`, from the project's workload on `platform`.
+    StreamWorkloadLogs {
+        platform: Platform,
+        project: String,
+        service: Option<String>,
+        tail: Option<u32>,
+        since_unix_s: Option<i64>,
+        follow: bool,
+    },
+}
+
+/// Where a deployment runs. Grows as drivers are added, at the end only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Platform {
+    /// Containers of the Docker engine, with Compose's semantics.
+    Docker,
+    /// Services of a Swarm (the agent runs on a manager).
+    Swarm,
+}
+
+impl Platform {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Docker => "docker",
+            Platform::Swarm => "swarm",
+        }
+    }
+}
+
+/// A workload for an orchestrator, with what that orchestrator needs beyond the Compose model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Workload {
+    Swarm { spec: crate::stack::StackSpec, swarm: crate::stack::SwarmSpec },
+}
+
+impl Workload {
+    pub fn project(&self) -> &str {
+        match self {
+            Workload::Swarm { spec, .. } => &spec.project,
+        }
+    }
+
+    pub fn platform(&self) -> Platform {
+        match self {
+            Workload::Swarm { .. } => Platform::Swarm,
+        }
+    }
 }
 
 impl JobPayload {
@@ -40,6 +91,9 @@ impl JobPayload {
             JobPayload::DeployStack { .. } => "deploy_stack",
             JobPayload::RemoveStack { .. } => "remove_stack",
             JobPayload::StreamLogs { .. } => "stream_logs",
+            JobPayload::DeployWorkload { .. } => "deploy_workload",
+            JobPayload::RemoveWorkload { .. } => "remove_workload",
+            JobPayload::StreamWorkloadLogs { .. } => "stream_workload_logs",
         }
     }
 }

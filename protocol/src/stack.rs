@@ -167,3 +167,97 @@ impl ServiceSpec {
         format!("{hash:016x}")
     }
 }
+
+/// What a Swarm needs beyond the Compose model itself: how services are placed and updated,
+/// and the secrets and configs they mount. Sent next to the `StackSpec` of a Swarm deployment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmSpec {
+    /// Per service name; services without an entry use Swarm's defaults.
+    pub services: BTreeMap<String, SwarmService>,
+    /// The stack's secrets, with their contents (they travel only in signed jobs).
+    pub secrets: Vec<SwarmObject>,
+    pub configs: Vec<SwarmObject>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmService {
+    /// Placement constraints, as Swarm writes them (`node.role == manager`).
+    pub constraints: Vec<String>,
+    /// Every node runs one task (`deploy.mode: global`) instead of `replicas`.
+    pub global: bool,
+    pub update: Option<UpdatePolicy>,
+    pub rollback: Option<UpdatePolicy>,
+    pub secrets: Vec<FileMount>,
+    pub configs: Vec<FileMount>,
+    /// Container ports published on the node running each task (`mode: host`), not through
+    /// the routing mesh.
+    pub host_mode_ports: Vec<u16>,
+    /// `deploy.restart_policy`; without it, the service's `restart` decides.
+    pub restart: Option<SwarmRestartPolicy>,
+}
+
+/// When Swarm replaces a service's stopped tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmRestartPolicy {
+    pub condition: RestartCondition,
+    pub delay_ms: Option<u64>,
+    /// Restarts before giving up (none: no limit).
+    pub max_attempts: Option<u64>,
+    /// How long a restart must stay up to count as a success.
+    pub window_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartCondition {
+    None,
+    OnFailure,
+    Any,
+}
+
+/// A rolling update (or rollback) as Swarm runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdatePolicy {
+    /// Tasks updated at once (0: all).
+    pub parallelism: u64,
+    pub delay_ms: u64,
+    pub failure_action: FailureAction,
+    /// How long a new task is watched for failure after it starts.
+    pub monitor_ms: Option<u64>,
+    /// Failures tolerated, in thousandths of the tasks updated.
+    pub max_failure_ratio_permille: u32,
+    pub order: UpdateOrder,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureAction {
+    Pause,
+    Continue,
+    Rollback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpdateOrder {
+    StopFirst,
+    StartFirst,
+}
+
+/// A secret or config of the stack and its content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmObject {
+    /// Its name in the Compose file.
+    pub name: String,
+    pub data: Vec<u8>,
+}
+
+/// A secret or config mounted into a service's tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMount {
+    /// The secret's or config's name in the Compose file.
+    pub source: String,
+    /// The file in the container: `/run/secrets/<source>` (secrets) or `/<source>` (configs)
+    /// when the Compose file does not say.
+    pub target: String,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mode: Option<u32>,
+}

@@ -8,7 +8,13 @@ use std::path::PathBuf;
 use serde::Serialize;
 use uuid::Uuid;
 use windflow_protocol::messages::*;
-use windflow_protocol::{JobEnvelope, JobPayload, JobRejection, MAX_FRAME_LEN, StackSpec, encode_frame};
+use windflow_protocol::stack::{
+    FailureAction, FileMount, RestartCondition, SwarmObject, SwarmRestartPolicy, SwarmService, SwarmSpec, UpdateOrder,
+    UpdatePolicy,
+};
+use windflow_protocol::{
+    JobEnvelope, JobPayload, JobRejection, MAX_FRAME_LEN, Platform, StackSpec, Workload, encode_frame,
+};
 
 fn facts() -> HostFacts {
     HostFacts {
@@ -206,6 +212,52 @@ fn stack_spec() -> StackSpec {
     }
 }
 
+fn swarm_workload() -> Workload {
+    let update = UpdatePolicy {
+        parallelism: 1,
+        delay_ms: 5_000,
+        failure_action: FailureAction::Rollback,
+        monitor_ms: Some(10_000),
+        max_failure_ratio_permille: 0,
+        order: UpdateOrder::StartFirst,
+    };
+    let service = SwarmService {
+        constraints: vec!["node.role == manager".into()],
+        global: false,
+        update: Some(update.clone()),
+        rollback: Some(UpdatePolicy { failure_action: FailureAction::Pause, ..update }),
+        secrets: vec![FileMount {
+            source: "db".into(),
+            target: "/run/secrets/db".into(),
+            uid: None,
+            gid: None,
+            mode: Some(0o400),
+        }],
+        configs: vec![FileMount {
+            source: "site".into(),
+            target: "/etc/site.conf".into(),
+            uid: Some(0),
+            gid: Some(0),
+            mode: None,
+        }],
+        host_mode_ports: vec![80],
+        restart: Some(SwarmRestartPolicy {
+            condition: RestartCondition::OnFailure,
+            delay_ms: Some(5_000),
+            max_attempts: Some(3),
+            window_ms: None,
+        }),
+    };
+    Workload::Swarm {
+        spec: stack_spec(),
+        swarm: SwarmSpec {
+            services: [("web".to_owned(), service)].into(),
+            secrets: vec![SwarmObject { name: "db".into(), data: b"s3cret".to_vec() }],
+            configs: vec![SwarmObject { name: "site".into(), data: b"listen 80".to_vec() }],
+        },
+    }
+}
+
 #[test]
 fn stack_jobs_and_status() {
     let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
@@ -228,6 +280,23 @@ fn stack_jobs_and_status() {
     };
     check("job_stream_logs", &logs);
     check("agent_stack_status", &AgentMessage::StackStatus(stack_status()));
+    check("job_deploy_workload_swarm", &JobPayload::DeployWorkload { deployment_id: JOB, workload: swarm_workload() });
+    let remove = JobPayload::RemoveWorkload {
+        deployment_id: JOB,
+        project: "shop".into(),
+        platform: Platform::Swarm,
+        remove_volumes: false,
+    };
+    check("job_remove_workload", &remove);
+    let logs = JobPayload::StreamWorkloadLogs {
+        platform: Platform::Swarm,
+        project: "shop".into(),
+        service: None,
+        tail: Some(10),
+        since_unix_s: Some(1_700_000_000),
+        follow: false,
+    };
+    check("job_stream_workload_logs", &logs);
     // The configuration hash is part of the contract with running containers: it must not move.
     assert_eq!(stack_spec().services[0].config_hash(), include_str!("golden/config_hash.txt").trim());
 }

@@ -316,8 +316,14 @@ impl ControlPlane {
 impl ControlPlane {
     /// Enrolls a new agent in `dir/name` with a fresh one-use token and starts it.
     pub async fn start_agent(&mut self, dir: &Path, name: &str) -> Agent {
+        self.start_agent_with(dir, name, &[]).await
+    }
+
+    /// As [`start_agent`](Self::start_agent), the agent running with `env` (e.g. its `DOCKER_HOST`).
+    pub async fn start_agent_with(&mut self, dir: &Path, name: &str, env: &[(&str, &str)]) -> Agent {
         let token = self.join_token(1, 600).await;
         let mut agent = Agent::enroll(self, &dir.join(name), token["token"].as_str().expect("token")).expect("enrolls");
+        agent.env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         agent.start();
         agent
     }
@@ -390,6 +396,8 @@ volumes:
 pub struct Agent {
     pub data_dir: PathBuf,
     pub process: Option<Process>,
+    /// Environment the agent runs with, over the test's own.
+    pub env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -414,7 +422,7 @@ impl Agent {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        Ok(Self { data_dir: data_dir.to_owned(), process: None })
+        Ok(Self { data_dir: data_dir.to_owned(), process: None, env: Vec::new() })
     }
 
     pub fn id(&self) -> String {
@@ -426,7 +434,7 @@ impl Agent {
 
     pub fn start(&mut self) {
         let mut command = Command::new(bin("windflow-agent"));
-        command.arg("run").arg("--data-dir").arg(&self.data_dir);
+        command.arg("run").arg("--data-dir").arg(&self.data_dir).envs(self.env.iter().map(|(k, v)| (k, v)));
         self.process = Some(Process::spawn(&mut command, self.data_dir.join("agent.log")).expect("spawn agent"));
     }
 
@@ -536,6 +544,52 @@ pub fn docker_objects(project: &str) -> Vec<String> {
             command.arg("--all");
         }
         let output = command.output().expect("docker ls");
+        names.extend(String::from_utf8_lossy(&output.stdout).lines().map(|l| format!("{kind}:{l}")));
+    }
+    names
+}
+
+/// The Swarm test engine `scripts/test` starts (`ensure_swarm_dockerd` in `scripts/lib.sh`):
+/// its Docker host and the address its published ports answer on.
+pub fn swarm_engine() -> (String, String) {
+    let host = std::env::var("WINDFLOW_SWARM_DOCKER_HOST")
+        .expect("WINDFLOW_SWARM_DOCKER_HOST is set by scripts/test, which starts the Swarm test engine");
+    let address = std::env::var("WINDFLOW_SWARM_ADDRESS").unwrap_or_else(|_| "10.231.0.2".into());
+    (host, address)
+}
+
+/// `docker` against the Swarm test engine.
+pub fn swarm_docker(args: &[&str]) -> std::process::Output {
+    Command::new("docker").arg("-H").arg(swarm_engine().0).args(args).output().expect("docker runs")
+}
+
+/// [`busybox_image`], loaded into the Swarm test engine too (it has no registry either).
+pub fn swarm_busybox_image() -> String {
+    let image = busybox_image();
+    if swarm_docker(&["image", "inspect", &image]).status.success() {
+        return image;
+    }
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("docker save {image} | docker -H {} load -q", swarm_engine().0))
+        .status()
+        .expect("sh runs");
+    assert!(status.success(), "loading {image} into the Swarm test engine");
+    image
+}
+
+/// Names of a stack's objects on the Swarm test engine (services, containers, networks,
+/// secrets, configs, volumes), by `docker stack`'s namespace label.
+pub fn swarm_objects(project: &str) -> Vec<String> {
+    let label = format!("label=com.docker.stack.namespace={project}");
+    let mut names = Vec::new();
+    for kind in ["service", "container", "network", "secret", "config", "volume"] {
+        let format = if kind == "container" { "{{.Names}}" } else { "{{.Name}}" };
+        let mut args = vec![kind, "ls", "--filter", &label, "--format", format];
+        if kind == "container" {
+            args.push("--all");
+        }
+        let output = swarm_docker(&args);
         names.extend(String::from_utf8_lossy(&output.stdout).lines().map(|l| format!("{kind}:{l}")));
     }
     names

@@ -51,10 +51,11 @@ pub enum DockerError {
     #[error("{context}: {message}")]
     Engine { context: String, message: String },
     #[error("{0}")]
-    Dependency(String),
+    /// The engine answered, but what was asked did not happen (a dependency, a rollout).
+    Failed(String),
 }
 
-fn engine(context: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError {
+pub(super) fn engine(context: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError {
     let context = context.into();
     move |error| {
         let message = match error {
@@ -65,7 +66,7 @@ fn engine(context: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> 
     }
 }
 
-fn is_not_found(error: &bollard::errors::Error) -> bool {
+pub(super) fn is_not_found(error: &bollard::errors::Error) -> bool {
     matches!(error, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
 }
 
@@ -74,7 +75,7 @@ pub struct DockerDriver {
     docker: Docker,
 }
 
-fn filters(pairs: &[(&str, String)]) -> Option<HashMap<String, Vec<String>>> {
+pub(super) fn filters(pairs: &[(&str, String)]) -> Option<HashMap<String, Vec<String>>> {
     let mut map: HashMap<String, Vec<String>> = HashMap::new();
     for (key, value) in pairs {
         map.entry((*key).to_owned()).or_default().push(value.clone());
@@ -556,9 +557,9 @@ impl DockerDriver {
                 };
                 match verdict {
                     Some(Ok(())) => break,
-                    Some(Err(message)) => return Err(DockerError::Dependency(message)),
+                    Some(Err(message)) => return Err(DockerError::Failed(message)),
                     None if Instant::now() >= deadline => {
-                        return Err(DockerError::Dependency(format!("timed out waiting for {}", dependency.service)));
+                        return Err(DockerError::Failed(format!("timed out waiting for {}", dependency.service)));
                     }
                     None => tokio::time::sleep(POLL).await,
                 }
@@ -770,7 +771,7 @@ async fn pipe_logs(
 }
 
 /// Splits the RFC 3339 timestamp the engine puts before each line (`timestamps=true`).
-fn split_timestamp(line: &[u8]) -> (u64, &[u8]) {
+pub(super) fn split_timestamp(line: &[u8]) -> (u64, &[u8]) {
     let Some(space) = line.iter().position(|b| *b == b' ') else { return (0, line) };
     let parsed = std::str::from_utf8(&line[..space])
         .ok()

@@ -1,7 +1,8 @@
-//! Platform drivers: what turns a `StackSpec` into running workloads on this host.
-//! Today the Docker engine; Swarm, Kubernetes and libvirt join behind the same shape.
+//! Platform drivers: what turns a `StackSpec` into running workloads on this host: the Docker
+//! engine's containers, or a Swarm's services when this host is a manager.
 
 pub mod docker;
+pub mod swarm;
 
 /// Progress of a long operation, reported as it happens (pulls, creates, health waits).
 pub type ProgressSender = tokio::sync::mpsc::UnboundedSender<(String, Option<u8>)>;

@@ -47,7 +47,7 @@ pub struct Access {
 }
 
 /// The access policy of every route, in one place. Reads need `read` and `viewer`; deploying,
-/// rolling back, removing deployments and testing targets need `deploy` and `operator`; every
+/// rolling back, scaling, removing deployments and testing targets need `deploy` and `operator`; every
 /// other change needs `admin`. Tokens never make tokens, sign out or change passwords.
 pub fn access(method: &Method, path: &str) -> Access {
     let path = path.strip_prefix("/api/v1").unwrap_or(path);
@@ -64,7 +64,7 @@ pub fn access(method: &Method, path: &str) -> Access {
         // Checking a Compose file saves nothing.
         (&Method::POST, ["stacks", "validate"]) => Access { scope: Some(Scope::Read), role: Some(Role::Viewer) },
         (_, ["stacks", _, "deploy", _])
-        | (_, ["deployments", _, "rollback"])
+        | (_, ["deployments", _, "rollback" | "scale"])
         | (&Method::DELETE, ["deployments", _])
         | (_, ["targets", _, "test" | "facts"])
         | (_, ["targets", "facts"]) => Access { scope: Some(Scope::Deploy), role: Some(Role::Operator) },
@@ -554,6 +554,7 @@ mod tests {
             (Method::GET, "/api/v1/deployments/x/logs", org(Scope::Read, Role::Viewer)),
             (Method::POST, "/api/v1/stacks/x/deploy/y", org(Scope::Deploy, Role::Operator)),
             (Method::POST, "/api/v1/deployments/x/rollback", org(Scope::Deploy, Role::Operator)),
+            (Method::POST, "/api/v1/deployments/x/scale", org(Scope::Deploy, Role::Operator)),
             (Method::DELETE, "/api/v1/deployments/x", org(Scope::Deploy, Role::Operator)),
             (Method::POST, "/api/v1/targets/x/test", org(Scope::Deploy, Role::Operator)),
             (Method::POST, "/api/v1/targets/facts", org(Scope::Deploy, Role::Operator)),

@@ -16,9 +16,10 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
+use windflow_protocol::Platform;
 use windflow_protocol::messages::{ContainerState, HealthState};
 
-use super::error::{ApiError, ApiQuery, Code};
+use super::error::{ApiError, ApiJson, ApiQuery, Code};
 use super::{AppState, Items, Page, PageQuery, rfc3339_ms, rfc3339_s};
 use crate::auth::{Caller, now_unix_s};
 use crate::deployments::{self, Deployment, Desired, Event, Level, State as DeploymentState};
@@ -32,6 +33,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(changes))
         .routes(routes!(show, remove))
         .routes(routes!(rollback))
+        .routes(routes!(scale))
         .routes(routes!(events))
         .routes(routes!(logs))
 }
@@ -93,6 +95,10 @@ pub struct DeploymentView {
     target_connected: bool,
     /// The Compose project name on the target.
     project: String,
+    /// `docker` (the engine's containers) or `swarm` (Swarm services).
+    platform: &'static str,
+    /// Replicas set with `/deployments/{id}/scale`, over the stack's own.
+    scale: std::collections::BTreeMap<String, u32>,
     /// The stack version that should run.
     version: u32,
     /// The version that last ran successfully.
@@ -119,10 +125,9 @@ pub struct DeploymentView {
 pub fn view(state: &AppState, deployment: &Deployment) -> DeploymentView {
     let stack = stacks::get(state.store.as_ref(), deployment.stack_id).ok().flatten();
     let target = crate::agents::get(state.store.as_ref(), deployment.target_id).ok().flatten();
-    let spec = stack.as_ref().and_then(|stack| {
-        let version = stacks::version(state.store.as_ref(), stack.id, deployment.version).ok().flatten()?;
-        stacks::spec_of(&state.master_key, stack, &version).ok()
-    });
+    let spec = deployments::desired_spec(state.store.as_ref(), &state.master_key, deployment, deployment.version)
+        .ok()
+        .map(|(spec, _)| spec);
     let observed = state.hub.observed(deployment.id);
     let removed = deployment.state == DeploymentState::Removed;
     let services = spec
@@ -152,6 +157,8 @@ pub fn view(state: &AppState, deployment: &Deployment) -> DeploymentView {
         target_name: target.map(|t| t.name),
         target_connected: state.hub.is_connected(deployment.target_id),
         project: deployment.project.clone(),
+        platform: deployment.platform.as_str(),
+        scale: deployment.scale.clone(),
         version: deployment.version,
         running_version: deployment.running_version,
         desired,
@@ -183,16 +190,94 @@ struct VersionQuery {
     version: Option<u32>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum PlatformName {
+    Docker,
+    Swarm,
+}
+
+impl From<PlatformName> for Platform {
+    fn from(name: PlatformName) -> Self {
+        match name {
+            PlatformName::Docker => Platform::Docker,
+            PlatformName::Swarm => Platform::Swarm,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct DeployQuery {
+    /// A stack version; the current one when left out.
+    #[param(minimum = 1)]
+    version: Option<u32>,
+    /// What runs the stack on the target: `swarm` (services; the target must be a Swarm
+    /// manager) or `docker` (containers). By default, what the target is. A deployment keeps
+    /// the platform it was created with.
+    #[param(inline)]
+    platform: Option<PlatformName>,
+}
+
+/// The platform a deploy runs on: the one asked for, if the target can, else the target's own.
+fn choose_platform(
+    asked: Option<Platform>,
+    target: Option<Platform>,
+    existing: Option<&Deployment>,
+) -> Result<Platform, ApiError> {
+    if let Some(existing) = existing {
+        return match asked {
+            Some(asked) if asked != existing.platform => Err(ApiError::invalid(
+                "platform",
+                format!(
+                    "this deployment runs on {}; remove it before deploying the stack on {}",
+                    existing.platform.as_str(),
+                    asked.as_str()
+                ),
+            )),
+            _ => Ok(existing.platform),
+        };
+    }
+    match (asked, target) {
+        (Some(Platform::Swarm), Some(Platform::Swarm)) => Ok(Platform::Swarm),
+        (Some(Platform::Swarm), _) => Err(ApiError::invalid("platform", "the target is not a Swarm manager")),
+        (Some(asked), _) => Ok(asked),
+        (None, target) => Ok(target.unwrap_or(Platform::Docker)),
+    }
+}
+
+/// Refuses a stack that uses what the platform cannot do, with every finding.
+fn check_platform(
+    platform: Platform,
+    parsed: &crate::compose::Parsed,
+) -> Result<Vec<windflow_platforms::Finding>, ApiError> {
+    let findings = match platform {
+        Platform::Docker => return Ok(vec![]),
+        Platform::Swarm => windflow_platforms::swarm::check(&parsed.spec, &parsed.swarm),
+    };
+    let blocking: Vec<String> =
+        findings.iter().filter(|f| f.blocking).map(|f| format!("{}: {}", f.path, f.message)).collect();
+    if blocking.is_empty() {
+        return Ok(findings);
+    }
+    Err(ApiError::new(
+        Code::IncompatibleStack,
+        format!("the stack cannot run on {}: {}", platform.as_str(), blocking.join("; ")),
+    )
+    .with_details(json!({ "findings": findings })))
+}
+
 /// Deploys a stack version to a target; deploying again to the same target updates it. The
 /// reconciler does the work: follow it at `/deployments/{id}/events`.
 #[utoipa::path(post, path = "/stacks/{id}/deploy/{target_id}", tag = "deployments",
-    params(("id" = String, Path, description = "The stack"), ("target_id" = String, Path), VersionQuery),
-    responses((status = 202, description = "Accepted", body = DeploymentView)))]
+    params(("id" = String, Path, description = "The stack"), ("target_id" = String, Path), DeployQuery),
+    responses((status = 202, description = "Accepted", body = DeploymentView),
+        (status = 422, description = "The stack uses what the platform cannot do (`incompatible_stack`)", body = super::error::ErrorBody)))]
 async fn deploy(
     State(state): State<AppState>,
     caller: Caller,
     Path((stack_id, target_id)): Path<(String, String)>,
-    ApiQuery(query): ApiQuery<VersionQuery>,
+    ApiQuery(query): ApiQuery<DeployQuery>,
 ) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
     let stack = super::stacks::load(&state, &caller, &stack_id)?;
     let target = super::targets::load(&state, &caller, &target_id)?;
@@ -200,12 +285,19 @@ async fn deploy(
         return Err(ApiError::new(Code::TargetRevoked, "the target is revoked"));
     }
     let version = query.version.unwrap_or(stack.current_version);
-    if stacks::version(state.store.as_ref(), stack.id, version)?.is_none() {
+    let Some(stored) = stacks::version(state.store.as_ref(), stack.id, version)? else {
         return Err(ApiError::invalid("version", format!("stack version {version} does not exist")));
-    }
+    };
     let existing = deployments::list_in(state.store.as_ref(), caller.org_id)?
         .into_iter()
         .find(|d| d.stack_id == stack.id && d.target_id == target.id && d.state != DeploymentState::Removed);
+    let platform = choose_platform(
+        query.platform.map(Platform::from),
+        super::targets::default_platform(&state, &target),
+        existing.as_ref(),
+    )?;
+    let parsed = stacks::parsed_of(&state.master_key, &stack, &stored).map_err(ApiError::internal)?;
+    let notes = check_platform(platform, &parsed)?;
     let deployment = match existing {
         Some(existing) => deployments::modify(state.store.as_ref(), existing.id, |d| {
             d.version = version;
@@ -223,6 +315,8 @@ async fn deploy(
                 stack_id: stack.id,
                 target_id: target.id,
                 project: crate::compose::project_name(&stack.name),
+                platform,
+                scale: std::collections::BTreeMap::new(),
                 version,
                 desired: Desired::Running,
                 generation: 1,
@@ -244,6 +338,10 @@ async fn deploy(
     } else {
         "; the target is disconnected, so it stays pending until the target is back"
     };
+    for note in notes {
+        let message = format!("on {}, {}: {}", platform.as_str(), note.path, note.message);
+        state.reconciler.events.append(deployment.id, Level::Warning, message, None);
+    }
     tracing::info!(deployment_id = %deployment.id, stack = %stack.name, %version, target = %target.id, by = %caller.username, "deploy requested");
     Ok(accepted(
         &state,
@@ -489,9 +587,12 @@ async fn rollback(
             ApiError::new(Code::NoPreviousVersion, "version 1 has no previous version; pass ?version=N")
         })?,
     };
-    if stacks::version(state.store.as_ref(), deployment.stack_id, target_version)?.is_none() {
+    let stack = stacks::get(state.store.as_ref(), deployment.stack_id)?.ok_or_else(|| ApiError::not_found("stack"))?;
+    let Some(stored) = stacks::version(state.store.as_ref(), stack.id, target_version)? else {
         return Err(ApiError::invalid("version", format!("stack version {target_version} does not exist")));
-    }
+    };
+    let parsed = stacks::parsed_of(&state.master_key, &stack, &stored).map_err(ApiError::internal)?;
+    check_platform(deployment.platform, &parsed)?;
     let deployment = deployments::modify(state.store.as_ref(), deployment.id, |d| {
         d.version = target_version;
         d.desired = Desired::Running;
@@ -501,6 +602,59 @@ async fn rollback(
     })?
     .ok_or_else(|| ApiError::not_found("deployment"))?;
     Ok(accepted(&state, &deployment, format!("{} asked to roll back to version {target_version}", caller.username)))
+}
+
+/// Most replicas one service may be scaled to.
+const MAX_REPLICAS: u32 = 1000;
+
+/// How many replicas of one service should run.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"service": "web", "replicas": 3}))]
+struct ScaleRequest {
+    service: String,
+    #[schema(maximum = 1000)]
+    replicas: u32,
+}
+
+/// Sets how many replicas of a service run, over the stack's `deploy.replicas`; it stays set
+/// across later deploys of the deployment. 0 stops the service without removing it.
+#[utoipa::path(post, path = "/deployments/{id}/scale", tag = "deployments", params(("id" = String, Path)),
+    request_body = ScaleRequest, responses((status = 202, description = "Accepted", body = DeploymentView)))]
+async fn scale(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<ScaleRequest>,
+) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
+    let deployment = load(&state, &caller, &id)?;
+    if deployment.desired != Desired::Running {
+        return Err(ApiError::new(Code::Conflict, "the deployment is being removed or was removed"));
+    }
+    if request.replicas > MAX_REPLICAS {
+        return Err(ApiError::invalid("replicas", format!("at most {MAX_REPLICAS} replicas")));
+    }
+    let (spec, swarm) =
+        deployments::desired_spec(state.store.as_ref(), &state.master_key, &deployment, deployment.version)
+            .map_err(ApiError::internal)?;
+    if !spec.services.iter().any(|s| s.name == request.service) {
+        return Err(ApiError::invalid("service", format!("the stack has no service {:?}", request.service)));
+    }
+    if deployment.platform == Platform::Swarm && swarm.services.get(&request.service).is_some_and(|s| s.global) {
+        return Err(ApiError::invalid("service", "a global service runs one task per node; it cannot be scaled"));
+    }
+    let deployment = deployments::modify(state.store.as_ref(), deployment.id, |d| {
+        d.scale.insert(request.service.clone(), request.replicas);
+        d.generation += 1;
+        d.state = DeploymentState::Pending;
+        d.reason = None;
+    })?
+    .ok_or_else(|| ApiError::not_found("deployment"))?;
+    Ok(accepted(
+        &state,
+        &deployment,
+        format!("{} scaled {} to {} replicas", caller.username, request.service, request.replicas),
+    ))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -684,6 +838,7 @@ async fn logs(
         deployment_id: deployment.id,
         target_id: deployment.target_id,
         project: deployment.project.clone(),
+        platform: deployment.platform,
         service: query.service.clone(),
     };
     let timestamps = query.timestamps;

@@ -47,6 +47,7 @@ codes! {
     InvalidQuery = BAD_REQUEST, "invalid_query", "A query parameter has the wrong type.";
     InvalidField = UNPROCESSABLE_ENTITY, "invalid_field", "A field has a value this route refuses; `field` names it.";
     InvalidCompose = UNPROCESSABLE_ENTITY, "invalid_compose", "The Compose file does not validate; `details.errors` say where (path, or line and column).";
+    IncompatibleStack = UNPROCESSABLE_ENTITY, "incompatible_stack", "The stack uses what the target's platform cannot do; `details.findings` list each (path, message, blocking).";
     WeakPassword = UNPROCESSABLE_ENTITY, "weak_password", "The password breaks the password policy.";
     Unauthenticated = UNAUTHORIZED, "unauthenticated", "No valid bearer token: missing, malformed, expired, wrongly signed, or its session was signed out.";
     BadCredentials = UNAUTHORIZED, "bad_credentials", "Wrong user name or password.";

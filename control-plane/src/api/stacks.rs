@@ -25,6 +25,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(show, update, remove))
         .routes(routes!(versions))
         .routes(routes!(show_version))
+        .routes(routes!(render))
         .routes(routes!(clone))
 }
 
@@ -287,6 +288,76 @@ async fn show_version(
         created_by: version.created_by,
         created_at: rfc3339_s(version.created_at_unix_s),
     }))
+}
+
+/// A platform a stack can be rendered for.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RenderTarget {
+    Swarm,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct RenderQuery {
+    /// The platform to render for.
+    #[param(inline)]
+    to: RenderTarget,
+    /// A stack version; the current one when left out.
+    #[param(minimum = 1)]
+    version: Option<u32>,
+}
+
+/// What a stack version becomes on a platform, before anything is applied.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Rendering {
+    to: RenderTarget,
+    version: u32,
+    /// The platform's own objects, as YAML documents; secret contents are left out.
+    yaml: String,
+    /// What the platform cannot do (`blocking`: a deploy is refused) or does differently.
+    findings: Vec<FindingView>,
+}
+
+/// Something about a stack on a platform.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FindingView {
+    /// Where in the Compose model, e.g. `services.web.privileged`.
+    path: String,
+    message: String,
+    /// A deploy to the platform is refused until this is changed.
+    blocking: bool,
+}
+
+impl From<windflow_platforms::Finding> for FindingView {
+    fn from(f: windflow_platforms::Finding) -> Self {
+        Self { path: f.path, message: f.message, blocking: f.blocking }
+    }
+}
+
+/// Renders a stack version as the platform's own objects (Swarm services, networks, secrets
+/// and configs), with what stands in the way of deploying it there.
+#[utoipa::path(get, path = "/stacks/{id}/render", tag = "stacks", params(("id" = String, Path), RenderQuery),
+    responses((status = 200, body = Rendering)))]
+async fn render(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<RenderQuery>,
+) -> Result<Json<Rendering>, ApiError> {
+    let stack = load(&state, &caller, &id)?;
+    let number = query.version.unwrap_or(stack.current_version);
+    let version = stacks::version(state.store.as_ref(), stack.id, number)?
+        .ok_or_else(|| ApiError::invalid("version", format!("stack version {number} does not exist")))?;
+    let parsed = stacks::parsed_of(&state.master_key, &stack, &version).map_err(ApiError::internal)?;
+    let (yaml, findings) = match query.to {
+        RenderTarget::Swarm => (
+            windflow_platforms::swarm::render(&parsed.spec, &parsed.swarm),
+            windflow_platforms::swarm::check(&parsed.spec, &parsed.swarm),
+        ),
+    };
+    let findings = findings.into_iter().map(FindingView::from).collect();
+    Ok(Json(Rendering { to: query.to, version: number, yaml, findings }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

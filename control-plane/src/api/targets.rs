@@ -97,6 +97,17 @@ impl From<HostFacts> for FactsView {
     }
 }
 
+/// The platform a new deployment on the target uses unless asked otherwise: a Swarm manager
+/// runs Swarm services, any other Docker engine containers; `None` before the target was seen.
+pub(super) fn default_platform(state: &AppState, agent: &Agent) -> Option<windflow_protocol::Platform> {
+    let facts = state.hub.status(agent.id).map(|l| l.facts).or_else(|| agent.facts.clone());
+    match kind_of(facts.as_ref()) {
+        "swarm" => Some(windflow_protocol::Platform::Swarm),
+        "docker" => Some(windflow_protocol::Platform::Docker),
+        _ => None,
+    }
+}
+
 fn kind_of(facts: Option<&HostFacts>) -> &'static str {
     match facts.and_then(|f| f.docker.as_ref()) {
         Some(docker) if matches!(docker.swarm, SwarmState::Manager { .. }) => "swarm",

@@ -7,6 +7,7 @@
 //! warnings, never dropped silently. Nothing here touches the store or the network.
 
 pub mod interpolate;
+pub mod swarm;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -87,6 +88,8 @@ impl fmt::Display for Path {
 #[derive(Debug)]
 pub struct Parsed {
     pub spec: StackSpec,
+    /// What only a Swarm applies (placement, updates, secrets, configs).
+    pub swarm: windflow_protocol::stack::SwarmSpec,
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -138,6 +141,9 @@ const APPLIED_SERVICE_KEYS: &[&str] = &[
     "container_name",
 ];
 const APPLIED_DEPLOY_KEYS: &[&str] = &["replicas", "resources", "labels"];
+/// Applied by Swarm targets (see [`swarm`]), ignored by the Docker engine's containers.
+const SWARM_ONLY_DEPLOY_KEYS: &[&str] = &["placement", "mode", "update_config", "rollback_config", "restart_policy"];
+const SWARM_ONLY_SERVICE_KEYS: &[&str] = &["secrets", "configs"];
 
 /// Turns a stack project name into a Compose project name.
 pub fn project_name(name: &str) -> String {
@@ -182,6 +188,10 @@ pub fn parse(yaml: &str, project: &str, variables: &BTreeMap<String, String>) ->
     if !errors.is_empty() {
         return invalid(errors, warnings);
     }
+    let swarm = swarm::extract(&mut value, variables, &mut errors);
+    if !errors.is_empty() {
+        return invalid(errors, warnings);
+    }
     warn_unapplied(&value, &mut warnings);
 
     let compose: Compose = match serde_path_to_error::deserialize(value) {
@@ -193,7 +203,7 @@ pub fn parse(yaml: &str, project: &str, variables: &BTreeMap<String, String>) ->
         }
     };
     match convert(compose, project, &mut warnings) {
-        Ok(spec) => Ok(Parsed { spec, warnings }),
+        Ok(spec) => Ok(Parsed { spec, swarm, warnings }),
         Err(errors) => invalid(errors, warnings),
     }
 }
@@ -205,7 +215,12 @@ fn warn_unapplied(value: &Value, warnings: &mut Vec<Diagnostic>) {
             && !matches!(key, "services" | "networks" | "volumes" | "name" | "version")
             && !key.starts_with("x-")
         {
-            warnings.push(Diagnostic::at_str(key, format!("`{key}` is not applied by WindFlow")));
+            let message = if matches!(key, "secrets" | "configs") {
+                format!("`{key}` are applied on Swarm targets only")
+            } else {
+                format!("`{key}` is not applied by WindFlow")
+            };
+            warnings.push(Diagnostic::at_str(key, message));
         }
     }
     let Some(services) = top.get("services").and_then(Value::as_mapping) else { return };
@@ -216,7 +231,12 @@ fn warn_unapplied(value: &Value, warnings: &mut Vec<Diagnostic>) {
             if key.starts_with("x-") {
                 continue;
             }
-            if !APPLIED_SERVICE_KEYS.contains(&key) {
+            if SWARM_ONLY_SERVICE_KEYS.contains(&key) {
+                warnings.push(Diagnostic::at_str(
+                    &format!("services.{name}.{key}"),
+                    format!("`{key}` is applied on Swarm targets only"),
+                ));
+            } else if !APPLIED_SERVICE_KEYS.contains(&key) {
                 warnings.push(Diagnostic::at_str(
                     &format!("services.{name}.{key}"),
                     format!("`{key}` is not applied by WindFlow"),
@@ -226,9 +246,14 @@ fn warn_unapplied(value: &Value, warnings: &mut Vec<Diagnostic>) {
                 for (deploy_key, _) in item.as_mapping().into_iter().flatten() {
                     let Some(deploy_key) = deploy_key.as_str() else { continue };
                     if !APPLIED_DEPLOY_KEYS.contains(&deploy_key) {
+                        let on = if SWARM_ONLY_DEPLOY_KEYS.contains(&deploy_key) {
+                            "is applied on Swarm targets only"
+                        } else {
+                            "is not applied by WindFlow"
+                        };
                         warnings.push(Diagnostic::at_str(
                             &format!("services.{name}.deploy.{deploy_key}"),
-                            format!("`deploy.{deploy_key}` is not applied on Docker targets"),
+                            format!("`deploy.{deploy_key}` {on}"),
                         ));
                     }
                 }

@@ -2,6 +2,7 @@
 //! mistake is answered with.
 
 use super::*;
+use windflow_protocol::stack::{FailureAction, UpdateOrder};
 
 fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -182,4 +183,73 @@ fn config_hashes_ignore_key_order_and_replicas_but_see_real_changes() {
 fn shell_words_split_like_compose() {
     assert_eq!(shell_words(r#"sh -c "echo 'a b'" x\ y"#), ["sh", "-c", "echo 'a b'", "x y"]);
     assert_eq!(shell_words("  "), Vec::<String>::new());
+}
+
+const SWARM_STACK: &str = r#"
+services:
+  web:
+    image: busybox:1.36
+    ports: [{ target: 80, published: 8080, mode: host }, "9000:90"]
+    secrets: [db_password, { source: tls, target: /etc/tls.pem, mode: 0400 }]
+    configs: [{ source: site, target: /www/index.html }]
+    deploy:
+      replicas: 2
+      placement: { constraints: ["node.role == manager"] }
+      update_config: { parallelism: 1, delay: 2s, failure_action: rollback, monitor: 5s, max_failure_ratio: 0.25, order: start-first }
+      rollback_config: { parallelism: 2 }
+  agent:
+    image: busybox:1.36
+    deploy: { mode: global }
+  plain:
+    image: busybox:1.36
+secrets:
+  db_password: { environment: DB_PASSWORD }
+  tls: { environment: TLS }
+configs:
+  site: { content: "<h1>hello</h1>" }
+"#;
+
+#[test]
+fn swarm_keys_become_a_swarm_spec_next_to_the_stack() {
+    let parsed = parse(SWARM_STACK, "s", &vars(&[("DB_PASSWORD", "hunter2"), ("TLS", "pem")])).expect("parses");
+    let swarm = &parsed.swarm;
+    assert_eq!(
+        swarm.secrets.iter().map(|s| (s.name.as_str(), s.data.as_slice())).collect::<Vec<_>>(),
+        [("db_password", b"hunter2".as_slice()), ("tls", b"pem".as_slice())]
+    );
+    assert_eq!(swarm.configs[0].data, b"<h1>hello</h1>");
+    let web = &swarm.services["web"];
+    assert_eq!(web.host_mode_ports, [80]);
+    assert_eq!(web.constraints, ["node.role == manager"]);
+    assert_eq!(web.secrets[0].target, "/run/secrets/db_password");
+    assert_eq!((web.secrets[1].target.as_str(), web.secrets[1].mode), ("/etc/tls.pem", Some(0o400)));
+    assert_eq!(web.configs[0].target, "/www/index.html");
+    let update = web.update.as_ref().expect("update_config");
+    assert_eq!((update.delay_ms, update.monitor_ms, update.max_failure_ratio_permille), (2000, Some(5000), 250));
+    assert_eq!((update.failure_action, update.order), (FailureAction::Rollback, UpdateOrder::StartFirst));
+    assert_eq!(web.rollback.as_ref().map(|r| r.parallelism), Some(2));
+    assert!(swarm.services["agent"].global);
+    assert!(!swarm.services.contains_key("plain"), "a service with nothing Swarm-only has no entry");
+    assert_eq!(parsed.spec.services.iter().find(|s| s.name == "web").map(|s| s.replicas), Some(2));
+}
+
+#[test]
+fn swarm_objects_need_a_source_the_stack_carries() {
+    let yaml = "services:\n  web: { image: a }\nsecrets:\n  a: { file: ./a.txt }\n  b: { environment: MISSING }\n  c: { external: true }\nconfigs:\n  d: {}\n";
+    let found: Vec<_> = errors(yaml).into_iter().map(|e| e.path.unwrap_or_default()).collect();
+    assert_eq!(found, ["secrets.a.file", "secrets.b.environment", "secrets.c.external", "configs.d"]);
+}
+
+#[test]
+fn bad_update_policies_name_the_field() {
+    let yaml = "services:\n  web:\n    image: a\n    deploy: { update_config: { delay: soon, failure_action: explode, max_failure_ratio: 2 } }\n";
+    let found: Vec<_> = errors(yaml).into_iter().map(|e| e.path.unwrap_or_default()).collect();
+    assert_eq!(
+        found,
+        [
+            "services.web.deploy.update_config.failure_action",
+            "services.web.deploy.update_config.max_failure_ratio",
+            "services.web.deploy.update_config.delay"
+        ]
+    );
 }

@@ -408,6 +408,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/deployments/{id}/scale": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Sets how many replicas of a service run, over the stack's `deploy.replicas`; it stays set
+         *     across later deploys of the deployment. 0 stops the service without removing it.
+         */
+        post: operations["deployments_scale"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/events": {
         parameters: {
             query?: never;
@@ -651,6 +671,26 @@ export interface paths {
          *     reconciler does the work: follow it at `/deployments/{id}/events`.
          */
         post: operations["deployments_deploy"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/stacks/{id}/render": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Renders a stack version as the platform's own objects (Swarm services, networks, secrets
+         *     and configs), with what stands in the way of deploying it there.
+         */
+        get: operations["stacks_render"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -1024,6 +1064,7 @@ export interface components {
          *     - `invalid_query` (400): A query parameter has the wrong type.
          *     - `invalid_field` (422): A field has a value this route refuses; `field` names it.
          *     - `invalid_compose` (422): The Compose file does not validate; `details.errors` say where (path, or line and column).
+         *     - `incompatible_stack` (422): The stack uses what the target's platform cannot do; `details.findings` list each (path, message, blocking).
          *     - `weak_password` (422): The password breaks the password policy.
          *     - `unauthenticated` (401): No valid bearer token: missing, malformed, expired, wrongly signed, or its session was signed out.
          *     - `bad_credentials` (401): Wrong user name or password.
@@ -1070,7 +1111,7 @@ export interface components {
          *     - `internal` (500): An internal error; the control plane's log says more.
          * @enum {string}
          */
-        Code: "invalid_body" | "invalid_query" | "invalid_field" | "invalid_compose" | "weak_password" | "unauthenticated" | "bad_credentials" | "bad_refresh_token" | "second_factor_required" | "bad_second_factor" | "bad_mfa_token" | "sso_failed" | "join_token_invalid" | "forbidden" | "insufficient_scope" | "session_required" | "org_requires_second_factor" | "account_disabled" | "join_token_revoked" | "join_token_expired" | "join_token_used_up" | "join_token_malformed" | "not_found" | "conflict" | "name_taken" | "user_exists" | "already_member" | "last_owner" | "org_not_empty" | "self_change" | "stack_in_use" | "target_revoked" | "no_previous_version" | "totp_already_enabled" | "totp_not_enrolled" | "sso_not_configured" | "agent_not_connected" | "too_many_attempts" | "rate_limited" | "payload_too_large" | "agent_link_failed" | "job_refused" | "job_failed" | "sso_provider_unavailable" | "agent_binary_missing" | "agent_timeout" | "timeout" | "internal";
+        Code: "invalid_body" | "invalid_query" | "invalid_field" | "invalid_compose" | "incompatible_stack" | "weak_password" | "unauthenticated" | "bad_credentials" | "bad_refresh_token" | "second_factor_required" | "bad_second_factor" | "bad_mfa_token" | "sso_failed" | "join_token_invalid" | "forbidden" | "insufficient_scope" | "session_required" | "org_requires_second_factor" | "account_disabled" | "join_token_revoked" | "join_token_expired" | "join_token_used_up" | "join_token_malformed" | "not_found" | "conflict" | "name_taken" | "user_exists" | "already_member" | "last_owner" | "org_not_empty" | "self_change" | "stack_in_use" | "target_revoked" | "no_previous_version" | "totp_already_enabled" | "totp_not_enrolled" | "sso_not_configured" | "agent_not_connected" | "too_many_attempts" | "rate_limited" | "payload_too_large" | "agent_link_failed" | "job_refused" | "job_failed" | "sso_provider_unavailable" | "agent_binary_missing" | "agent_timeout" | "timeout" | "internal";
         CodeRequest: {
             /**
              * @description Six digits from the authenticator app.
@@ -1207,6 +1248,12 @@ export interface components {
             target_connected: boolean;
             /** @description The Compose project name on the target. */
             project: string;
+            /** @description `docker` (the engine's containers) or `swarm` (Swarm services). */
+            platform: string;
+            /** @description Replicas set with `/deployments/{id}/scale`, over the stack's own. */
+            scale: {
+                [key: string]: number;
+            };
             /**
              * Format: int32
              * @description The stack version that should run.
@@ -1367,6 +1414,14 @@ export interface components {
             duration_ms: number;
             /** @description Per target, in milliseconds. */
             latency_ms: components["schemas"]["Latency"];
+        };
+        /** @description Something about a stack on a platform. */
+        FindingView: {
+            /** @description Where in the Compose model, e.g. `services.web.privileged`. */
+            path: string;
+            message: string;
+            /** @description A deploy to the platform is refused until this is changed. */
+            blocking: boolean;
         };
         GroupRole: {
             group: string;
@@ -1588,6 +1643,12 @@ export interface components {
                 target_connected: boolean;
                 /** @description The Compose project name on the target. */
                 project: string;
+                /** @description `docker` (the engine's containers) or `swarm` (Swarm services). */
+                platform: string;
+                /** @description Replicas set with `/deployments/{id}/scale`, over the stack's own. */
+                scale: {
+                    [key: string]: number;
+                };
                 /**
                  * Format: int32
                  * @description The stack version that should run.
@@ -1763,6 +1824,21 @@ export interface components {
         RefreshRequest: {
             refresh_token: string;
         };
+        /**
+         * @description A platform a stack can be rendered for.
+         * @enum {string}
+         */
+        RenderTarget: "swarm";
+        /** @description What a stack version becomes on a platform, before anything is applied. */
+        Rendering: {
+            to: components["schemas"]["RenderTarget"];
+            /** Format: int32 */
+            version: number;
+            /** @description The platform's own objects, as YAML documents; secret contents are left out. */
+            yaml: string;
+            /** @description What the platform cannot do (`blocking`: a deploy is refused) or does differently. */
+            findings: components["schemas"]["FindingView"][];
+        };
         ResetPassword: {
             password: string;
         };
@@ -1771,6 +1847,18 @@ export interface components {
          * @enum {string}
          */
         Role: "viewer" | "operator" | "admin" | "owner";
+        /**
+         * @description How many replicas of one service should run.
+         * @example {
+         *       "replicas": 3,
+         *       "service": "web"
+         *     }
+         */
+        ScaleRequest: {
+            service: string;
+            /** Format: int32 */
+            replicas: number;
+        };
         /**
          * @description What a token may do. Each scope includes the ones before it.
          * @enum {string}
@@ -2873,6 +2961,41 @@ export interface operations {
             };
         };
     };
+    deployments_scale: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ScaleRequest"];
+            };
+        };
+        responses: {
+            /** @description Accepted */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeploymentView"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     audit_list: {
         parameters: {
             query?: {
@@ -3605,8 +3728,14 @@ export interface operations {
     deployments_deploy: {
         parameters: {
             query?: {
-                /** @description A stack version; the current one (deploy) or the previous one (rollback) when left out. */
+                /** @description A stack version; the current one when left out. */
                 version?: number;
+                /**
+                 * @description What runs the stack on the target: `swarm` (services; the target must be a Swarm
+                 *     manager) or `docker` (containers). By default, what the target is. A deployment keeps
+                 *     the platform it was created with.
+                 */
+                platform?: "docker" | "swarm";
             };
             header?: never;
             path: {
@@ -3625,6 +3754,51 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["DeploymentView"];
+                };
+            };
+            /** @description The stack uses what the platform cannot do (`incompatible_stack`) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    stacks_render: {
+        parameters: {
+            query: {
+                /** @description The platform to render for. */
+                to: "swarm";
+                /** @description A stack version; the current one when left out. */
+                version?: number;
+            };
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Rendering"];
                 };
             };
             /** @description An error; `error.code` says which (see the `Code` schema) */
