@@ -125,6 +125,28 @@ pub fn https_client(ca_pem: &str) -> reqwest::Client {
     reqwest::Client::builder().use_preconfigured_tls(tls).build().expect("client")
 }
 
+/// Sends one HTTP/1.1 request over TLS the simplest way a client can: the whole request is
+/// written before the answer is read (as Python's `requests` does). Returns the raw answer, or
+/// the error the client saw.
+pub fn send_whole_then_read(ca_pem: &str, port: u16, request: &[u8]) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA PEM")).expect("CA");
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let connection = rustls::ClientConnection::new(Arc::new(tls), name).map_err(std::io::Error::other)?;
+    let mut stream = rustls::StreamOwned::new(connection, std::net::TcpStream::connect(("127.0.0.1", port))?);
+    stream.write_all(request)?;
+    stream.flush()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).or_else(|e| if answer.is_empty() { Err(e) } else { Ok(0) })?;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
 /// A running control plane.
 #[derive(Debug)]
 pub struct ControlPlane {

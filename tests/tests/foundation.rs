@@ -607,6 +607,20 @@ async fn an_address_over_its_rate_limit_gets_429_with_retry_after_and_the_error_
     let (status, _) =
         cp.call_with(None, Method::POST, "/api/v1/auth/login", Some(json!({"username": big, "password": "x"}))).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // A large body on a request refused before its route reads it still gets the answer, not a
+    // connection reset while the client is still sending.
+    let body = json!({"name": "big", "compose": "x".repeat(3 * 1024 * 1024)}).to_string();
+    let request = format!(
+        "POST /api/v1/stacks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (ca, port) = (cp.ca_pem(), cp.api_port);
+    let answer = tokio::task::spawn_blocking(move || send_whole_then_read(&ca, port, request.as_bytes()))
+        .await
+        .expect("joined")
+        .expect("the client gets an answer");
+    assert!(answer.starts_with("HTTP/1.1 401") && answer.contains("unauthenticated"), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,5 +1,6 @@
 //! What protects the HTTP surface as a whole, whatever the route: rate limits per client
-//! address and per credential, a time limit per request, the body limit, CORS for the origins
+//! address and per credential, a time limit per request, the body limit (bodies are read whole
+//! before a route may refuse them), CORS for the origins
 //! the operator allows, security headers on every answer, and a panic turned into a 500 in the
 //! API's error shape instead of a dropped connection.
 
@@ -26,6 +27,7 @@ pub fn protect(router: Router<AppState>, state: &AppState) -> Router<AppState> {
     let settings = &state.settings;
     let router = router
         .layer(middleware::from_fn_with_state(state.clone(), limit_credentials))
+        .layer(middleware::from_fn(read_whole_body))
         .layer(middleware::from_fn_with_state(settings.request_timeout, time_limit))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
@@ -40,6 +42,30 @@ pub fn protect(router: Router<AppState>, state: &AppState) -> Router<AppState> {
         None => router,
     };
     router.layer(middleware::from_fn(security_headers))
+}
+
+/// Reads a request's body before anything may refuse the request. A route that answers without
+/// reading it (401, 403, 404 before the body is looked at) would otherwise leave the client still
+/// sending while the server closes the connection, and the client would see a reset instead of
+/// the answer.
+async fn read_whole_body(request: Request, next: Next) -> Response {
+    let has_body = request.headers().contains_key(header::TRANSFER_ENCODING)
+        || request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() != "0");
+    if !has_body {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(bytes) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Err(error) => {
+            let error = error.into_inner();
+            if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                ApiError::new(Code::PayloadTooLarge, format!("the body is over {MAX_BODY} bytes")).into_response()
+            } else {
+                ApiError::new(Code::InvalidBody, format!("the body could not be read: {error}")).into_response()
+            }
+        }
+    }
 }
 
 type AddressLimit = tower_governor::GovernorLayer<
