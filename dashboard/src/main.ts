@@ -2,6 +2,10 @@ import { createApp } from 'vue'
 import { createPinia } from 'pinia'
 import { VueQueryPlugin, QueryClient } from '@tanstack/vue-query'
 import 'element-plus/theme-chalk/dark/css-vars.css'
+// Components are imported on demand with their styles; these two are called from code
+// (ElMessage, ElMessageBox), where the on-demand import does not see them.
+import 'element-plus/es/components/message/style/css'
+import 'element-plus/es/components/message-box/style/css'
 import './styles.css'
 import App from './App.vue'
 import { router } from './router'

@@ -165,6 +165,12 @@ try {
   await page.locator('td.new', { hasText: 'hello from the worker v2' }).waitFor()
   await scan(page, 'stack-versions')
 
+  step('what it becomes on Swarm')
+  await page.getByRole('tab', { name: 'On Swarm' }).click()
+  await page.getByText('Nothing stands in the way of running it on Swarm.').waitFor()
+  await page.locator('[data-testid=swarm-yaml]', { hasText: '_worker' }).waitFor()
+  await scan(page, 'stack-swarm')
+
   step('deploy it, watch it run and read its logs')
   await page.getByRole('button', { name: 'Deploy', exact: true }).click()
   const dialog = page.getByRole('dialog', { name: `Deploy ${stackName}` })
@@ -184,6 +190,15 @@ try {
   await page.getByText('Wanted: version 1').waitFor()
   await page.getByText('running: version 1').waitFor({ timeout: 90_000 })
   await page.locator('[data-testid=log-lines]', { hasText: 'first version' }).waitFor({ timeout: 30_000 })
+
+  step('scale the worker to two replicas')
+  await page.locator('[data-testid=deployment-platform]', { hasText: 'Docker containers' }).waitFor()
+  await page.getByRole('button', { name: 'Scale worker' }).click()
+  await page.fill('#wf-scale-replicas', '2')
+  await page.keyboard.press('Tab')
+  await page.locator('[data-testid=scale-confirm]').click()
+  await page.getByText('worker: 2 replica(s) asked.').waitFor()
+  await page.getByRole('cell', { name: /^2 \/ 2/ }).waitFor({ timeout: 90_000 })
 
   step('the deployments list')
   await page.goto(`${url}/deployments`)
