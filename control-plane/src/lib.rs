@@ -20,6 +20,7 @@ pub mod labels;
 pub mod login_guard;
 pub mod logs;
 pub mod metrics;
+pub mod migrations;
 pub mod orgs;
 pub mod pki;
 pub mod sealing;

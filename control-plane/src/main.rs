@@ -253,6 +253,21 @@ enum DeploymentsCommand {
         #[arg(long)]
         volumes: bool,
     },
+    /// Move a running deployment to another target (and platform), and follow each step.
+    Migrate {
+        id: String,
+        /// Destination target id or name.
+        #[arg(long)]
+        target: String,
+        /// `swarm` or `docker`; by default what the destination is.
+        #[arg(long)]
+        platform: Option<String>,
+        /// Remove the source once the destination runs (its named volumes are kept).
+        #[arg(long)]
+        remove_source: bool,
+        #[arg(long)]
+        detach: bool,
+    },
     /// Run this many replicas of one service, and follow until they run.
     Scale {
         id: String,
@@ -430,6 +445,27 @@ async fn follow_deployment(client: &mut Client, id: &str, from: u64) -> anyhow::
         anyhow::bail!("{}", deployment["reason"].as_str().unwrap_or("the deployment failed"));
     }
     Ok(())
+}
+
+/// Prints the destination's events until the migration is over; fails if it failed.
+async fn follow_migration(client: &mut Client, id: &str, destination: &str) -> anyhow::Result<()> {
+    let mut after = 0;
+    loop {
+        let events =
+            client.request(Method::GET, &format!("/deployments/{destination}/events?after={after}"), None).await?;
+        for event in events["items"].as_array().into_iter().flatten() {
+            after = after.max(event["seq"].as_u64().unwrap_or(after));
+            println!("{}", event["message"].as_str().unwrap_or_default());
+        }
+        let migration = client.request(Method::GET, &format!("/migrations/{id}"), None).await?;
+        match migration["step"].as_str() {
+            Some("done") => return Ok(()),
+            Some("failed") => {
+                anyhow::bail!("{}", migration["reason"].as_str().unwrap_or("the migration failed"))
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -741,6 +777,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let removing =
                         client.request(Method::DELETE, &format!("/deployments/{id}?volumes={volumes}"), None).await?;
                     follow_deployment(&mut client, &id, removing["events_from"].as_u64().unwrap_or(0)).await?;
+                }
+                DeploymentsCommand::Migrate { id, target, platform, remove_source, detach } => {
+                    let target = find_target(&mut client, &target).await?;
+                    let mut path = format!(
+                        "/deployments/{id}/migrate/{}?remove_source={remove_source}",
+                        target["id"].as_str().unwrap_or("")
+                    );
+                    if let Some(platform) = platform {
+                        path.push_str(&format!("&platform={platform}"));
+                    }
+                    let migration = client.request(Method::POST, &path, None).await?;
+                    let migration_id = migration["id"].as_str().unwrap_or_default().to_owned();
+                    println!(
+                        "migration {migration_id}: destination deployment {}",
+                        migration["destination_id"].as_str().unwrap_or("?")
+                    );
+                    if !detach {
+                        follow_migration(
+                            &mut client,
+                            &migration_id,
+                            migration["destination_id"].as_str().unwrap_or(""),
+                        )
+                        .await?;
+                    }
                 }
                 DeploymentsCommand::Scale { id, service, replicas, detach } => {
                     let body = serde_json::json!({ "service": service, "replicas": replicas });

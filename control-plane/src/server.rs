@@ -127,6 +127,7 @@ pub async fn serve(
     let events = Arc::new(crate::deployments::Events::new(store.clone()));
     let reconciler =
         crate::deployments::Reconciler::new(store.clone(), hub.clone(), events, audit.clone(), master_key.clone());
+    let (migration_store, migration_audit) = (store.clone(), audit.clone());
     let state = AppState {
         store: store.clone(),
         pki: pki.clone(),
@@ -171,6 +172,8 @@ pub async fn serve(
     };
     let quic_addr = endpoint.local_addr()?;
     let hub_task = tokio::spawn(hub.run(endpoint, until_stopped()));
+    let migrations_task =
+        tokio::spawn(crate::migrations::run(migration_store, reconciler.clone(), migration_audit, until_stopped()));
     let reconciler_task = tokio::spawn(reconciler.run(until_stopped()));
     let http = axum_server::bind_rustls(config.listen, tls)
         .handle(handle.clone())
@@ -182,6 +185,7 @@ pub async fn serve(
     http_task.await?.context("HTTPS server")?;
     let _ = hub_task.await;
     let _ = reconciler_task.await;
+    let _ = migrations_task.await;
     // Relaxed writes (observations, the audit trail) reach the disk before the process ends.
     store_for_shutdown.sync().context("flushing the store")?;
     Ok(())

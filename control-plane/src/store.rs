@@ -48,10 +48,11 @@ pub enum Table {
     OrgTargets,
     /// An organisation's identity provider. Key: organisation id.
     SsoConfigs,
+    Migrations,
 }
 
 impl Table {
-    const ALL: [Table; 14] = [
+    const ALL: [Table; 15] = [
         Table::Users,
         Table::Sessions,
         Table::JoinTokens,
@@ -66,6 +67,7 @@ impl Table {
         Table::Memberships,
         Table::OrgTargets,
         Table::SsoConfigs,
+        Table::Migrations,
     ];
 
     fn name(self) -> &'static str {
@@ -84,6 +86,7 @@ impl Table {
             Table::Memberships => "memberships",
             Table::OrgTargets => "org_targets",
             Table::SsoConfigs => "sso_configs",
+            Table::Migrations => "migrations",
         }
     }
 

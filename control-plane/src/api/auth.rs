@@ -47,7 +47,7 @@ pub struct Access {
 }
 
 /// The access policy of every route, in one place. Reads need `read` and `viewer`; deploying,
-/// rolling back, scaling, removing deployments and testing targets need `deploy` and `operator`; every
+/// rolling back, scaling, migrating, removing deployments and testing targets need `deploy` and `operator`; every
 /// other change needs `admin`. Tokens never make tokens, sign out or change passwords.
 pub fn access(method: &Method, path: &str) -> Access {
     let path = path.strip_prefix("/api/v1").unwrap_or(path);
@@ -65,6 +65,7 @@ pub fn access(method: &Method, path: &str) -> Access {
         (&Method::POST, ["stacks", "validate"]) => Access { scope: Some(Scope::Read), role: Some(Role::Viewer) },
         (_, ["stacks", _, "deploy", _])
         | (_, ["deployments", _, "rollback" | "scale"])
+        | (_, ["deployments", _, "migrate", _])
         | (&Method::DELETE, ["deployments", _])
         | (_, ["targets", _, "test" | "facts"])
         | (_, ["targets", "facts"]) => Access { scope: Some(Scope::Deploy), role: Some(Role::Operator) },
@@ -555,6 +556,8 @@ mod tests {
             (Method::POST, "/api/v1/stacks/x/deploy/y", org(Scope::Deploy, Role::Operator)),
             (Method::POST, "/api/v1/deployments/x/rollback", org(Scope::Deploy, Role::Operator)),
             (Method::POST, "/api/v1/deployments/x/scale", org(Scope::Deploy, Role::Operator)),
+            (Method::POST, "/api/v1/deployments/x/migrate/y", org(Scope::Deploy, Role::Operator)),
+            (Method::GET, "/api/v1/migrations", org(Scope::Read, Role::Viewer)),
             (Method::DELETE, "/api/v1/deployments/x", org(Scope::Deploy, Role::Operator)),
             (Method::POST, "/api/v1/targets/x/test", org(Scope::Deploy, Role::Operator)),
             (Method::POST, "/api/v1/targets/facts", org(Scope::Deploy, Role::Operator)),

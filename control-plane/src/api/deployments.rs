@@ -39,7 +39,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// One of the caller's organisation's deployments; any other id is not found.
-fn load(state: &AppState, caller: &Caller, raw: &str) -> Result<Deployment, ApiError> {
+pub(super) fn load(state: &AppState, caller: &Caller, raw: &str) -> Result<Deployment, ApiError> {
     let id = Uuid::try_parse(raw).map_err(|_| ApiError::not_found("deployment"))?;
     deployments::get_in(state.store.as_ref(), caller.org_id, id)?.ok_or_else(|| ApiError::not_found("deployment"))
 }
@@ -176,7 +176,11 @@ pub fn view(state: &AppState, deployment: &Deployment) -> DeploymentView {
 /// Ends a change of desired state: records the request in the deployment's events, wakes the
 /// reconciler, and answers 202 with the deployment and `events_from`, the sequence number of
 /// that event, from which the change's progress can be followed.
-fn accepted(state: &AppState, deployment: &Deployment, request: String) -> (StatusCode, Json<DeploymentView>) {
+pub(super) fn accepted(
+    state: &AppState,
+    deployment: &Deployment,
+    request: String,
+) -> (StatusCode, Json<DeploymentView>) {
     let events_from = state.reconciler.events.append(deployment.id, Level::Info, request, None);
     state.reconciler.wake();
     (StatusCode::ACCEPTED, Json(DeploymentView { events_from: Some(events_from), ..view(state, deployment) }))
@@ -192,7 +196,7 @@ struct VersionQuery {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
-enum PlatformName {
+pub(super) enum PlatformName {
     Docker,
     Swarm,
 }
@@ -220,7 +224,7 @@ struct DeployQuery {
 }
 
 /// The platform a deploy runs on: the one asked for, if the target can, else the target's own.
-fn choose_platform(
+pub(super) fn choose_platform(
     asked: Option<Platform>,
     target: Option<Platform>,
     existing: Option<&Deployment>,
@@ -247,7 +251,7 @@ fn choose_platform(
 }
 
 /// Refuses a stack that uses what the platform cannot do, with every finding.
-fn check_platform(
+pub(super) fn check_platform(
     platform: Platform,
     parsed: &crate::compose::Parsed,
 ) -> Result<Vec<windflow_platforms::Finding>, ApiError> {

@@ -11,6 +11,7 @@ pub mod enroll;
 pub mod error;
 pub mod hardening;
 pub mod health;
+pub mod migrations;
 pub mod openapi;
 pub mod orgs;
 pub mod sso;
@@ -82,6 +83,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(targets::routes())
         .merge(stacks::routes())
         .merge(deployments::routes())
+        .merge(migrations::routes())
         .merge(audit::routes())
         .merge(orgs::routes())
         .merge(users::routes())

@@ -391,6 +391,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/deployments/{id}/migrate/{target_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Moves a running deployment to another target: the stack is checked against the
+         *     destination's platform (422 `incompatible_stack` with every reason), deployed there, and once
+         *     it runs the source is removed if asked. If the destination fails, it is removed and the
+         *     source left untouched. Each step is told in both deployments' events.
+         */
+        post: operations["deployments_migrate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/deployments/{id}/rollback": {
         parameters: {
             query?: never;
@@ -460,6 +482,39 @@ export interface paths {
          *     `EntryView`; `skipped` when this follower fell behind), with the same filters.
          */
         get: operations["audit_stream_events"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/migrations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The organisation's migrations, newest first. */
+        get: operations["deployments_list_migrations"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/migrations/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["deployments_show_migration"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1490,6 +1545,30 @@ export interface components {
             }[];
         };
         /** @description A whole list, not paged (short by nature: an organisation's members, a user's tokens). */
+        Items_MigrationView: {
+            items: {
+                /** Format: uuid */
+                id: string;
+                /**
+                 * Format: uuid
+                 * @description The deployment being moved.
+                 */
+                source_id: string;
+                /**
+                 * Format: uuid
+                 * @description The deployment on the destination target, made by the migration.
+                 */
+                destination_id: string;
+                remove_source: boolean;
+                step: components["schemas"]["Step"];
+                /** @description Why it failed, or what went wrong on the way. */
+                reason?: string | null;
+                created_by: string;
+                created_at: string;
+                updated_at: string;
+            }[];
+        };
+        /** @description A whole list, not paged (short by nature: an organisation's members, a user's tokens). */
         Items_OrgView: {
             items: {
                 /** Format: uuid */
@@ -1613,6 +1692,28 @@ export interface components {
             username: string;
             role: components["schemas"]["Role"];
             since: string;
+        };
+        /** @description A migration and where it stands. */
+        MigrationView: {
+            /** Format: uuid */
+            id: string;
+            /**
+             * Format: uuid
+             * @description The deployment being moved.
+             */
+            source_id: string;
+            /**
+             * Format: uuid
+             * @description The deployment on the destination target, made by the migration.
+             */
+            destination_id: string;
+            remove_source: boolean;
+            step: components["schemas"]["Step"];
+            /** @description Why it failed, or what went wrong on the way. */
+            reason?: string | null;
+            created_by: string;
+            created_at: string;
+            updated_at: string;
         };
         /** @description An organisation and a role there. */
         OrgRole: {
@@ -1980,6 +2081,8 @@ export interface components {
             /** @description Keys WindFlow does not apply (only in the answer that saved a version). */
             warnings?: components["schemas"]["Diagnostic"][] | null;
         };
+        /** @enum {string} */
+        Step: "deploying" | "removing_source" | "compensating" | "done" | "failed";
         /** @description A host running an agent. */
         TargetView: {
             /** Format: uuid */
@@ -2927,6 +3030,52 @@ export interface operations {
             };
         };
     };
+    deployments_migrate: {
+        parameters: {
+            query?: {
+                /** @description What runs the stack on the destination; by default what the destination is. */
+                platform?: "docker" | "swarm";
+                /** @description Remove the source once the destination runs (its named volumes are kept). */
+                remove_source?: boolean;
+            };
+            header?: never;
+            path: {
+                id: string;
+                target_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Started */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MigrationView"];
+                };
+            };
+            /** @description The stack cannot run on the destination (`incompatible_stack`) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     deployments_rollback: {
         parameters: {
             query?: {
@@ -3067,6 +3216,71 @@ export interface operations {
                 };
                 content: {
                     "text/event-stream": string;
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    deployments_list_migrations: {
+        parameters: {
+            query?: {
+                /** @description The page, from 1. */
+                page?: number;
+                /** @description Items per page: 50 by default, 500 at most. */
+                per_page?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Items_MigrationView"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    deployments_show_migration: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MigrationView"];
                 };
             };
             /** @description An error; `error.code` says which (see the `Code` schema) */
