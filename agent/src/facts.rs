@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use windflow_protocol::messages::{DockerFacts, HostFacts, SwarmState};
+use windflow_protocol::Platform;
+use windflow_protocol::messages::{Capability, DockerFacts, HostFacts, SwarmState};
 
 fn read_trimmed(path: &str) -> String {
     std::fs::read_to_string(path).map(|s| s.trim().to_owned()).unwrap_or_default()
@@ -63,4 +64,16 @@ pub async fn collect() -> HostFacts {
         memory_bytes: memory_bytes(),
         docker: docker().await,
     }
+}
+
+/// Every platform and whether this agent can drive it, in the order the control plane lists them.
+pub async fn capabilities(facts: &HostFacts) -> Vec<Capability> {
+    let mut capabilities = Capability::of_engine(facts).to_vec();
+    capabilities.push(crate::driver::kubernetes::probe().await);
+    capabilities.push(Capability {
+        platform: Platform::Libvirt,
+        available: false,
+        detail: "this agent version has no libvirt driver".into(),
+    });
+    capabilities
 }

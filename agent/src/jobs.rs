@@ -10,8 +10,10 @@ use uuid::Uuid;
 use windflow_protocol::messages::{JobOutcome, JobOutput, LogChunk, StackStatus};
 use windflow_protocol::{JobEnvelope, JobPayload, JobRejection, Platform, SignedJob, Workload};
 
+use crate::driver::DriverError;
 use crate::driver::ProgressSender;
-use crate::driver::docker::{DockerDriver, DockerError};
+use crate::driver::docker::DockerDriver;
+use crate::driver::kubernetes::KubernetesDriver;
 use crate::driver::swarm::SwarmDriver;
 use crate::journal::Journal;
 
@@ -98,6 +100,18 @@ impl Executor {
                 let apply = async { SwarmDriver::connect().await?.apply(*deployment_id, spec, swarm, progress).await };
                 self.deploy(*deployment_id, workload.project(), workload.platform(), apply).await
             }
+            JobPayload::DeployWorkload {
+                deployment_id,
+                workload: workload @ Workload::Kubernetes { spec, orchestration, namespace },
+            } => {
+                let apply = async {
+                    KubernetesDriver::connect()
+                        .await?
+                        .apply(*deployment_id, spec, orchestration, namespace, progress)
+                        .await
+                };
+                self.deploy(*deployment_id, workload.project(), workload.platform(), apply).await
+            }
             JobPayload::RemoveStack { deployment_id, project, remove_volumes } => {
                 self.remove(*deployment_id, project, Platform::Docker, *remove_volumes, progress).await
             }
@@ -128,6 +142,13 @@ impl Executor {
                                 .logs(project, service.as_deref(), *tail, *since_unix_s, *follow)
                                 .await
                         }
+                        Platform::Kubernetes => {
+                            KubernetesDriver::connect()
+                                .await?
+                                .logs(project, service.as_deref(), *tail, *since_unix_s, *follow)
+                                .await
+                        }
+                        other => Err(unsupported(*other)),
                     }
                 };
                 forward_logs(stream, logs).await
@@ -141,8 +162,8 @@ impl Executor {
         deployment_id: Uuid,
         project: &str,
         platform: Platform,
-        apply: impl Future<Output = Result<StackStatus, DockerError>>,
-    ) -> Result<JobOutcome, DockerError> {
+        apply: impl Future<Output = Result<StackStatus, DriverError>>,
+    ) -> Result<JobOutcome, DriverError> {
         let lock = self.project_lock(project).await;
         let _guard = lock.lock().await;
         let status = apply.await?;
@@ -157,23 +178,32 @@ impl Executor {
         platform: Platform,
         remove_volumes: bool,
         progress: &ProgressSender,
-    ) -> Result<JobOutcome, DockerError> {
+    ) -> Result<JobOutcome, DriverError> {
         let lock = self.project_lock(project).await;
         let _guard = lock.lock().await;
         match platform {
             Platform::Docker => DockerDriver::connect().await?.remove(project, remove_volumes, progress).await?,
             Platform::Swarm => SwarmDriver::connect().await?.remove(project, remove_volumes, progress).await?,
+            Platform::Kubernetes => {
+                KubernetesDriver::connect().await?.remove(project, remove_volumes, progress).await?;
+            }
+            other => return Err(unsupported(other)),
         }
         self.track(deployment_id, None);
         Ok(JobOutcome::Succeeded(JobOutput::None))
     }
 }
 
+/// A platform this agent has no driver for (its capabilities say so too).
+fn unsupported(platform: Platform) -> DriverError {
+    DriverError::Failed(format!("this agent has no {} driver", platform.as_str()))
+}
+
 /// Copies a driver's log lines to the job's log channel until either side ends.
 async fn forward_logs(
-    stream: impl Future<Output = Result<mpsc::Receiver<LogChunk>, DockerError>>,
+    stream: impl Future<Output = Result<mpsc::Receiver<LogChunk>, DriverError>>,
     logs: &mpsc::Sender<LogChunk>,
-) -> Result<JobOutcome, DockerError> {
+) -> Result<JobOutcome, DriverError> {
     let mut chunks = stream.await?;
     while let Some(chunk) = chunks.recv().await {
         if logs.send(chunk).await.is_err() {

@@ -167,6 +167,19 @@ fn is_revocation(error: &quinn::ConnectionError) -> bool {
     }
 }
 
+/// Tells the control plane what this agent can drive, when that changed since it last said.
+async fn report_capabilities(
+    session: &mut AgentSession,
+    facts: &windflow_protocol::HostFacts,
+    reported: &mut Option<Vec<windflow_protocol::Capability>>,
+) {
+    let capabilities = crate::facts::capabilities(facts).await;
+    if reported.as_ref() != Some(&capabilities) {
+        session.send(AgentMessage::Capabilities(capabilities.clone()));
+        *reported = Some(capabilities);
+    }
+}
+
 async fn serve(
     data: &DataDir,
     identity: &Identity,
@@ -191,6 +204,7 @@ async fn serve(
     let mut status = tokio::time::interval(STATUS_INTERVAL);
     status.tick().await;
     let mut renewal: Option<String> = None;
+    let mut reported_capabilities = None;
 
     let end = loop {
         while let Some(message) = session.poll_transmit() {
@@ -217,11 +231,9 @@ async fn serve(
                 None
             }
             _ = status.tick() => {
-                session.report_status(StatusReport {
-                    facts: crate::facts::collect().await,
-                    running_jobs: 0,
-                    uptime_s: started.elapsed().as_secs(),
-                });
+                let facts = crate::facts::collect().await;
+                report_capabilities(&mut session, &facts, &mut reported_capabilities).await;
+                session.report_status(StatusReport { facts, running_jobs: 0, uptime_s: started.elapsed().as_secs() });
                 None
             }
             () = sleep_until(deadline) => session.handle_timeout(Instant::now()),
@@ -231,6 +243,8 @@ async fn serve(
             None => {}
             Some(AgentSessionEvent::Established(_)) => {
                 tracing::info!(agent_id = %identity.agent_id, server = %identity.quic_endpoint, "connected to the control plane");
+                let facts = crate::facts::collect().await;
+                report_capabilities(&mut session, &facts, &mut reported_capabilities).await;
             }
             Some(AgentSessionEvent::CertificateRenewed { cert_der }) => {
                 if let Some(key_pem) = renewal.take() {

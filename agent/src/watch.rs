@@ -1,22 +1,27 @@
-//! Reports the observed state of every deployment on this host: right after a container of one
-//! changes (Docker events, debounced) and every few seconds regardless. This is what lets the
-//! control plane notice and repair drift, such as a container or a Swarm service removed by
-//! hand. Swarm tasks' containers carry the stack's labels, so their events wake it too.
+//! Reports the observed state of every deployment this agent drives: right after something of
+//! one changes (Docker container events, Kubernetes pod events; debounced) and every few
+//! seconds regardless. This is what lets the control plane notice and repair drift, such as a
+//! container or a Swarm service removed by hand. Swarm tasks' containers carry the stack's
+//! labels, so their events wake it too.
 
 use std::collections::HashSet;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::query_parameters::EventsOptions;
-use futures_util::StreamExt;
+use futures_util::future::OptionFuture;
+use futures_util::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::mpsc;
 use uuid::Uuid;
+use windflow_protocol::Platform;
 use windflow_protocol::messages::AgentMessage;
 
-use futures_util::future::OptionFuture;
-use windflow_protocol::Platform;
-
 use crate::driver::docker::{DockerDriver, LABEL_DEPLOYMENT, LABEL_MANAGED};
+use crate::driver::kubernetes::KubernetesDriver;
 use crate::driver::swarm::SwarmDriver;
 use crate::jobs::Executor;
 
@@ -24,63 +29,41 @@ const PERIOD: Duration = Duration::from_secs(15);
 const DEBOUNCE: Duration = Duration::from_millis(300);
 const ENGINE_RETRY: Duration = Duration::from_secs(5);
 
+/// A change to something of a deployment (its id when known); `None` ends the stream: the
+/// engine went away.
+type Changes = Pin<Box<dyn Stream<Item = Option<Uuid>> + Send>>;
+
 /// Runs until `out` is closed (the session ended).
 pub async fn report_stacks(executor: Arc<Executor>, out: mpsc::Sender<AgentMessage>) {
     while !out.is_closed() {
-        let driver = match DockerDriver::connect().await {
-            Ok(driver) => driver,
-            Err(_) => {
-                tokio::time::sleep(ENGINE_RETRY).await;
-                continue;
-            }
-        };
-        // Only a manager sees the Swarm's services.
-        let swarm = SwarmDriver::connect().await.ok();
-        if let Ok(found) = driver.managed().await {
-            for (id, project) in found {
-                executor.track(id, Some((&project, Platform::Docker)));
-            }
+        let drivers = Drivers::connect().await;
+        if drivers.docker.is_none() && drivers.kubernetes.is_none() {
+            tokio::time::sleep(ENGINE_RETRY).await;
+            continue;
         }
-        if let Some(Ok(found)) = OptionFuture::from(swarm.as_ref().map(SwarmDriver::managed)).await {
-            for (id, project) in found {
-                executor.track(id, Some((&project, Platform::Swarm)));
-            }
-        }
-        let drivers = Drivers { docker: driver, swarm };
-        let driver = &drivers;
-        if !push(driver, &executor, &out, None).await {
+        drivers.track_managed(&executor).await;
+        if !push(&drivers, &executor, &out, None).await {
             return;
         }
-        let filters = [("type", "container".to_owned()), ("label", format!("{LABEL_MANAGED}=true"))].into_iter().fold(
-            std::collections::HashMap::<String, Vec<String>>::new(),
-            |mut map, (k, v)| {
-                map.entry(k.to_owned()).or_default().push(v);
-                map
-            },
-        );
-        let mut events =
-            driver.docker.client().events(Some(EventsOptions { filters: Some(filters), ..Default::default() }));
+        let mut changes = drivers.changes();
         let mut tick = tokio::time::interval(PERIOD);
         tick.tick().await;
         let mut dirty: HashSet<Uuid> = HashSet::new();
         loop {
             let debounce = tokio::time::sleep(DEBOUNCE);
             tokio::select! {
-                event = events.next() => match event {
-                    Some(Ok(event)) => {
-                        let deployment = event.actor.and_then(|a| a.attributes).and_then(|a| a.get(LABEL_DEPLOYMENT).and_then(|d| Uuid::try_parse(d).ok()));
-                        dirty.extend(deployment);
-                    }
-                    // The engine went away: start over once it is back.
-                    _ => break,
+                change = changes.next() => match change {
+                    Some(deployment) => dirty.extend(deployment),
+                    // An engine went away: start over once it is back.
+                    None => break,
                 },
                 () = debounce, if !dirty.is_empty() => {
-                    if !push(driver, &executor, &out, Some(std::mem::take(&mut dirty))).await {
+                    if !push(&drivers, &executor, &out, Some(std::mem::take(&mut dirty))).await {
                         return;
                     }
                 }
                 _ = tick.tick() => {
-                    if !push(driver, &executor, &out, None).await {
+                    if !push(&drivers, &executor, &out, None).await {
                         return;
                     }
                 }
@@ -102,11 +85,21 @@ async fn push(
         if only.as_ref().is_some_and(|only| !only.contains(&id)) {
             continue;
         }
-        let status = match (platform, &drivers.swarm) {
-            (Platform::Docker, _) => drivers.docker.status(id, &project).await,
-            (Platform::Swarm, Some(swarm)) => swarm.status(id, &project).await,
+        let status = match platform {
+            Platform::Docker => match &drivers.docker {
+                Some(docker) => docker.status(id, &project).await,
+                None => continue,
+            },
             // No longer a manager: nothing this host can say about the stack.
-            (Platform::Swarm, None) => continue,
+            Platform::Swarm => match &drivers.swarm {
+                Some(swarm) => swarm.status(id, &project).await,
+                None => continue,
+            },
+            Platform::Kubernetes => match &drivers.kubernetes {
+                Some(kubernetes) => kubernetes.status(id, &project).await,
+                None => continue,
+            },
+            Platform::Libvirt => continue,
         };
         if let Ok(status) = status
             && out.send(AgentMessage::StackStatus(status)).await.is_err()
@@ -118,6 +111,80 @@ async fn push(
 }
 
 struct Drivers {
-    docker: DockerDriver,
+    docker: Option<DockerDriver>,
+    /// Only a manager sees the Swarm's services.
     swarm: Option<SwarmDriver>,
+    kubernetes: Option<KubernetesDriver>,
+}
+
+impl Drivers {
+    async fn connect() -> Self {
+        let docker = DockerDriver::connect().await.ok();
+        let swarm = match docker {
+            Some(_) => SwarmDriver::connect().await.ok(),
+            None => None,
+        };
+        let kubernetes = KubernetesDriver::connect().await.ok();
+        // A kubeconfig pointing nowhere is no cluster.
+        let kubernetes = match kubernetes {
+            Some(driver) if driver.managed().await.is_ok() => Some(driver),
+            _ => None,
+        };
+        Self { docker, swarm, kubernetes }
+    }
+
+    /// Picks up the deployments already on this host (after an agent restart).
+    async fn track_managed(&self, executor: &Executor) {
+        if let Some(Ok(found)) = OptionFuture::from(self.docker.as_ref().map(DockerDriver::managed)).await {
+            found.into_iter().for_each(|(id, project)| executor.track(id, Some((&project, Platform::Docker))));
+        }
+        if let Some(Ok(found)) = OptionFuture::from(self.swarm.as_ref().map(SwarmDriver::managed)).await {
+            found.into_iter().for_each(|(id, project)| executor.track(id, Some((&project, Platform::Swarm))));
+        }
+        if let Some(Ok(found)) = OptionFuture::from(self.kubernetes.as_ref().map(KubernetesDriver::managed)).await {
+            found.into_iter().for_each(|(id, project)| executor.track(id, Some((&project, Platform::Kubernetes))));
+        }
+    }
+
+    /// Container events of the Docker engine and pod events of the cluster, as deployment ids.
+    fn changes(&self) -> Changes {
+        let docker: Changes = match &self.docker {
+            Some(docker) => {
+                let filters = std::collections::HashMap::from([
+                    ("type".to_owned(), vec!["container".to_owned()]),
+                    ("label".to_owned(), vec![format!("{LABEL_MANAGED}=true")]),
+                ]);
+                let events =
+                    docker.client().events(Some(EventsOptions { filters: Some(filters), ..Default::default() }));
+                Box::pin(
+                    events
+                        .map(|event| {
+                            event.ok().map(|event| {
+                                event
+                                    .actor
+                                    .and_then(|a| a.attributes)
+                                    .and_then(|a| a.get(LABEL_DEPLOYMENT).and_then(|d| Uuid::try_parse(d).ok()))
+                            })
+                        })
+                        .take_while(|event| std::future::ready(event.is_some()))
+                        .map(Option::flatten)
+                        .chain(futures_util::stream::once(async { None })),
+                )
+            }
+            None => Box::pin(futures_util::stream::pending()),
+        };
+        let pods: Changes = match &self.kubernetes {
+            Some(kubernetes) => {
+                let config = watcher::Config::default().labels(&format!("{LABEL_MANAGED}=true"));
+                let events = watcher::watcher(kubernetes.pods(), config).default_backoff().touched_objects();
+                Box::pin(events.filter_map(|pod: Result<Pod, watcher::Error>| {
+                    std::future::ready(
+                        pod.ok().map(|pod| pod.labels().get(LABEL_DEPLOYMENT).and_then(|d| Uuid::try_parse(d).ok())),
+                    )
+                }))
+            }
+            None => Box::pin(futures_util::stream::pending()),
+        };
+        Box::pin(futures_util::stream::select(docker, pods))
+    }
 }

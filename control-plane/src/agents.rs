@@ -27,6 +27,9 @@ pub struct Agent {
     pub last_seen_unix_ms: Option<u64>,
     pub facts: Option<HostFacts>,
     pub labels: crate::labels::Labels,
+    /// What the agent last said it can drive; `None` before it first said (older agents).
+    #[serde(default)]
+    pub capabilities: Option<Vec<windflow_protocol::Capability>>,
 }
 
 impl Record for Agent {
@@ -88,6 +91,7 @@ pub fn enroll(
         revoked_at_unix_s: None,
         last_seen_unix_ms: None,
         facts: None,
+        capabilities: None,
     };
     let spent = join_tokens::redeem(store, token, |t| {
         let agent = agent(t);

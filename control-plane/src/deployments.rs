@@ -133,12 +133,20 @@ pub fn desired_spec(
 }
 
 /// The job that applies `spec` for the deployment, on its platform.
-fn deploy_payload(deployment: &Deployment, spec: StackSpec, swarm: SwarmSpec) -> JobPayload {
+fn deploy_payload(deployment: &Deployment, spec: StackSpec, swarm: SwarmSpec) -> Result<JobPayload, HubError> {
     let deployment_id = deployment.id;
-    match deployment.platform {
+    Ok(match deployment.platform {
         Platform::Docker => JobPayload::DeployStack { deployment_id, spec },
         Platform::Swarm => JobPayload::DeployWorkload { deployment_id, workload: Workload::Swarm { spec, swarm } },
-    }
+        Platform::Kubernetes => {
+            let namespace = windflow_platforms::kubernetes::namespace_for(&spec.project);
+            JobPayload::DeployWorkload {
+                deployment_id,
+                workload: Workload::Kubernetes { spec, orchestration: swarm, namespace },
+            }
+        }
+        Platform::Libvirt => return Err(HubError::JobFailed("libvirt runs virtual machines, not stacks".into())),
+    })
 }
 
 fn remove_payload(deployment: &Deployment, remove_volumes: bool) -> JobPayload {
@@ -289,13 +297,15 @@ impl Events {
     }
 }
 
-/// Why a deployment's observed state is not what its spec asks for, if it is not. A Swarm
-/// restarts and reschedules tasks itself: there only a missing or changed service is drift.
+/// Why a deployment's observed state is not what its spec asks for, if it is not. A Swarm or
+/// a cluster restarts and reschedules tasks itself: there only a missing or changed service
+/// is drift.
 pub fn drift(spec: &StackSpec, observed: &StackStatus, platform: Platform) -> Option<String> {
+    let orchestrated = matches!(platform, Platform::Swarm | Platform::Kubernetes);
     for service in &spec.services {
         let found = observed.services.iter().find(|s| s.service == service.name);
         let containers = found.map(|s| s.containers.as_slice()).unwrap_or_default();
-        if platform == Platform::Swarm {
+        if orchestrated {
             if found.is_none() {
                 return Some(format!("service {} is missing", service.name));
             }
@@ -310,7 +320,7 @@ pub fn drift(spec: &StackSpec, observed: &StackStatus, platform: Platform) -> Op
         let one_shot = service.restart == RestartPolicy::No;
         for container in containers {
             match container.state {
-                _ if platform == Platform::Swarm => {}
+                _ if orchestrated => {}
                 ContainerState::Running | ContainerState::Restarting => {}
                 ContainerState::Exited { code: 0 } if one_shot => {}
                 ContainerState::Exited { code } if one_shot => {
@@ -542,7 +552,7 @@ impl Reconciler {
     async fn run_deploy(&self, deployment: &Deployment, spec: StackSpec, swarm: SwarmSpec) -> Result<(), HubError> {
         let id = deployment.id;
         let events = self.events.clone();
-        let payload = deploy_payload(deployment, spec, swarm);
+        let payload = deploy_payload(deployment, spec, swarm)?;
         let outcome = self
             .hub
             .run_job_with_progress(deployment.target_id, payload, DEPLOY_TIMEOUT, move |step, percent| {

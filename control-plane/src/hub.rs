@@ -97,6 +97,7 @@ pub struct LiveStatus {
     pub last_seen_unix_ms: u64,
     pub facts: HostFacts,
     pub remote_address: SocketAddr,
+    pub capabilities: Option<Vec<windflow_protocol::Capability>>,
 }
 
 struct LiveAgent {
@@ -105,6 +106,7 @@ struct LiveAgent {
     connected_since_unix_ms: u64,
     last_seen_unix_ms: Arc<AtomicU64>,
     facts: HostFacts,
+    capabilities: Option<Vec<windflow_protocol::Capability>>,
 }
 
 pub struct Hub {
@@ -345,6 +347,7 @@ impl Hub {
                         self.update_facts(agent_id, report.facts);
                     }
                     ControlSessionEvent::StackStatus(status) => self.record_observed(status),
+                    ControlSessionEvent::Capabilities(capabilities) => self.update_capabilities(agent_id, capabilities),
                     ControlSessionEvent::Event(event) => {
                         tracing::info!(%agent_id, event = ?event.kind, "agent event")
                     }
@@ -402,6 +405,7 @@ impl Hub {
                 connected_since_unix_ms: unix_ms(),
                 last_seen_unix_ms: last_seen,
                 facts: facts.clone(),
+                capabilities: None,
             },
         );
         self.changes.notify_one();
@@ -419,6 +423,15 @@ impl Hub {
     pub fn update_facts(&self, agent_id: Uuid, facts: HostFacts) {
         if let Some(live) = self.lock_live().get_mut(&agent_id) {
             live.facts = facts;
+        }
+    }
+
+    pub fn update_capabilities(&self, agent_id: Uuid, capabilities: Vec<windflow_protocol::Capability>) {
+        if let Some(live) = self.lock_live().get_mut(&agent_id) {
+            live.capabilities = Some(capabilities.clone());
+        }
+        if let Err(error) = agents::observe(self.store.as_ref(), agent_id, |a| a.capabilities = Some(capabilities)) {
+            tracing::error!(%agent_id, %error, "could not record the agent's capabilities");
         }
     }
 
@@ -480,6 +493,7 @@ impl Hub {
             last_seen_unix_ms: l.last_seen_unix_ms.load(Ordering::Relaxed),
             facts: l.facts.clone(),
             remote_address: l.connection.remote_address(),
+            capabilities: l.capabilities.clone(),
         })
     }
 

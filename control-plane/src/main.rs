@@ -215,16 +215,16 @@ enum StackCommand {
         target: String,
         #[arg(long)]
         version: Option<u32>,
-        /// `swarm` or `docker`; by default what the target is (a Swarm manager runs services).
+        /// `swarm`, `kubernetes` or `docker`; by default what the target is (a Swarm manager runs services).
         #[arg(long)]
         platform: Option<String>,
         #[arg(long)]
         detach: bool,
     },
-    /// Print what a stack becomes on a platform (Swarm services…), and what stands in the way.
+    /// Print what a stack becomes on a platform (Swarm services, Kubernetes manifests), and what stands in the way.
     Render {
         name: String,
-        /// The platform: swarm.
+        /// The platform: swarm or kubernetes.
         #[arg(long)]
         to: String,
         #[arg(long)]
@@ -259,7 +259,7 @@ enum DeploymentsCommand {
         /// Destination target id or name.
         #[arg(long)]
         target: String,
-        /// `swarm` or `docker`; by default what the destination is.
+        /// `swarm`, `kubernetes` or `docker`; by default what the destination is.
         #[arg(long)]
         platform: Option<String>,
         /// Remove the source once the destination runs (its named volumes are kept).

@@ -1,4 +1,4 @@
-//! How a `StackSpec` becomes each platform's own objects — Swarm services today — as pure
+//! How a `StackSpec` becomes each platform's own objects — Swarm services, Kubernetes objects — as pure
 //! functions: the control plane uses them to check a stack against a target kind and to render
 //! what would be applied; the agent uses the very same functions to apply it. Nothing here
 //! talks to an engine, a cluster or the network.
@@ -6,6 +6,9 @@
 //! **Invariant:** a stack feature a platform cannot honour is reported as a blocking
 //! [`Finding`] by [`check`](swarm::check) before anything is applied, never half-applied.
 
+#[cfg(test)]
+mod fixtures;
+pub mod kubernetes;
 pub mod swarm;
 
 /// Labels every object WindFlow makes carries, whatever the platform.

@@ -52,6 +52,10 @@ pub enum Platform {
     Docker,
     /// Services of a Swarm (the agent runs on a manager).
     Swarm,
+    /// Objects of a Kubernetes cluster (the agent runs in it, or holds a kubeconfig).
+    Kubernetes,
+    /// Virtual machines of a libvirt hypervisor.
+    Libvirt,
 }
 
 impl Platform {
@@ -59,6 +63,8 @@ impl Platform {
         match self {
             Platform::Docker => "docker",
             Platform::Swarm => "swarm",
+            Platform::Kubernetes => "kubernetes",
+            Platform::Libvirt => "libvirt",
         }
     }
 }
@@ -66,19 +72,30 @@ impl Platform {
 /// A workload for an orchestrator, with what that orchestrator needs beyond the Compose model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Workload {
-    Swarm { spec: crate::stack::StackSpec, swarm: crate::stack::SwarmSpec },
+    Swarm {
+        spec: crate::stack::StackSpec,
+        swarm: crate::stack::SwarmSpec,
+    },
+    /// A stack in a Kubernetes namespace. Compose's `deploy` section, secrets and configs
+    /// travel in `orchestration`, as they do for a Swarm.
+    Kubernetes {
+        spec: crate::stack::StackSpec,
+        orchestration: crate::stack::SwarmSpec,
+        namespace: String,
+    },
 }
 
 impl Workload {
     pub fn project(&self) -> &str {
         match self {
-            Workload::Swarm { spec, .. } => &spec.project,
+            Workload::Swarm { spec, .. } | Workload::Kubernetes { spec, .. } => &spec.project,
         }
     }
 
     pub fn platform(&self) -> Platform {
         match self {
             Workload::Swarm { .. } => Platform::Swarm,
+            Workload::Kubernetes { .. } => Platform::Kubernetes,
         }
     }
 }

@@ -143,6 +143,52 @@ pub enum AgentMessage {
     },
     /// The observed state of a deployed stack, pushed when it changes and periodically.
     StackStatus(StackStatus),
+    /// Which platforms this agent can drive, sent after the handshake and whenever it changes.
+    Capabilities(Vec<Capability>),
+}
+
+/// Whether the agent can deploy to a platform, and why (or why not), in words for people:
+/// "Kubernetes v1.33.1 at https://10.0.0.1:443", "no cluster access: no kubeconfig found".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capability {
+    pub platform: crate::job::Platform,
+    pub available: bool,
+    pub detail: String,
+}
+
+impl Capability {
+    /// What the host's Docker engine offers, as its facts tell: containers, and Swarm services
+    /// when it is a manager.
+    pub fn of_engine(facts: &HostFacts) -> [Capability; 2] {
+        use crate::job::Platform;
+        let Some(docker) = &facts.docker else {
+            return [
+                Capability { platform: Platform::Docker, available: false, detail: "no Docker engine answers".into() },
+                Capability { platform: Platform::Swarm, available: false, detail: "no Docker engine answers".into() },
+            ];
+        };
+        let engine =
+            Capability { platform: Platform::Docker, available: true, detail: format!("Docker {}", docker.version) };
+        let swarm = match &docker.swarm {
+            SwarmState::Manager { node_id } => {
+                Capability { platform: Platform::Swarm, available: true, detail: format!("Swarm manager {node_id}") }
+            }
+            SwarmState::Worker { .. } => Capability {
+                platform: Platform::Swarm,
+                available: false,
+                detail: "this node is a Swarm worker; services are deployed through a manager".into(),
+            },
+            SwarmState::Inactive => Capability {
+                platform: Platform::Swarm,
+                available: false,
+                detail: "the Docker engine is not part of a Swarm".into(),
+            },
+            SwarmState::Other(state) => {
+                Capability { platform: Platform::Swarm, available: false, detail: format!("the Swarm is {state}") }
+            }
+        };
+        [engine, swarm]
+    }
 }
 
 /// Control plane → agent, on the control stream.

@@ -166,6 +166,7 @@ pub enum ControlSessionEvent {
     PingAnswered { nonce: u64, round_trip: Duration },
     RenewalRequested { csr_der: Vec<u8> },
     StackStatus(crate::messages::StackStatus),
+    Capabilities(Vec<crate::messages::Capability>),
     Closed(CloseReason),
 }
 
@@ -243,6 +244,7 @@ impl ControlSession {
                         Some(ControlSessionEvent::RenewalRequested { csr_der })
                     }
                     AgentMessage::StackStatus(status) => Some(ControlSessionEvent::StackStatus(status)),
+                    AgentMessage::Capabilities(capabilities) => Some(ControlSessionEvent::Capabilities(capabilities)),
                 }
             }
         }

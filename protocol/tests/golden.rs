@@ -73,6 +73,13 @@ fn agent_messages() {
     );
     check("agent_pong", &AgentMessage::Pong { nonce: 7 });
     check("agent_renew", &AgentMessage::RenewCertificate { csr_der: vec![0x30, 0x82] });
+    check(
+        "agent_capabilities",
+        &AgentMessage::Capabilities(vec![
+            Capability { platform: Platform::Docker, available: true, detail: "Docker 28.2.2".into() },
+            Capability { platform: Platform::Libvirt, available: false, detail: "built without libvirt".into() },
+        ]),
+    );
 }
 
 #[test]
@@ -288,6 +295,9 @@ fn stack_jobs_and_status() {
         remove_volumes: false,
     };
     check("job_remove_workload", &remove);
+    let Workload::Swarm { spec, swarm } = swarm_workload() else { unreachable!() };
+    let kubernetes = Workload::Kubernetes { spec, orchestration: swarm, namespace: "shop".into() };
+    check("job_deploy_workload_kubernetes", &JobPayload::DeployWorkload { deployment_id: JOB, workload: kubernetes });
     let logs = JobPayload::StreamWorkloadLogs {
         platform: Platform::Swarm,
         project: "shop".into(),

@@ -28,7 +28,7 @@ use windflow_protocol::stack::{
     DependencyCondition, MountSource, Protocol, PullPolicy, RestartPolicy, ServiceSpec, StackSpec,
 };
 
-use super::{ProgressSender, report};
+use super::{DriverError, ProgressSender, report};
 
 pub const LABEL_PROJECT: &str = "com.docker.compose.project";
 pub const LABEL_SERVICE: &str = "com.docker.compose.service";
@@ -44,25 +44,14 @@ pub const LABEL_MANAGED: &str = "io.windflow.managed";
 const DEPENDENCY_TIMEOUT: Duration = Duration::from_secs(300);
 const POLL: Duration = Duration::from_millis(200);
 
-#[derive(Debug, thiserror::Error)]
-pub enum DockerError {
-    #[error("cannot reach the Docker engine: {0}")]
-    Unreachable(String),
-    #[error("{context}: {message}")]
-    Engine { context: String, message: String },
-    #[error("{0}")]
-    /// The engine answered, but what was asked did not happen (a dependency, a rollout).
-    Failed(String),
-}
-
-pub(super) fn engine(context: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError {
+pub(super) fn engine(context: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DriverError {
     let context = context.into();
     move |error| {
         let message = match error {
             bollard::errors::Error::DockerResponseServerError { message, .. } => message,
             other => other.to_string(),
         };
-        DockerError::Engine { context, message }
+        DriverError::Engine { context, message }
     }
 }
 
@@ -125,12 +114,12 @@ struct Existing {
 }
 
 impl DockerDriver {
-    pub async fn connect() -> Result<Self, DockerError> {
+    pub async fn connect() -> Result<Self, DriverError> {
         let docker = Docker::connect_with_local_defaults()
-            .map_err(|e| DockerError::Unreachable(e.to_string()))?
+            .map_err(|e| DriverError::Unreachable(e.to_string()))?
             .negotiate_version()
             .await
-            .map_err(|e| DockerError::Unreachable(e.to_string()))?;
+            .map_err(|e| DriverError::Unreachable(e.to_string()))?;
         Ok(Self { docker })
     }
 
@@ -144,7 +133,7 @@ impl DockerDriver {
         deployment_id: Uuid,
         spec: &StackSpec,
         progress: &ProgressSender,
-    ) -> Result<StackStatus, DockerError> {
+    ) -> Result<StackStatus, DriverError> {
         let project = &spec.project;
         for network in &spec.networks {
             self.ensure_network(project, network, deployment_id, progress).await?;
@@ -174,7 +163,7 @@ impl DockerDriver {
         network: &windflow_protocol::stack::NetworkSpec,
         deployment_id: Uuid,
         progress: &ProgressSender,
-    ) -> Result<(), DockerError> {
+    ) -> Result<(), DriverError> {
         let name = if network.external { network.name.clone() } else { network_name(project, &network.name) };
         match self.docker.inspect_network(&name, None).await {
             Ok(_) => return Ok(()),
@@ -182,7 +171,7 @@ impl DockerDriver {
             Err(e) => return Err(engine(format!("inspecting network {name}"))(e)),
         }
         if network.external {
-            return Err(DockerError::Engine {
+            return Err(DriverError::Engine {
                 context: format!("network {name}"),
                 message: "external network does not exist".into(),
             });
@@ -206,7 +195,7 @@ impl DockerDriver {
         volume: &windflow_protocol::stack::VolumeSpec,
         deployment_id: Uuid,
         progress: &ProgressSender,
-    ) -> Result<(), DockerError> {
+    ) -> Result<(), DriverError> {
         let name = if volume.external { volume.name.clone() } else { volume_name(project, &volume.name) };
         match self.docker.inspect_volume(&name).await {
             Ok(_) => return Ok(()),
@@ -214,7 +203,7 @@ impl DockerDriver {
             Err(e) => return Err(engine(format!("inspecting volume {name}"))(e)),
         }
         if volume.external {
-            return Err(DockerError::Engine {
+            return Err(DriverError::Engine {
                 context: format!("volume {name}"),
                 message: "external volume does not exist".into(),
             });
@@ -231,7 +220,7 @@ impl DockerDriver {
         Ok(())
     }
 
-    async fn existing(&self, project: &str) -> Result<Vec<Existing>, DockerError> {
+    async fn existing(&self, project: &str) -> Result<Vec<Existing>, DriverError> {
         let options = ListContainersOptions { all: true, filters: project_filter(project), ..Default::default() };
         let containers = self.docker.list_containers(Some(options)).await.map_err(engine("listing containers"))?;
         Ok(containers
@@ -262,7 +251,7 @@ impl DockerDriver {
         existing: &[Existing],
         progress: &ProgressSender,
         percent: Option<u8>,
-    ) -> Result<(), DockerError> {
+    ) -> Result<(), DriverError> {
         let project = &spec.project;
         let hash = service.config_hash();
         let mine: Vec<&Existing> = existing.iter().filter(|c| c.service == service.name).collect();
@@ -301,7 +290,7 @@ impl DockerDriver {
         container: &Existing,
         service: &ServiceSpec,
         progress: &ProgressSender,
-    ) -> Result<(), DockerError> {
+    ) -> Result<(), DriverError> {
         let inspect = self
             .docker
             .inspect_container(&container.id, None::<InspectContainerOptions>)
@@ -325,7 +314,7 @@ impl DockerDriver {
         }
     }
 
-    async fn ensure_image(&self, service: &ServiceSpec, progress: &ProgressSender) -> Result<(), DockerError> {
+    async fn ensure_image(&self, service: &ServiceSpec, progress: &ProgressSender) -> Result<(), DriverError> {
         let present = match self.docker.inspect_image(&service.image).await {
             Ok(_) => true,
             Err(e) if is_not_found(&e) => false,
@@ -333,7 +322,7 @@ impl DockerDriver {
         };
         match (service.pull_policy, present) {
             (PullPolicy::Missing, true) | (PullPolicy::Never, true) => Ok(()),
-            (PullPolicy::Never, false) => Err(DockerError::Engine {
+            (PullPolicy::Never, false) => Err(DriverError::Engine {
                 context: format!("service {}", service.name),
                 message: format!("image {} is not present and pull_policy is never", service.image),
             }),
@@ -342,7 +331,7 @@ impl DockerDriver {
     }
 
     /// Pulls an image, reporting the share of layer bytes downloaded.
-    async fn pull(&self, image: &str, progress: &ProgressSender) -> Result<(), DockerError> {
+    async fn pull(&self, image: &str, progress: &ProgressSender) -> Result<(), DriverError> {
         let (repository, tag) = split_image(image);
         report(progress, format!("pulling {image}"), Some(0));
         let options = CreateImageOptions { from_image: Some(repository), tag: Some(tag), ..Default::default() };
@@ -352,7 +341,7 @@ impl DockerDriver {
         while let Some(item) = stream.next().await {
             let info = item.map_err(engine(format!("pulling {image}")))?;
             if let Some(detail) = info.error_detail {
-                return Err(DockerError::Engine {
+                return Err(DriverError::Engine {
                     context: format!("pulling {image}"),
                     message: detail.message.unwrap_or_default(),
                 });
@@ -380,7 +369,7 @@ impl DockerDriver {
         service: &ServiceSpec,
         number: u32,
         hash: &str,
-    ) -> Result<String, DockerError> {
+    ) -> Result<String, DriverError> {
         let project = &spec.project;
         let name = container_name(project, &service.name, number);
         let mut labels: HashMap<String, String> = service.labels.clone().into_iter().collect();
@@ -516,7 +505,7 @@ impl DockerDriver {
         Ok(created.id)
     }
 
-    async fn remove_container(&self, id: &str, grace_ms: Option<u64>) -> Result<(), DockerError> {
+    async fn remove_container(&self, id: &str, grace_ms: Option<u64>) -> Result<(), DriverError> {
         // Without a grace period the engine uses the container's own StopTimeout, which
         // creation set from the service's stop_grace_period.
         let t = grace_ms.map(|ms| i32::try_from(ms.div_ceil(1000)).unwrap_or(i32::MAX));
@@ -540,7 +529,7 @@ impl DockerDriver {
         project: &str,
         service: &ServiceSpec,
         progress: &ProgressSender,
-    ) -> Result<(), DockerError> {
+    ) -> Result<(), DriverError> {
         for dependency in &service.depends_on {
             let waiting = match dependency.condition {
                 DependencyCondition::Started => continue,
@@ -557,9 +546,9 @@ impl DockerDriver {
                 };
                 match verdict {
                     Some(Ok(())) => break,
-                    Some(Err(message)) => return Err(DockerError::Failed(message)),
+                    Some(Err(message)) => return Err(DriverError::Failed(message)),
                     None if Instant::now() >= deadline => {
-                        return Err(DockerError::Failed(format!("timed out waiting for {}", dependency.service)));
+                        return Err(DriverError::Failed(format!("timed out waiting for {}", dependency.service)));
                     }
                     None => tokio::time::sleep(POLL).await,
                 }
@@ -568,13 +557,13 @@ impl DockerDriver {
         Ok(())
     }
 
-    async fn service_states(&self, project: &str, service: &str) -> Result<Vec<ContainerStatus>, DockerError> {
+    async fn service_states(&self, project: &str, service: &str) -> Result<Vec<ContainerStatus>, DriverError> {
         let status = self.status(Uuid::nil(), project).await?;
         Ok(status.services.into_iter().find(|s| s.service == service).map(|s| s.containers).unwrap_or_default())
     }
 
     /// Every container of the project, grouped by service.
-    pub async fn status(&self, deployment_id: Uuid, project: &str) -> Result<StackStatus, DockerError> {
+    pub async fn status(&self, deployment_id: Uuid, project: &str) -> Result<StackStatus, DriverError> {
         let mut services: BTreeMap<String, Vec<ContainerStatus>> = BTreeMap::new();
         for container in self.existing(project).await? {
             let inspect = match self.docker.inspect_container(&container.id, None::<InspectContainerOptions>).await {
@@ -631,7 +620,7 @@ impl DockerDriver {
         tail: Option<u32>,
         since_unix_s: Option<i64>,
         follow: bool,
-    ) -> Result<tokio::sync::mpsc::Receiver<LogChunk>, DockerError> {
+    ) -> Result<tokio::sync::mpsc::Receiver<LogChunk>, DriverError> {
         let (out, chunks) = tokio::sync::mpsc::channel(256);
         let wanted = |c: &Existing| service.is_none_or(|s| c.service == s);
         let initial: Vec<Existing> = self.existing(project).await?.into_iter().filter(wanted).collect();
@@ -664,7 +653,7 @@ impl DockerDriver {
 
     /// Deployments this engine runs for WindFlow (id → project), found by their labels on
     /// containers and networks, so an agent restart knows them again.
-    pub async fn managed(&self) -> Result<HashMap<Uuid, String>, DockerError> {
+    pub async fn managed(&self) -> Result<HashMap<Uuid, String>, DriverError> {
         let managed = filters(&[("label", format!("{LABEL_MANAGED}=true"))]);
         let mut found = HashMap::new();
         let containers = self
@@ -695,7 +684,7 @@ impl DockerDriver {
         project: &str,
         remove_volumes: bool,
         progress: &ProgressSender,
-    ) -> Result<(), DockerError> {
+    ) -> Result<(), DriverError> {
         for container in self.existing(project).await? {
             report(progress, format!("removing {}", container.name), None);
             self.remove_container(&container.id, None).await?;

@@ -25,7 +25,8 @@ use windflow_platforms::{LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_PROJECT};
 use windflow_protocol::messages::{ContainerState, ContainerStatus, LogChunk, LogStream, ServiceStatus, StackStatus};
 use windflow_protocol::stack::{StackSpec, SwarmSpec};
 
-use super::docker::{DockerError, engine, filters, is_not_found, split_timestamp};
+use super::DriverError;
+use super::docker::{engine, filters, is_not_found, split_timestamp};
 use super::{ProgressSender, report};
 
 /// How long one service may take to converge (image pulls by the nodes included).
@@ -57,15 +58,15 @@ struct Existing {
 
 impl SwarmDriver {
     /// Connects to the local engine, which must be a Swarm manager.
-    pub async fn connect() -> Result<Self, DockerError> {
+    pub async fn connect() -> Result<Self, DriverError> {
         let docker = Docker::connect_with_local_defaults()
-            .map_err(|e| DockerError::Unreachable(e.to_string()))?
+            .map_err(|e| DriverError::Unreachable(e.to_string()))?
             .negotiate_version()
             .await
-            .map_err(|e| DockerError::Unreachable(e.to_string()))?;
+            .map_err(|e| DriverError::Unreachable(e.to_string()))?;
         let info = docker.info().await.map_err(engine("reading the engine's Swarm state"))?;
         if info.swarm.and_then(|s| s.control_available) != Some(true) {
-            return Err(DockerError::Failed("this Docker engine is not a Swarm manager".into()));
+            return Err(DriverError::Failed("this Docker engine is not a Swarm manager".into()));
         }
         Ok(Self { docker })
     }
@@ -81,7 +82,7 @@ impl SwarmDriver {
         spec: &StackSpec,
         swarm: &SwarmSpec,
         progress: &ProgressSender,
-    ) -> Result<StackStatus, DockerError> {
+    ) -> Result<StackStatus, DriverError> {
         let project = &spec.project;
         let refused: Vec<String> = model::check(spec, swarm)
             .into_iter()
@@ -89,7 +90,7 @@ impl SwarmDriver {
             .map(|f| format!("{}: {}", f.path, f.message))
             .collect();
         if !refused.is_empty() {
-            return Err(DockerError::Failed(format!("the stack cannot run on Swarm: {}", refused.join("; "))));
+            return Err(DriverError::Failed(format!("the stack cannot run on Swarm: {}", refused.join("; "))));
         }
         // Networks, secrets and configs first: services name them by id.
         let plan = model::objects(spec, swarm, deployment_id, &|_| String::new());
@@ -145,7 +146,7 @@ impl SwarmDriver {
         project: &str,
         plan: &model::Objects,
         progress: &ProgressSender,
-    ) -> Result<(), DockerError> {
+    ) -> Result<(), DriverError> {
         let present: HashSet<String> = self
             .docker
             .list_networks(Some(ListNetworksOptions { filters: namespace_filter(project) }))
@@ -170,7 +171,7 @@ impl SwarmDriver {
         project: &str,
         plan: &model::Objects,
         progress: &ProgressSender,
-    ) -> Result<HashMap<String, String>, DockerError> {
+    ) -> Result<HashMap<String, String>, DriverError> {
         let (secrets, configs) = self.stack_objects(project).await?;
         let mut ids: HashMap<String, String> = secrets.into_iter().chain(configs).collect();
         for secret in &plan.secrets {
@@ -204,7 +205,7 @@ impl SwarmDriver {
     async fn stack_objects(
         &self,
         project: &str,
-    ) -> Result<(Vec<(String, String)>, Vec<(String, String)>), DockerError> {
+    ) -> Result<(Vec<(String, String)>, Vec<(String, String)>), DriverError> {
         let secrets = self
             .docker
             .list_secrets(Some(ListSecretsOptions { filters: namespace_filter(project) }))
@@ -258,7 +259,7 @@ impl SwarmDriver {
     }
 
     /// The stack's services by Swarm name.
-    async fn services(&self, project: &str) -> Result<HashMap<String, Existing>, DockerError> {
+    async fn services(&self, project: &str) -> Result<HashMap<String, Existing>, DriverError> {
         let services = self
             .docker
             .list_services(Some(ListServicesOptions { filters: namespace_filter(project), status: None }))
@@ -276,7 +277,7 @@ impl SwarmDriver {
             .collect())
     }
 
-    async fn delete_service(&self, name: &str) -> Result<(), DockerError> {
+    async fn delete_service(&self, name: &str) -> Result<(), DriverError> {
         match self.docker.delete_service(name).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
@@ -284,7 +285,7 @@ impl SwarmDriver {
         }
     }
 
-    async fn tasks(&self, service_id: &str, desired_running: bool) -> Result<Vec<Task>, DockerError> {
+    async fn tasks(&self, service_id: &str, desired_running: bool) -> Result<Vec<Task>, DriverError> {
         let mut pairs = vec![("service", service_id.to_owned())];
         if desired_running {
             pairs.push(("desired-state", "running".to_owned()));
@@ -296,7 +297,7 @@ impl SwarmDriver {
     }
 
     /// What a service looked like just before an update: its tasks and its last update status.
-    async fn before_change(&self, service_id: &str) -> Result<Before, DockerError> {
+    async fn before_change(&self, service_id: &str) -> Result<Before, DriverError> {
         let service = self
             .docker
             .inspect_service(service_id, None::<InspectServiceOptions>)
@@ -316,7 +317,7 @@ impl SwarmDriver {
         before: &Before,
         progress: &ProgressSender,
         percent: Option<u8>,
-    ) -> Result<(), DockerError> {
+    ) -> Result<(), DriverError> {
         let started = Instant::now();
         let replicas = spec
             .and_then(|s| s.mode.as_ref())
@@ -337,12 +338,12 @@ impl SwarmDriver {
             let message = update.message.unwrap_or_default();
             let rolling = match update.state {
                 Some(ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED) => {
-                    return Err(DockerError::Failed(format!(
+                    return Err(DriverError::Failed(format!(
                         "the update of service {name} failed and Swarm rolled it back: {message}"
                     )));
                 }
                 Some(ServiceUpdateStatusStateEnum::PAUSED | ServiceUpdateStatusStateEnum::ROLLBACK_PAUSED) => {
-                    return Err(DockerError::Failed(format!("the update of service {name} was paused: {message}")));
+                    return Err(DriverError::Failed(format!("the update of service {name} was paused: {message}")));
                 }
                 Some(ServiceUpdateStatusStateEnum::UPDATING | ServiceUpdateStatusStateEnum::ROLLBACK_STARTED) => true,
                 _ => false,
@@ -363,7 +364,7 @@ impl SwarmDriver {
                     return Ok(());
                 }
                 if verdict.new_failures.len() >= FAILED_TASKS_LIMIT {
-                    return Err(DockerError::Failed(format!(
+                    return Err(DriverError::Failed(format!(
                         "service {name} cannot start: {}",
                         verdict.new_failures.last().cloned().unwrap_or_default()
                     )));
@@ -371,7 +372,7 @@ impl SwarmDriver {
             }
             if started.elapsed() > CONVERGE_TIMEOUT {
                 let why = verdict.new_failures.last().map(|e| format!("; last error: {e}")).unwrap_or_default();
-                return Err(DockerError::Failed(format!(
+                return Err(DriverError::Failed(format!(
                     "service {name} did not converge in {} s: {} of {} tasks running{why}",
                     CONVERGE_TIMEOUT.as_secs(),
                     verdict.running,
@@ -383,7 +384,7 @@ impl SwarmDriver {
     }
 
     /// Every service of the stack with its current tasks (those Swarm wants running).
-    pub async fn status(&self, deployment_id: Uuid, project: &str) -> Result<StackStatus, DockerError> {
+    pub async fn status(&self, deployment_id: Uuid, project: &str) -> Result<StackStatus, DriverError> {
         let prefix = format!("{project}_");
         let mut services = BTreeMap::new();
         for existing in self.services(project).await?.into_values() {
@@ -414,7 +415,7 @@ impl SwarmDriver {
         tail: Option<u32>,
         since_unix_s: Option<i64>,
         follow: bool,
-    ) -> Result<tokio::sync::mpsc::Receiver<LogChunk>, DockerError> {
+    ) -> Result<tokio::sync::mpsc::Receiver<LogChunk>, DriverError> {
         let (out, chunks) = tokio::sync::mpsc::channel(256);
         let prefix = format!("{project}_");
         for existing in self.services(project).await?.into_values() {
@@ -457,7 +458,7 @@ impl SwarmDriver {
     }
 
     /// Deployments this Swarm runs for WindFlow (id → project), found by their services' labels.
-    pub async fn managed(&self) -> Result<HashMap<Uuid, String>, DockerError> {
+    pub async fn managed(&self) -> Result<HashMap<Uuid, String>, DriverError> {
         let services = self
             .docker
             .list_services(Some(ListServicesOptions {
@@ -483,7 +484,7 @@ impl SwarmDriver {
         project: &str,
         remove_volumes: bool,
         progress: &ProgressSender,
-    ) -> Result<(), DockerError> {
+    ) -> Result<(), DriverError> {
         for service in self.services(project).await?.into_values() {
             report(progress, format!("removing service {}", service.name), None);
             self.delete_service(&service.name).await?;
@@ -503,7 +504,7 @@ impl SwarmDriver {
                 break;
             }
             if started.elapsed() > DRAIN_TIMEOUT {
-                return Err(DockerError::Failed(format!(
+                return Err(DriverError::Failed(format!(
                     "{} containers of the stack were still stopping after {} s",
                     containers.len(),
                     DRAIN_TIMEOUT.as_secs()

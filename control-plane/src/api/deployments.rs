@@ -16,8 +16,8 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
-use windflow_protocol::Platform;
 use windflow_protocol::messages::{ContainerState, HealthState};
+use windflow_protocol::{Capability, Platform};
 
 use super::error::{ApiError, ApiJson, ApiQuery, Code};
 use super::{AppState, Items, Page, PageQuery, rfc3339_ms, rfc3339_s};
@@ -199,6 +199,7 @@ struct VersionQuery {
 pub(super) enum PlatformName {
     Docker,
     Swarm,
+    Kubernetes,
 }
 
 impl From<PlatformName> for Platform {
@@ -206,6 +207,7 @@ impl From<PlatformName> for Platform {
         match name {
             PlatformName::Docker => Platform::Docker,
             PlatformName::Swarm => Platform::Swarm,
+            PlatformName::Kubernetes => Platform::Kubernetes,
         }
     }
 }
@@ -223,10 +225,13 @@ struct DeployQuery {
     platform: Option<PlatformName>,
 }
 
-/// The platform a deploy runs on: the one asked for, if the target can, else the target's own.
+/// The platform a deploy runs on: the one asked for, else the target's own; refused when the
+/// target reported it cannot drive it (driver missing, no cluster access), with its reason.
+/// A deployment keeps its platform. A target never seen yet gets containers, pending until it
+/// connects.
 pub(super) fn choose_platform(
     asked: Option<Platform>,
-    target: Option<Platform>,
+    capabilities: Option<&[Capability]>,
     existing: Option<&Deployment>,
 ) -> Result<Platform, ApiError> {
     if let Some(existing) = existing {
@@ -242,11 +247,28 @@ pub(super) fn choose_platform(
             _ => Ok(existing.platform),
         };
     }
-    match (asked, target) {
-        (Some(Platform::Swarm), Some(Platform::Swarm)) => Ok(Platform::Swarm),
-        (Some(Platform::Swarm), _) => Err(ApiError::invalid("platform", "the target is not a Swarm manager")),
-        (Some(asked), _) => Ok(asked),
-        (None, target) => Ok(target.unwrap_or(Platform::Docker)),
+    let Some(capabilities) = capabilities else { return Ok(asked.unwrap_or(Platform::Docker)) };
+    let platform = match asked.or_else(|| super::targets::default_platform(capabilities)) {
+        Some(platform) => platform,
+        None => {
+            let reasons: Vec<String> =
+                capabilities.iter().map(|c| format!("{}: {}", c.platform.as_str(), c.detail)).collect();
+            return Err(ApiError::new(
+                Code::PlatformUnavailable,
+                format!("the target can run no stacks ({})", reasons.join("; ")),
+            ));
+        }
+    };
+    match capabilities.iter().find(|c| c.platform == platform) {
+        Some(c) if c.available => Ok(platform),
+        found => Err(ApiError::new(
+            Code::PlatformUnavailable,
+            format!(
+                "the target cannot run {} workloads: {}",
+                platform.as_str(),
+                found.map_or("its agent does not report that platform", |c| c.detail.as_str())
+            ),
+        )),
     }
 }
 
@@ -258,6 +280,10 @@ pub(super) fn check_platform(
     let findings = match platform {
         Platform::Docker => return Ok(vec![]),
         Platform::Swarm => windflow_platforms::swarm::check(&parsed.spec, &parsed.swarm),
+        Platform::Kubernetes => windflow_platforms::kubernetes::check(&parsed.spec, &parsed.swarm),
+        Platform::Libvirt => {
+            return Err(ApiError::invalid("platform", "libvirt runs virtual machines, not stacks"));
+        }
     };
     let blocking: Vec<String> =
         findings.iter().filter(|f| f.blocking).map(|f| format!("{}: {}", f.path, f.message)).collect();
@@ -297,7 +323,7 @@ async fn deploy(
         .find(|d| d.stack_id == stack.id && d.target_id == target.id && d.state != DeploymentState::Removed);
     let platform = choose_platform(
         query.platform.map(Platform::from),
-        super::targets::default_platform(&state, &target),
+        super::targets::capabilities(&state, &target).as_deref(),
         existing.as_ref(),
     )?;
     let parsed = stacks::parsed_of(&state.master_key, &stack, &stored).map_err(ApiError::internal)?;

@@ -48,6 +48,7 @@ codes! {
     InvalidField = UNPROCESSABLE_ENTITY, "invalid_field", "A field has a value this route refuses; `field` names it.";
     InvalidCompose = UNPROCESSABLE_ENTITY, "invalid_compose", "The Compose file does not validate; `details.errors` say where (path, or line and column).";
     IncompatibleStack = UNPROCESSABLE_ENTITY, "incompatible_stack", "The stack uses what the target's platform cannot do; `details.findings` list each (path, message, blocking).";
+    PlatformUnavailable = UNPROCESSABLE_ENTITY, "platform_unavailable", "The target cannot drive the platform the deploy needs (no such driver, no cluster access); the message gives the agent's reason.";
     WeakPassword = UNPROCESSABLE_ENTITY, "weak_password", "The password breaks the password policy.";
     Unauthenticated = UNAUTHORIZED, "unauthenticated", "No valid bearer token: missing, malformed, expired, wrongly signed, or its session was signed out.";
     BadCredentials = UNAUTHORIZED, "bad_credentials", "Wrong user name or password.";

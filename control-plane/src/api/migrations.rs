@@ -103,8 +103,11 @@ async fn migrate(
     if taken {
         return Err(ApiError::new(Code::Conflict, "the stack is already deployed on that target"));
     }
-    let platform =
-        choose_platform(query.platform.map(Platform::from), super::targets::default_platform(&state, &target), None)?;
+    let platform = choose_platform(
+        query.platform.map(Platform::from),
+        super::targets::capabilities(&state, &target).as_deref(),
+        None,
+    )?;
     let version = source.running_version.unwrap_or(source.version);
     let stack = stacks::get(store, source.stack_id)?.ok_or_else(|| ApiError::not_found("stack"))?;
     let stored = stacks::version(store, stack.id, version)?.ok_or_else(|| ApiError::not_found("stack version"))?;

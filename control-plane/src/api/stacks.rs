@@ -295,6 +295,7 @@ async fn show_version(
 #[serde(rename_all = "lowercase")]
 pub enum RenderTarget {
     Swarm,
+    Kubernetes,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -336,7 +337,7 @@ impl From<windflow_platforms::Finding> for FindingView {
 }
 
 /// Renders a stack version as the platform's own objects (Swarm services, networks, secrets
-/// and configs), with what stands in the way of deploying it there.
+/// and configs; Kubernetes manifests), with what stands in the way of deploying it there.
 #[utoipa::path(get, path = "/stacks/{id}/render", tag = "stacks", params(("id" = String, Path), RenderQuery),
     responses((status = 200, body = Rendering)))]
 async fn render(
@@ -354,6 +355,10 @@ async fn render(
         RenderTarget::Swarm => (
             windflow_platforms::swarm::render(&parsed.spec, &parsed.swarm),
             windflow_platforms::swarm::check(&parsed.spec, &parsed.swarm),
+        ),
+        RenderTarget::Kubernetes => (
+            windflow_platforms::kubernetes::render(&parsed.spec, &parsed.swarm, None),
+            windflow_platforms::kubernetes::check(&parsed.spec, &parsed.swarm),
         ),
     };
     let findings = findings.into_iter().map(FindingView::from).collect();

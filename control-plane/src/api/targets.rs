@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
-use windflow_protocol::{HostFacts, JobOutcome, JobOutput, JobPayload, SwarmState};
+use windflow_protocol::{Capability, HostFacts, JobOutcome, JobOutput, JobPayload, Platform, SwarmState};
 
 use super::error::{ApiError, ApiJson, ApiQuery, Code};
 use super::{AppState, Page, PageQuery, rfc3339_ms, rfc3339_s};
@@ -38,7 +38,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
 pub struct TargetView {
     id: Uuid,
     name: String,
-    /// `docker`, `swarm` (a Swarm manager) or `host` (no engine found).
+    /// `swarm` (a Swarm manager), `docker`, `kubernetes` (cluster access), `libvirt` (a
+    /// hypervisor alone) or `host` (nothing found).
     kind: &'static str,
     /// `connected`, `disconnected` or `revoked`.
     status: &'static str,
@@ -51,6 +52,8 @@ pub struct TargetView {
     /// Key–value labels (`env=prod`), for filtering and grouping.
     labels: Labels,
     facts: Option<FactsView>,
+    /// What the agent can deploy to; empty before the target was ever seen.
+    capabilities: Vec<CapabilityView>,
 }
 
 /// What the agent reported about its host.
@@ -97,26 +100,48 @@ impl From<HostFacts> for FactsView {
     }
 }
 
-/// The platform a new deployment on the target uses unless asked otherwise: a Swarm manager
-/// runs Swarm services, any other Docker engine containers; `None` before the target was seen.
-pub(super) fn default_platform(state: &AppState, agent: &Agent) -> Option<windflow_protocol::Platform> {
-    let facts = state.hub.status(agent.id).map(|l| l.facts).or_else(|| agent.facts.clone());
-    match kind_of(facts.as_ref()) {
-        "swarm" => Some(windflow_protocol::Platform::Swarm),
-        "docker" => Some(windflow_protocol::Platform::Docker),
-        _ => None,
+/// What the target can drive: as its agent last reported, else as its facts tell (agents
+/// older than capability reports); `None` before the target was ever seen.
+pub(super) fn capabilities(state: &AppState, agent: &Agent) -> Option<Vec<Capability>> {
+    let live = state.hub.status(agent.id);
+    if let Some(reported) = live.as_ref().and_then(|l| l.capabilities.clone()).or_else(|| agent.capabilities.clone()) {
+        return Some(reported);
     }
+    let facts = live.map(|l| l.facts).or_else(|| agent.facts.clone())?;
+    Some(Capability::of_engine(&facts).to_vec())
 }
 
-fn kind_of(facts: Option<&HostFacts>) -> &'static str {
-    match facts.and_then(|f| f.docker.as_ref()) {
-        Some(docker) if matches!(docker.swarm, SwarmState::Manager { .. }) => "swarm",
-        Some(_) => "docker",
+/// The platform a stack runs on by default on a target with these capabilities: Swarm
+/// services on a manager, else containers, else Kubernetes objects.
+pub(super) fn default_platform(capabilities: &[Capability]) -> Option<Platform> {
+    [Platform::Swarm, Platform::Docker, Platform::Kubernetes]
+        .into_iter()
+        .find(|p| capabilities.iter().any(|c| c.platform == *p && c.available))
+}
+
+/// What the target is, for people and filters: its default platform, `libvirt` for a
+/// hypervisor alone, `host` when nothing answers.
+fn kind_of(capabilities: Option<&[Capability]>) -> &'static str {
+    let capabilities = capabilities.unwrap_or_default();
+    match default_platform(capabilities) {
+        Some(platform) => platform.as_str(),
+        None if capabilities.iter().any(|c| c.platform == Platform::Libvirt && c.available) => "libvirt",
         None => "host",
     }
 }
 
+/// A platform the agent can or cannot drive, and why.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CapabilityView {
+    /// `docker`, `swarm`, `kubernetes` or `libvirt`.
+    platform: &'static str,
+    available: bool,
+    /// The version found, or why the platform is absent.
+    detail: String,
+}
+
 fn view(state: &AppState, agent: Agent) -> TargetView {
+    let capabilities = capabilities(state, &agent);
     let live = state.hub.status(agent.id);
     let facts = live.as_ref().map(|l| l.facts.clone()).or(agent.facts);
     let status = match (&agent.revoked_at_unix_s, &live) {
@@ -127,7 +152,7 @@ fn view(state: &AppState, agent: Agent) -> TargetView {
     TargetView {
         id: agent.id,
         name: agent.name,
-        kind: kind_of(facts.as_ref()),
+        kind: kind_of(capabilities.as_deref()),
         status,
         connected: live.is_some(),
         enrolled_at: rfc3339_s(agent.enrolled_at_unix_s),
@@ -137,6 +162,11 @@ fn view(state: &AppState, agent: Agent) -> TargetView {
         revoked_at: agent.revoked_at_unix_s.map(rfc3339_s),
         labels: agent.labels,
         facts: facts.map(FactsView::from),
+        capabilities: capabilities
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| CapabilityView { platform: c.platform.as_str(), available: c.available, detail: c.detail })
+            .collect(),
     }
 }
 
@@ -147,7 +177,7 @@ struct ListQuery {
     q: Option<String>,
     /// `connected`, `disconnected` or `revoked`.
     status: Option<String>,
-    /// `docker`, `swarm` or `host`.
+    /// `docker`, `swarm`, `kubernetes`, `libvirt` or `host`.
     kind: Option<String>,
     /// Label selectors, comma separated: `env=prod,group` (a bare key: has that label).
     label: Option<String>,

@@ -741,7 +741,7 @@ export interface paths {
         };
         /**
          * Renders a stack version as the platform's own objects (Swarm services, networks, secrets
-         *     and configs), with what stands in the way of deploying it there.
+         *     and configs; Kubernetes manifests), with what stands in the way of deploying it there.
          */
         get: operations["stacks_render"];
         put?: never;
@@ -1103,6 +1103,14 @@ export interface components {
         BTreeMap: {
             [key: string]: string;
         };
+        /** @description A platform the agent can or cannot drive, and why. */
+        CapabilityView: {
+            /** @description `docker`, `swarm`, `kubernetes` or `libvirt`. */
+            platform: string;
+            available: boolean;
+            /** @description The version found, or why the platform is absent. */
+            detail: string;
+        };
         ChangePassword: {
             current_password: string;
             new_password: string;
@@ -1120,6 +1128,7 @@ export interface components {
          *     - `invalid_field` (422): A field has a value this route refuses; `field` names it.
          *     - `invalid_compose` (422): The Compose file does not validate; `details.errors` say where (path, or line and column).
          *     - `incompatible_stack` (422): The stack uses what the target's platform cannot do; `details.findings` list each (path, message, blocking).
+         *     - `platform_unavailable` (422): The target cannot drive the platform the deploy needs (no such driver, no cluster access); the message gives the agent's reason.
          *     - `weak_password` (422): The password breaks the password policy.
          *     - `unauthenticated` (401): No valid bearer token: missing, malformed, expired, wrongly signed, or its session was signed out.
          *     - `bad_credentials` (401): Wrong user name or password.
@@ -1166,7 +1175,7 @@ export interface components {
          *     - `internal` (500): An internal error; the control plane's log says more.
          * @enum {string}
          */
-        Code: "invalid_body" | "invalid_query" | "invalid_field" | "invalid_compose" | "incompatible_stack" | "weak_password" | "unauthenticated" | "bad_credentials" | "bad_refresh_token" | "second_factor_required" | "bad_second_factor" | "bad_mfa_token" | "sso_failed" | "join_token_invalid" | "forbidden" | "insufficient_scope" | "session_required" | "org_requires_second_factor" | "account_disabled" | "join_token_revoked" | "join_token_expired" | "join_token_used_up" | "join_token_malformed" | "not_found" | "conflict" | "name_taken" | "user_exists" | "already_member" | "last_owner" | "org_not_empty" | "self_change" | "stack_in_use" | "target_revoked" | "no_previous_version" | "totp_already_enabled" | "totp_not_enrolled" | "sso_not_configured" | "agent_not_connected" | "too_many_attempts" | "rate_limited" | "payload_too_large" | "agent_link_failed" | "job_refused" | "job_failed" | "sso_provider_unavailable" | "agent_binary_missing" | "agent_timeout" | "timeout" | "internal";
+        Code: "invalid_body" | "invalid_query" | "invalid_field" | "invalid_compose" | "incompatible_stack" | "platform_unavailable" | "weak_password" | "unauthenticated" | "bad_credentials" | "bad_refresh_token" | "second_factor_required" | "bad_second_factor" | "bad_mfa_token" | "sso_failed" | "join_token_invalid" | "forbidden" | "insufficient_scope" | "session_required" | "org_requires_second_factor" | "account_disabled" | "join_token_revoked" | "join_token_expired" | "join_token_used_up" | "join_token_malformed" | "not_found" | "conflict" | "name_taken" | "user_exists" | "already_member" | "last_owner" | "org_not_empty" | "self_change" | "stack_in_use" | "target_revoked" | "no_previous_version" | "totp_already_enabled" | "totp_not_enrolled" | "sso_not_configured" | "agent_not_connected" | "too_many_attempts" | "rate_limited" | "payload_too_large" | "agent_link_failed" | "job_refused" | "job_failed" | "sso_provider_unavailable" | "agent_binary_missing" | "agent_timeout" | "timeout" | "internal";
         CodeRequest: {
             /**
              * @description Six digits from the authenticator app.
@@ -1875,7 +1884,10 @@ export interface components {
                 /** Format: uuid */
                 id: string;
                 name: string;
-                /** @description `docker`, `swarm` (a Swarm manager) or `host` (no engine found). */
+                /**
+                 * @description `swarm` (a Swarm manager), `docker`, `kubernetes` (cluster access), `libvirt` (a
+                 *     hypervisor alone) or `host` (nothing found).
+                 */
                 kind: string;
                 /** @description `connected`, `disconnected` or `revoked`. */
                 status: string;
@@ -1888,6 +1900,8 @@ export interface components {
                 /** @description Key–value labels (`env=prod`), for filtering and grouping. */
                 labels: components["schemas"]["BTreeMap"];
                 facts?: components["schemas"]["FactsView"] | null;
+                /** @description What the agent can deploy to; empty before the target was ever seen. */
+                capabilities: components["schemas"]["CapabilityView"][];
             }[];
             /** @description How many there are in all pages. */
             total: number;
@@ -1929,7 +1943,7 @@ export interface components {
          * @description A platform a stack can be rendered for.
          * @enum {string}
          */
-        RenderTarget: "swarm";
+        RenderTarget: "swarm" | "kubernetes";
         /** @description What a stack version becomes on a platform, before anything is applied. */
         Rendering: {
             to: components["schemas"]["RenderTarget"];
@@ -2088,7 +2102,10 @@ export interface components {
             /** Format: uuid */
             id: string;
             name: string;
-            /** @description `docker`, `swarm` (a Swarm manager) or `host` (no engine found). */
+            /**
+             * @description `swarm` (a Swarm manager), `docker`, `kubernetes` (cluster access), `libvirt` (a
+             *     hypervisor alone) or `host` (nothing found).
+             */
             kind: string;
             /** @description `connected`, `disconnected` or `revoked`. */
             status: string;
@@ -2101,6 +2118,8 @@ export interface components {
             /** @description Key–value labels (`env=prod`), for filtering and grouping. */
             labels: components["schemas"]["BTreeMap"];
             facts?: components["schemas"]["FactsView"] | null;
+            /** @description What the agent can deploy to; empty before the target was ever seen. */
+            capabilities: components["schemas"]["CapabilityView"][];
         };
         /** @description An API token, never with its secret (which only the creation answer holds). */
         TokenView: {
@@ -3034,7 +3053,7 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description What runs the stack on the destination; by default what the destination is. */
-                platform?: "docker" | "swarm";
+                platform?: "docker" | "swarm" | "kubernetes";
                 /** @description Remove the source once the destination runs (its named volumes are kept). */
                 remove_source?: boolean;
             };
@@ -3949,7 +3968,7 @@ export interface operations {
                  *     manager) or `docker` (containers). By default, what the target is. A deployment keeps
                  *     the platform it was created with.
                  */
-                platform?: "docker" | "swarm";
+                platform?: "docker" | "swarm" | "kubernetes";
             };
             header?: never;
             path: {
@@ -3994,7 +4013,7 @@ export interface operations {
         parameters: {
             query: {
                 /** @description The platform to render for. */
-                to: "swarm";
+                to: "swarm" | "kubernetes";
                 /** @description A stack version; the current one when left out. */
                 version?: number;
             };
@@ -4102,7 +4121,7 @@ export interface operations {
                 q?: string;
                 /** @description `connected`, `disconnected` or `revoked`. */
                 status?: string;
-                /** @description `docker`, `swarm` or `host`. */
+                /** @description `docker`, `swarm`, `kubernetes`, `libvirt` or `host`. */
                 kind?: string;
                 /** @description Label selectors, comma separated: `env=prod,group` (a bare key: has that label). */
                 label?: string;
