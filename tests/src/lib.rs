@@ -2,6 +2,8 @@
 //! on 127.0.0.1 and talks to them over real HTTPS and QUIC. Every process it starts is killed
 //! when its handle drops, so a failing test leaves nothing running.
 
+pub mod fake_kube;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

@@ -130,3 +130,315 @@ async fn a_target_reports_what_it_can_drive_and_refuses_a_platform_it_cannot() {
     let (_, deployments) = cp.api(Method::GET, "/deployments", None).await;
     assert_eq!(deployments["items"].as_array().map(Vec::len), Some(0), "nothing was half-created: {deployments}");
 }
+
+fn app(worker_image: &str, worker_command: &str) -> String {
+    format!(
+        r#"
+services:
+  web:
+    image: busybox:1.36
+    command: ["httpd", "-f", "-p", "80"]
+    ports: ["8080:80"]
+    volumes: [site:/www]
+    secrets: [token]
+    healthcheck: {{ test: ["CMD", "true"], interval: 1s }}
+  worker:
+    image: {worker_image}
+    command: ["sh", "-c", "{worker_command}"]
+    deploy: {{ replicas: 2 }}
+volumes:
+  site: {{}}
+secrets:
+  token: {{ environment: TOKEN }}
+"#
+    )
+}
+
+/// Waits for the end of the operation that `accepted` (a 202 answer) started.
+async fn settled(cp: &mut ControlPlane, accepted: &Value) -> Value {
+    let id = accepted["id"].as_str().expect("id").to_owned();
+    let from = accepted["events_from"].as_u64().expect("events_from");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, events) = cp.api(Method::GET, &format!("/deployments/{id}/events?after={from}"), None).await;
+        if events["items"].as_array().expect("items").iter().any(|e| !e["outcome"].is_null()) {
+            let (_, deployment) = cp.api(Method::GET, &format!("/deployments/{id}"), None).await;
+            return deployment;
+        }
+        assert!(Instant::now() < deadline, "the operation never ended: {events:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn messages(cp: &mut ControlPlane, id: &str) -> Vec<String> {
+    let (_, events) = cp.api(Method::GET, &format!("/deployments/{id}/events"), None).await;
+    events["items"].as_array().expect("items").iter().map(|e| e["message"].as_str().unwrap_or("").to_owned()).collect()
+}
+
+fn running(deployment: &Value, service: &str) -> usize {
+    let services = deployment["services"].as_array().expect("services");
+    let Some(service) = services.iter().find(|s| s["name"] == service) else { return 0 };
+    service["containers"].as_array().expect("containers").iter().filter(|c| c["state"] == "running").count()
+}
+
+fn names(objects: &[Value]) -> Vec<String> {
+    let mut names: Vec<String> =
+        objects.iter().map(|o| o["metadata"]["name"].as_str().unwrap_or_default().to_owned()).collect();
+    names.sort();
+    names
+}
+
+/// The worker pods' images, once only the given number of them is left.
+async fn worker_pods(cluster: &fake_kube::FakeCluster, namespace: &str, count: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pods: Vec<Value> = cluster
+            .objects("pods", Some(namespace))
+            .into_iter()
+            .filter(|p| p["metadata"]["labels"]["io.windflow.service"] == "worker")
+            .collect();
+        if pods.len() == count {
+            return pods;
+        }
+        assert!(Instant::now() < deadline, "expected {count} worker pods: {:?}", names(&pods));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stack_is_applied_to_a_cluster_rolled_out_scaled_repaired_and_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = fake_kube::FakeCluster::start(dir.path()).await;
+    let mut cp = ControlPlane::start(dir.path()).await;
+    let kubeconfig = cluster.kubeconfig.to_str().expect("utf-8").to_owned();
+    let agent = cp.start_agent_with(dir.path(), "cluster", &[("KUBECONFIG", &kubeconfig)]).await;
+    let target = agent.id();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = cp.target(&target).await;
+        let capabilities = found["capabilities"].as_array().cloned().unwrap_or_default();
+        if let Some(kubernetes) = capabilities.iter().find(|c| c["platform"] == "kubernetes" && c["available"] == true)
+        {
+            let detail = kubernetes["detail"].as_str().unwrap_or_default();
+            assert!(detail.contains("v1.33.0-windflow-fake") && detail.contains(&cluster.url), "{detail}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the agent never reported the cluster: {found:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Deploy: server-side apply of every object, then the rollout is watched to the end.
+    let id = create_stack(&mut cp, "shop", &app("busybox:1.36", "while true; do echo tick; sleep 1; done")).await;
+    let (status, accepted) =
+        cp.api(Method::POST, &format!("/stacks/{id}/deploy/{target}?platform=kubernetes"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    assert_eq!(accepted["platform"], "kubernetes");
+    let deployment_id = accepted["id"].as_str().expect("id").to_owned();
+    let deployment = settled(&mut cp, &accepted).await;
+    assert_eq!(deployment["state"], "running", "{:#?}", messages(&mut cp, &deployment_id).await);
+    assert_eq!((running(&deployment, "web"), running(&deployment, "worker")), (1, 2), "{deployment:#}");
+    let log = messages(&mut cp, &deployment_id).await;
+    assert!(log.iter().any(|m| m.starts_with("rollout: ") && m.contains("worker 2/2 ready")), "{log:#?}");
+
+    let namespace = cluster.object("namespaces", "", "shop").expect("the stack's namespace");
+    assert_eq!(namespace["metadata"]["labels"]["io.windflow.managed"], "true");
+    assert_eq!(names(&cluster.objects("statefulsets", Some("shop"))), ["web"]);
+    assert_eq!(names(&cluster.objects("deployments", Some("shop"))), ["worker"]);
+    assert_eq!(names(&cluster.objects("services", Some("shop"))), ["web", "web-published"]);
+    assert_eq!(names(&cluster.objects("persistentvolumeclaims", Some("shop"))), ["site-web-0"]);
+    let secret = cluster.object("secrets", "shop", "token").expect("secret");
+    assert_eq!(secret["data"]["token"], base64_of("s3cr3t-value"));
+    assert_eq!(secret["metadata"]["managedFields"][0]["manager"], "windflow");
+    let applies: Vec<String> = cluster.requests().into_iter().filter(|r| r.starts_with("PATCH ")).collect();
+    assert!(
+        applies.iter().all(|r| r.contains("fieldManager=windflow") && r.contains("force=true")),
+        "every write is a server-side apply: {applies:#?}"
+    );
+    assert!(cluster.requests().iter().any(|r| r.contains("watch=true")), "the rollout is watched");
+
+    // Pod logs, as for containers.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, tail) =
+            cp.api(Method::GET, &format!("/deployments/{deployment_id}/logs?service=worker&tail=1"), None).await;
+        let lines = tail["items"].as_array().cloned().unwrap_or_default();
+        if lines.len() == 2 && lines.iter().all(|l| l["line"] == "ready" && l["service"] == "worker") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "worker logs: {tail:#}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Scaling changes the controller's replicas; the scale outlives an update.
+    let body = json!({"service": "worker", "replicas": 3});
+    let (status, accepted) = cp.api(Method::POST, &format!("/deployments/{deployment_id}/scale"), Some(body)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    let deployment = settled(&mut cp, &accepted).await;
+    assert_eq!((deployment["state"].as_str(), running(&deployment, "worker")), (Some("running"), 3), "{deployment:#}");
+    let updated = app("busybox:1.36", "while true; do echo tock; sleep 1; done");
+    let (status, _) = cp.api(Method::PUT, &format!("/stacks/{id}"), Some(json!({"compose": updated}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, accepted) = cp.api(Method::POST, &format!("/stacks/{id}/deploy/{target}"), None).await;
+    let deployment = settled(&mut cp, &accepted).await;
+    assert_eq!(deployment["state"], "running", "{:#?}", messages(&mut cp, &deployment_id).await);
+    let pods = worker_pods(&cluster, "shop", 3).await;
+    assert!(pods.iter().all(|p| p["spec"]["containers"][0]["args"][2].as_str().is_some_and(|a| a.contains("tock"))));
+
+    // An image that never pulls fails the deploy with the cluster's reason, and the previous
+    // version is applied again.
+    let broken = app("unpullable/busybox:1", "true");
+    let (status, _) = cp.api(Method::PUT, &format!("/stacks/{id}"), Some(json!({"compose": broken}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, accepted) = cp.api(Method::POST, &format!("/stacks/{id}/deploy/{target}"), None).await;
+    let deployment = settled(&mut cp, &accepted).await;
+    assert_eq!(deployment["state"], "failed", "{deployment:#}");
+    let log = messages(&mut cp, &deployment_id).await;
+    assert!(log.iter().any(|m| m.contains("ErrImagePull") || m.contains("ImagePullBackOff")), "{log:#?}");
+    assert!(log.iter().any(|m| m.contains("rolled back: version 2 is running again")), "{log:#?}");
+    let pods = worker_pods(&cluster, "shop", 3).await;
+    assert!(pods.iter().all(|p| p["spec"]["containers"][0]["image"] == "busybox:1.36"), "{pods:#?}");
+
+    // Back to a good version, then drift: a Deployment deleted by hand is applied again.
+    let (_, accepted) = cp.api(Method::POST, &format!("/stacks/{id}/deploy/{target}?version=2"), None).await;
+    assert_eq!(settled(&mut cp, &accepted).await["state"], "running");
+    assert!(cluster.remove("deployments", "shop", "worker"));
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while cluster.object("deployments", "shop", "worker").is_none() {
+        assert!(Instant::now() < deadline, "drift never repaired: {:#?}", messages(&mut cp, &deployment_id).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    worker_pods(&cluster, "shop", 3).await;
+    let log = messages(&mut cp, &deployment_id).await;
+    assert!(log.iter().any(|m| m.contains("drift detected: service worker is missing")), "{log:#?}");
+
+    // Removal with the volumes leaves nothing of the stack, its namespace included.
+    let (status, accepted) = cp.api(Method::DELETE, &format!("/deployments/{deployment_id}?volumes=true"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let deployment = settled(&mut cp, &accepted).await;
+    assert_eq!(deployment["state"], "removed", "{:#?}", messages(&mut cp, &deployment_id).await);
+    for kind in ["deployments", "statefulsets", "services", "secrets", "pods", "persistentvolumeclaims"] {
+        assert_eq!(cluster.objects(kind, Some("shop")), Vec::<Value>::new(), "{kind} left behind");
+    }
+    assert!(cluster.object("namespaces", "", "shop").is_none());
+    drop(agent);
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// The fake cluster answers as an API server does where the driver relies on it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fake_cluster_speaks_the_api_servers_protocol() {
+    use futures_util::StreamExt;
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+    use kube::api::{Api, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = fake_kube::FakeCluster::start(dir.path()).await;
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&cluster.kubeconfig).expect("kubeconfig"),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("config");
+    let client = kube::Client::try_from(config).expect("client");
+    let apply = PatchParams::apply("windflow").force();
+
+    // A namespaced object needs its namespace: the API's own NotFound Status says which.
+    let configs: Api<ConfigMap> = Api::namespaced(client.clone(), "shop");
+    let map: ConfigMap = serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "site"}, "data": {"a": "1"}}))
+    .expect("config map");
+    let Err(kube::Error::Api(status)) = configs.patch("site", &apply, &Patch::Apply(&map)).await else {
+        panic!("applying into a missing namespace must fail")
+    };
+    assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
+    assert_eq!(status.message, "namespaces \"shop\" not found");
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace =
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}))
+            .expect("namespace");
+    namespaces.patch("shop", &apply, &Patch::Apply(&namespace)).await.expect("namespace applied");
+    let first = configs.patch("site", &apply, &Patch::Apply(&map)).await.expect("applied");
+    let again = configs.patch("site", &apply, &Patch::Apply(&map)).await.expect("applied again");
+    assert_eq!(first.metadata.resource_version, again.metadata.resource_version, "a no-op apply changes nothing");
+
+    // Server-owned fields survive an apply that does not mention them; a new spec is a new generation.
+    let services: Api<Service> = Api::namespaced(client.clone(), "shop");
+    let service = |port: i32| -> Service {
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+            "spec": {"ports": [{"port": port}]}}))
+        .expect("service")
+    };
+    let created = services.patch("web", &apply, &Patch::Apply(&service(80))).await.expect("created");
+    let cluster_ip = created.spec.as_ref().and_then(|s| s.cluster_ip.clone()).expect("an address is allocated");
+    let changed = services.patch("web", &apply, &Patch::Apply(&service(81))).await.expect("changed");
+    assert_eq!(changed.spec.as_ref().and_then(|s| s.cluster_ip.clone()), Some(cluster_ip));
+    assert_eq!((created.metadata.generation, changed.metadata.generation), (Some(1), Some(2)));
+
+    // Watching from a resource version replays what happened since, in order.
+    let from = created.metadata.resource_version.clone().expect("resource version");
+    let stream = services.watch(&WatchParams::default().timeout(2), &from).await.expect("watch");
+    let events: Vec<_> = stream.take(1).collect().await;
+    match events.first() {
+        Some(Ok(WatchEvent::Modified(service))) => assert_eq!(service.metadata.generation, Some(2)),
+        other => panic!("expected the modification, got {other:?}"),
+    }
+
+    // Names the API refuses come back as 422 Invalid with the field; selectors select.
+    let bad: ConfigMap =
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "Bad_Name"}}))
+            .expect("config map");
+    let Err(kube::Error::Api(status)) = configs.patch("Bad_Name", &apply, &Patch::Apply(&bad)).await else {
+        panic!("an invalid name must be refused")
+    };
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert!(status.message.contains("metadata.name: Invalid value: \"Bad_Name\""), "{}", status.message);
+    let none = configs.list(&ListParams::default().labels("app=nothing")).await.expect("list");
+    assert!(none.items.is_empty());
+
+    // Deleting twice: the second is the API's NotFound.
+    services.delete("web", &Default::default()).await.expect("deleted");
+    let Err(kube::Error::Api(status)) = services.delete("web", &Default::default()).await else {
+        panic!("a second delete must fail")
+    };
+    assert_eq!((status.code, status.message.as_str()), (404, "services \"web\" not found"));
+}
+
+/// The same driver against a real cluster, when one is configured (`KUBECONFIG`). The cluster
+/// must be able to pull `busybox:1.36`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stack_runs_on_a_real_cluster_when_kubeconfig_is_set() {
+    let Some(kubeconfig) = std::env::var_os("KUBECONFIG") else {
+        eprintln!("skipped: set KUBECONFIG to run against a real cluster");
+        return;
+    };
+    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cp = ControlPlane::start(dir.path()).await;
+    let agent = cp.start_agent_with(dir.path(), "real-cluster", &[("KUBECONFIG", &kubeconfig)]).await;
+    let target = agent.id();
+    let name = format!("wf-real-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let compose = "services:\n  worker:\n    image: busybox:1.36\n    command: [\"sh\", \"-c\", \"while true; do echo tick; sleep 1; done\"]\n    deploy: { replicas: 2 }\n";
+    let id = create_stack(&mut cp, &name, compose).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let accepted = loop {
+        let (status, accepted) =
+            cp.api(Method::POST, &format!("/stacks/{id}/deploy/{target}?platform=kubernetes"), None).await;
+        if status == StatusCode::ACCEPTED {
+            break accepted;
+        }
+        assert!(Instant::now() < deadline, "the target never offered Kubernetes: {accepted}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let deployment_id = accepted["id"].as_str().expect("id").to_owned();
+    let deployment = settled(&mut cp, &accepted).await;
+    assert_eq!(deployment["state"], "running", "{:#?}", messages(&mut cp, &deployment_id).await);
+    assert_eq!(running(&deployment, "worker"), 2, "{deployment:#}");
+    let (status, accepted) = cp.api(Method::DELETE, &format!("/deployments/{deployment_id}?volumes=true"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(settled(&mut cp, &accepted).await["state"], "removed");
+}

@@ -338,6 +338,9 @@ impl KubernetesDriver {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         for pod in pods.items {
             let (name, namespace) = (pod.name_any(), pod.namespace().unwrap_or_default());
+            // Named as containers are, `<project>-<service>-<n>`: the pod's own suffix is the n.
+            let service = pod.labels().get(LABEL_SERVICE).cloned().unwrap_or_default();
+            let source = format!("{project}-{service}-{}", name.rsplit('-').next().unwrap_or_default());
             let params = LogParams {
                 follow,
                 tail_lines: tail.map(i64::from),
@@ -353,7 +356,7 @@ impl KubernetesDriver {
                 while let Some(Ok(line)) = lines.next().await {
                     let (timestamp_unix_ms, text) = split_timestamp(&line);
                     let chunk = LogChunk {
-                        source: name.clone(),
+                        source: source.clone(),
                         stream: LogStream::Stdout,
                         timestamp_unix_ms,
                         data: format!("{text}\n").into_bytes(),
