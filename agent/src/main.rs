@@ -32,10 +32,19 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Connect to the control plane and apply jobs.
+    /// Connect to the control plane and apply jobs. Given a server, its CA and a join token
+    /// (as the in-cluster manifests give them), an agent not yet enrolled enrolls first.
     Run {
         #[arg(long, env = "WINDFLOW_AGENT_DATA_DIR", default_value = "/var/lib/windflow-agent")]
         data_dir: PathBuf,
+        #[arg(long, env = "WINDFLOW_SERVER", requires = "ca_file")]
+        server: Option<String>,
+        #[arg(long, env = "WINDFLOW_CA_FILE")]
+        ca_file: Option<PathBuf>,
+        #[arg(long, env = "WINDFLOW_JOIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[arg(long, env = "WINDFLOW_AGENT_NAME")]
+        name: Option<String>,
     },
     /// Print this host's facts as JSON.
     Facts,
@@ -61,8 +70,14 @@ async fn main() -> anyhow::Result<()> {
             windflow_agent::enroll::enroll(&DataDir::new(data_dir), &server, &ca_file, &token, name).await?;
             Ok(())
         }
-        Command::Run { data_dir } => {
-            if let Err(error) = run(DataDir::new(data_dir), LinkConfig::default(), shutdown_signal()).await {
+        Command::Run { data_dir, server, ca_file, token, name } => {
+            let data = DataDir::new(data_dir);
+            if !data.is_enrolled()
+                && let (Some(server), Some(ca_file), Some(token)) = (server, ca_file, token)
+            {
+                windflow_agent::enroll::enroll(&data, &server, &ca_file, &token, name).await?;
+            }
+            if let Err(error) = run(data, LinkConfig::default(), shutdown_signal()).await {
                 tracing::error!(error = %format!("{error:#}"), "agent stopped");
                 let revoked = error.downcast_ref::<windflow_agent::link::Revoked>().is_some();
                 std::process::exit(if revoked { windflow_agent::EXIT_REVOKED } else { 1 });

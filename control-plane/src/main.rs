@@ -613,6 +613,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             "Run this as root on the server to add:\n\n  {}\n",
                             created["command"].as_str().unwrap_or_default()
                         );
+                        println!(
+                            "Or, to add a Kubernetes cluster, run this where kubectl reaches it:\n\n  {}\n",
+                            created["kubernetes_command"].as_str().unwrap_or_default()
+                        );
                     }
                 }
                 TokenCommand::List => print(&client.request(Method::GET, "/targets/join-tokens", None).await?),

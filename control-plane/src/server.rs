@@ -34,6 +34,10 @@ pub struct ServeConfig {
     /// The agent binary served to new hosts. Default: `windflow-agent` next to this binary.
     #[arg(long, env = "WINDFLOW_AGENT_BINARY")]
     pub agent_binary: Option<PathBuf>,
+    /// The agent's container image, put into the in-cluster manifests (`scripts/agent-image`
+    /// builds it). Default: `windflow/agent:<this version>`.
+    #[arg(long, env = "WINDFLOW_AGENT_IMAGE")]
+    pub agent_image: Option<String>,
     /// Lifetime of agent certificates; agents renew at two thirds of it.
     #[arg(long, env = "WINDFLOW_AGENT_CERT_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
     pub agent_cert_ttl: Duration,
@@ -118,6 +122,10 @@ pub async fn serve(
         quic_endpoint: format!("{primary}:{}", endpoint.local_addr()?.port()),
         server_name: config.advertise[0].clone(),
         agent_binary,
+        agent_image: config
+            .agent_image
+            .clone()
+            .unwrap_or_else(|| format!("windflow/agent:{}", env!("CARGO_PKG_VERSION"))),
         agent_cert_lifetime: config.agent_cert_ttl,
         rate_limit_per_s: config.rate_limit,
         rate_burst: config.rate_burst,

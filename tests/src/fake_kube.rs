@@ -218,6 +218,32 @@ impl FakeCluster {
         self.cluster.delete(&mut inner, &(plural, namespace.to_owned(), name.to_owned())).is_some()
     }
 
+    /// What the requests so far needed, as RBAC would see them: (API group, resource, verb).
+    pub fn access(&self) -> std::collections::BTreeSet<(String, String, String)> {
+        self.requests()
+            .iter()
+            .filter_map(|request| {
+                let (method, target) = request.split_once(' ')?;
+                let (path, query) = target.split_once('?').unwrap_or((target, ""));
+                let group = if path.starts_with("/apis/apps/") { "apps" } else { "" };
+                let (resource, verb) = match (method, parse(path)?) {
+                    ("GET", Target::Collection { kind, .. })
+                        if query.contains("watch=true") || query.contains("watch=1") =>
+                    {
+                        (kind.plural.to_owned(), "watch")
+                    }
+                    ("GET", Target::Collection { kind, .. }) => (kind.plural.to_owned(), "list"),
+                    ("GET", Target::Object { kind, .. }) => (kind.plural.to_owned(), "get"),
+                    ("GET", Target::Log { .. }) => ("pods/log".to_owned(), "get"),
+                    ("PATCH", Target::Object { kind, .. }) => (kind.plural.to_owned(), "patch"),
+                    ("DELETE", Target::Object { kind, .. }) => (kind.plural.to_owned(), "delete"),
+                    _ => return None,
+                };
+                Some((group.to_owned(), resource, verb.to_owned()))
+            })
+            .collect()
+    }
+
     /// Every request so far, as `METHOD path?query`.
     pub fn requests(&self) -> Vec<String> {
         self.cluster.lock().requests.clone()

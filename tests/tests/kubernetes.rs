@@ -255,6 +255,11 @@ async fn a_stack_is_applied_to_a_cluster_rolled_out_scaled_repaired_and_removed(
         "every write is a server-side apply: {applies:#?}"
     );
     assert!(cluster.requests().iter().any(|r| r.contains("watch=true")), "the rollout is watched");
+    // Least privilege: the driver asks for nothing the in-cluster role does not grant.
+    let granted = required_access();
+    for needed in cluster.access() {
+        assert!(granted.contains(&needed), "{needed:?} is not in REQUIRED_ACCESS");
+    }
 
     // Pod logs, as for containers.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -441,4 +446,155 @@ async fn a_stack_runs_on_a_real_cluster_when_kubeconfig_is_set() {
     let (status, accepted) = cp.api(Method::DELETE, &format!("/deployments/{deployment_id}?volumes=true"), None).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(settled(&mut cp, &accepted).await["state"], "removed");
+}
+
+fn required_access() -> std::collections::BTreeSet<(String, String, String)> {
+    windflow_agent::driver::kubernetes::REQUIRED_ACCESS
+        .iter()
+        .flat_map(|(group, resource, verbs)| {
+            verbs.iter().map(|v| ((*group).to_owned(), (*resource).to_owned(), (*v).to_owned()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_manifests_grant_the_agent_exactly_what_its_driver_needs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cp = ControlPlane::start(dir.path()).await;
+    let body = json!({"uses": 1, "ttl_seconds": 600});
+    let (status, created) = cp.api(Method::POST, "/targets/join-tokens", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let command = created["kubernetes_command"].as_str().expect("a cluster one-liner");
+    let token = created["token"].as_str().expect("token");
+    assert!(command.contains("--pinnedpubkey") && command.contains("/kubernetes/agent.yaml"), "{command}");
+    assert!(command.ends_with(&format!("sed 's/@@JOIN_TOKEN@@/{token}/' | kubectl apply -f -")), "{command}");
+
+    let manifest =
+        cp.http().get(cp.url("/kubernetes/agent.yaml")).send().await.expect("manifest").text().await.expect("text");
+    assert!(!manifest.contains(token), "the token never travels in the manifest");
+    let documents: Vec<Value> =
+        manifest.split("\n---\n").map(|d| serde_yaml::from_str(d).unwrap_or_else(|e| panic!("{e} in\n{d}"))).collect();
+    let kinds: Vec<&str> = documents.iter().map(|d| d["kind"].as_str().unwrap_or_default()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "Secret",
+            "PersistentVolumeClaim",
+            "Deployment"
+        ]
+    );
+    let role = &documents[2];
+    let granted: std::collections::BTreeSet<(String, String, String)> = role["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .flat_map(|rule| {
+            let strings = |key: &str| -> Vec<String> {
+                rule[key].as_array().expect("list").iter().map(|v| v.as_str().expect("string").to_owned()).collect()
+            };
+            let (groups, resources, verbs) = (strings("apiGroups"), strings("resources"), strings("verbs"));
+            let mut all = Vec::new();
+            for g in &groups {
+                for r in &resources {
+                    for v in &verbs {
+                        all.push((g.clone(), r.clone(), v.clone()));
+                    }
+                }
+            }
+            all
+        })
+        .collect();
+    assert_eq!(granted, required_access(), "the role grants exactly what the driver needs");
+
+    let ca = cp.http().get(cp.url("/ca.pem")).send().await.expect("ca").text().await.expect("text");
+    assert_eq!(
+        documents[4]["data"]["ca.pem"].as_str().map(str::trim),
+        Some(ca.trim()),
+        "the CA is the control plane's"
+    );
+    assert_eq!(documents[5]["stringData"]["token"], "@@JOIN_TOKEN@@");
+    let pod = &documents[7]["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "windflow-agent");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let container = &pod["containers"][0];
+    assert_eq!(container["image"], format!("windflow/agent:{}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    let env = container["env"].as_array().expect("env");
+    let server = env.iter().find(|e| e["name"] == "WINDFLOW_SERVER").expect("server");
+    assert_eq!(server["value"].as_str(), Some(cp.url("").trim_end_matches('/')));
+}
+
+/// What the in-cluster Deployment does: `run` with a server, its CA and a join token enrols
+/// first, then connects; started again, it keeps its identity.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_given_a_server_and_a_token_enrols_itself_on_first_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cp = ControlPlane::start(dir.path()).await;
+    let (_, created) = cp.api(Method::POST, "/targets/join-tokens", Some(json!({"uses": 1, "ttl_seconds": 600}))).await;
+    let token = created["token"].as_str().expect("token").to_owned();
+    let data_dir = dir.path().join("in-cluster-agent");
+    let ca_file = dir.path().join("data/ca.pem");
+    let server = cp.url("").trim_end_matches('/').to_owned();
+    let start = || {
+        let mut command = std::process::Command::new(bin("windflow-agent"));
+        command
+            .args(["run", "--name", "cluster-a"])
+            .env("WINDFLOW_AGENT_DATA_DIR", &data_dir)
+            .env("WINDFLOW_SERVER", &server)
+            .env("WINDFLOW_CA_FILE", &ca_file)
+            .env("WINDFLOW_JOIN_TOKEN", &token)
+            .env("KUBECONFIG", dir.path().join("none"));
+        Process::spawn(&mut command, dir.path().join("in-cluster-agent.log")).expect("agent")
+    };
+    std::fs::create_dir_all(&data_dir).expect("data dir");
+    let mut first = start();
+    let mut connected = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !connected && Instant::now() < deadline {
+        connected = cp.targets().await.iter().any(|t| t["name"] == "cluster-a" && t["connected"] == true);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(connected, "the agent enrolled and connected: {}", first.logs());
+    first.terminate();
+    // The token was for one use: a second start works only because the identity was kept.
+    let second = start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let targets = cp.targets().await;
+        if targets.iter().any(|t| t["name"] == "cluster-a" && t["connected"] == true) {
+            assert_eq!(targets.len(), 1, "one identity: {targets:#?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the agent did not come back: {}", second.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The image the in-cluster manifests run: built here from the agent binary alone, it starts
+/// as an unprivileged user and can read its host's facts.
+#[test]
+fn the_agent_image_is_built_from_scratch_and_runs_unprivileged() {
+    let tag = "windflow-test/agent:image-check";
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/agent-image");
+    let built = std::process::Command::new(script).arg(bin("windflow-agent")).arg(tag).output().expect("agent-image");
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let run = |args: &[&str]| {
+        let output =
+            std::process::Command::new("docker").args(["run", "--rm", tag]).args(args).output().expect("docker run");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert_eq!(run(&["--version"]).trim(), format!("windflow-agent {}", env!("CARGO_PKG_VERSION")));
+    let facts: Value = serde_json::from_str(&run(&["facts"])).expect("facts as JSON");
+    assert!(facts["cpus"].as_u64().is_some_and(|n| n >= 1), "{facts}");
+    let user = std::process::Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Config.User}}", tag])
+        .output()
+        .expect("inspect");
+    assert_eq!(String::from_utf8_lossy(&user.stdout).trim(), "65532:65532");
 }

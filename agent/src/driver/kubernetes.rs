@@ -39,6 +39,22 @@ const REMOVAL_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the capability probe waits for the API server.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Everything the driver does on a cluster, as RBAC rules: (API group, resource, verbs). The
+/// in-cluster manifests (`packaging/kubernetes/agent.yaml`) grant exactly this; tests check
+/// both that the manifests say so and that the driver asks for nothing else.
+pub const REQUIRED_ACCESS: &[(&str, &str, &[&str])] = &[
+    ("", "namespaces", &["list", "create", "patch", "delete"]),
+    ("", "secrets", &["list", "create", "patch", "delete"]),
+    ("", "configmaps", &["list", "create", "patch", "delete"]),
+    ("", "services", &["list", "create", "patch", "delete"]),
+    ("", "persistentvolumeclaims", &["list", "create", "patch", "delete"]),
+    ("", "pods", &["list", "watch"]),
+    ("", "pods/log", &["get"]),
+    ("apps", "deployments", &["list", "watch", "create", "patch", "delete"]),
+    ("apps", "statefulsets", &["list", "watch", "create", "patch", "delete"]),
+    ("apps", "daemonsets", &["list", "watch", "create", "patch", "delete"]),
+];
+
 /// Waiting reasons that mean a pod will not start without a change to the stack.
 const FATAL_WAITING: &[&str] = &[
     "ErrImagePull",

@@ -1,4 +1,5 @@
-//! Enrollment: the files a new host fetches (`/install.sh`, `/ca.pem`, the agent binary) and
+//! Enrollment: the files a new host fetches (`/install.sh`, `/ca.pem`, the agent binary, the
+//! in-cluster manifests `/kubernetes/agent.yaml`) and
 //! `POST /agents/enroll`, where a join token and a CSR become an agent certificate.
 //! These routes are public: the join token is the credential.
 
@@ -20,6 +21,7 @@ use super::error::{ApiError, ApiJson, Code};
 use crate::agents;
 
 const INSTALL_SH: &str = include_str!("../../../packaging/install.sh");
+const CLUSTER_MANIFEST: &str = include_str!("../../../packaging/kubernetes/agent.yaml");
 
 pub fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(enroll))
@@ -28,6 +30,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
 pub fn file_routes() -> Router<AppState> {
     Router::new()
         .route("/install.sh", get(install_sh))
+        .route("/kubernetes/agent.yaml", get(cluster_manifest))
         .route("/ca.pem", get(ca_pem))
         .route("/downloads/{file}", get(download))
 }
@@ -38,6 +41,17 @@ async fn install_sh(State(state): State<AppState>) -> impl IntoResponse {
         .replace("@@SERVER_PIN@@", &state.pki.server_pin())
         .replace("@@CA_SHA256@@", &state.pki.ca_sha256());
     ([(header::CONTENT_TYPE, "text/x-shellscript; charset=utf-8")], script)
+}
+
+/// The agent's in-cluster manifests, with this control plane's address, CA and agent image.
+/// The join token stays a placeholder: the one-liner fills it in on the user's machine.
+async fn cluster_manifest(State(state): State<AppState>) -> impl IntoResponse {
+    let ca: String = state.pki.ca_cert_pem().lines().map(|line| format!("    {line}\n")).collect();
+    let manifest = CLUSTER_MANIFEST
+        .replace("@@SERVER_URL@@", &state.settings.public_url)
+        .replace("@@AGENT_IMAGE@@", &state.settings.agent_image)
+        .replace("@@CA_PEM@@\n", &ca);
+    ([(header::CONTENT_TYPE, "application/yaml")], manifest)
 }
 
 async fn ca_pem(State(state): State<AppState>) -> impl IntoResponse {

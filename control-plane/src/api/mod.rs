@@ -47,6 +47,8 @@ pub struct Settings {
     /// The name agents check the server certificate against.
     pub server_name: String,
     pub agent_binary: PathBuf,
+    /// The agent's container image, for the in-cluster manifests.
+    pub agent_image: String,
     pub agent_cert_lifetime: Duration,
     /// Requests per second allowed from one address (0: no limit), and the burst above it.
     pub rate_limit_per_s: u32,

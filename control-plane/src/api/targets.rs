@@ -530,6 +530,16 @@ pub fn one_liner(state: &AppState, token: &str) -> String {
     )
 }
 
+/// The command that installs the agent into the Kubernetes cluster `kubectl` points at: the
+/// manifests come over the pinned channel, the token is put in on the user's machine.
+pub fn cluster_one_liner(state: &AppState, token: &str) -> String {
+    format!(
+        "curl -fsSL --pinnedpubkey '{pin}' -k '{url}/kubernetes/agent.yaml' | sed 's/@@JOIN_TOKEN@@/{token}/' | kubectl apply -f -",
+        pin = state.pki.server_pin(),
+        url = state.settings.public_url,
+    )
+}
+
 /// A new join token: its secret and the one-liner that uses it, in this answer only.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CreatedJoinToken {
@@ -539,6 +549,8 @@ pub struct CreatedJoinToken {
     uses_allowed: u32,
     /// The command to paste on a new host.
     command: String,
+    /// The command that installs the agent into a Kubernetes cluster (run where `kubectl` works).
+    kubernetes_command: String,
 }
 
 /// Makes a join token and the one-liner that enrols a host with it.
@@ -570,6 +582,7 @@ async fn create_join_token(
     )?;
     tracing::info!(token_id = %record.id, uses = body.uses, by = %caller.username, "join token created");
     let command = one_liner(&state, &token);
+    let kubernetes_command = cluster_one_liner(&state, &token);
     Ok((
         StatusCode::CREATED,
         Json(CreatedJoinToken {
@@ -578,6 +591,7 @@ async fn create_join_token(
             expires_at: rfc3339_s(record.expires_at_unix_s),
             uses_allowed: record.uses_allowed,
             command,
+            kubernetes_command,
         }),
     ))
 }

@@ -1298,6 +1298,8 @@ export interface components {
             uses_allowed: number;
             /** @description The command to paste on a new host. */
             command: string;
+            /** @description The command that installs the agent into a Kubernetes cluster (run where `kubectl` works). */
+            kubernetes_command: string;
         };
         /** @description A deployment: a stack version on a target. */
         DeploymentView: {
