@@ -13,6 +13,7 @@ use windflow_protocol::{JobEnvelope, JobPayload, JobRejection, Platform, SignedJ
 use crate::driver::DriverError;
 use crate::driver::ProgressSender;
 use crate::driver::docker::DockerDriver;
+use crate::driver::helm::HelmDriver;
 use crate::driver::kubernetes::KubernetesDriver;
 use crate::driver::swarm::SwarmDriver;
 use crate::journal::Journal;
@@ -112,6 +113,17 @@ impl Executor {
                 };
                 self.deploy(*deployment_id, workload.project(), workload.platform(), apply).await
             }
+            JobPayload::DeployWorkload {
+                deployment_id,
+                workload: workload @ Workload::Helm { project, namespace, chart },
+            } => {
+                let apply = async {
+                    let cluster = KubernetesDriver::connect().await?;
+                    HelmDriver::locate()?.apply(*deployment_id, project, namespace, chart, progress).await?;
+                    cluster.status(*deployment_id, project).await
+                };
+                self.deploy(*deployment_id, workload.project(), workload.platform(), apply).await
+            }
             JobPayload::RemoveStack { deployment_id, project, remove_volumes } => {
                 self.remove(*deployment_id, project, Platform::Docker, *remove_volumes, progress).await
             }
@@ -185,7 +197,13 @@ impl Executor {
             Platform::Docker => DockerDriver::connect().await?.remove(project, remove_volumes, progress).await?,
             Platform::Swarm => SwarmDriver::connect().await?.remove(project, remove_volumes, progress).await?,
             Platform::Kubernetes => {
-                KubernetesDriver::connect().await?.remove(project, remove_volumes, progress).await?;
+                let cluster = KubernetesDriver::connect().await?;
+                // A Helm stack's release goes first, through Helm, when helm is here.
+                if let Ok(helm) = HelmDriver::locate() {
+                    let namespace = windflow_platforms::kubernetes::namespace_for(project);
+                    helm.uninstall(project, &namespace, progress).await?;
+                }
+                cluster.remove(project, remove_volumes, progress).await?;
             }
             other => return Err(unsupported(other)),
         }

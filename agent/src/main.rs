@@ -48,6 +48,15 @@ enum Command {
     },
     /// Print this host's facts as JSON.
     Facts,
+    /// Helm's post-renderer (run by helm, not by people): labels the release's manifests on
+    /// stdin as WindFlow's own objects, to stdout.
+    #[command(hide = true)]
+    HelmPostRender {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        deployment: uuid::Uuid,
+    },
 }
 
 async fn shutdown_signal() {
@@ -82,6 +91,12 @@ async fn main() -> anyhow::Result<()> {
                 let revoked = error.downcast_ref::<windflow_agent::link::Revoked>().is_some();
                 std::process::exit(if revoked { windflow_agent::EXIT_REVOKED } else { 1 });
             }
+            Ok(())
+        }
+        Command::HelmPostRender { project, deployment } => {
+            let mut manifests = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut manifests)?;
+            print!("{}", windflow_platforms::kubernetes::label_manifests(&manifests, &project, deployment)?);
             Ok(())
         }
         Command::Facts => {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
 use windflow_protocol::messages::{ContainerState, JobOutcome, JobOutput, StackStatus};
-use windflow_protocol::stack::{RestartPolicy, StackSpec, SwarmSpec};
+use windflow_protocol::stack::{RestartPolicy, StackSpec};
 use windflow_protocol::{JobPayload, Platform, Workload};
 
 use crate::audit::{AuditLog, Fact};
@@ -116,34 +116,35 @@ pub fn desired_spec(
     key: &MasterKey,
     deployment: &Deployment,
     version: u32,
-) -> Result<(StackSpec, SwarmSpec), String> {
+) -> Result<crate::compose::Parsed, String> {
     let stack = stacks::get(store, deployment.stack_id).map_err(|e| e.to_string())?.ok_or("the stack was deleted")?;
     let stored = stacks::version(store, stack.id, version)
         .map_err(|e| e.to_string())?
         .ok_or(format!("stack version {version} does not exist"))?;
-    let parsed = stacks::parsed_of(key, &stack, &stored).map_err(|e| e.to_string())?;
-    let mut spec = parsed.spec;
-    spec.project = deployment.project.clone();
-    for service in &mut spec.services {
+    let mut parsed = stacks::parsed_of(key, &stack, &stored).map_err(|e| e.to_string())?;
+    parsed.spec.project = deployment.project.clone();
+    for service in &mut parsed.spec.services {
         if let Some(replicas) = deployment.scale.get(&service.name) {
             service.replicas = *replicas;
         }
     }
-    Ok((spec, parsed.swarm))
+    Ok(parsed)
 }
 
 /// The job that applies `spec` for the deployment, on its platform.
-fn deploy_payload(deployment: &Deployment, spec: StackSpec, swarm: SwarmSpec) -> Result<JobPayload, HubError> {
+fn deploy_payload(deployment: &Deployment, parsed: crate::compose::Parsed) -> Result<JobPayload, HubError> {
     let deployment_id = deployment.id;
+    let crate::compose::Parsed { spec, swarm, helm, .. } = parsed;
     Ok(match deployment.platform {
         Platform::Docker => JobPayload::DeployStack { deployment_id, spec },
         Platform::Swarm => JobPayload::DeployWorkload { deployment_id, workload: Workload::Swarm { spec, swarm } },
         Platform::Kubernetes => {
             let namespace = windflow_platforms::kubernetes::namespace_for(&spec.project);
-            JobPayload::DeployWorkload {
-                deployment_id,
-                workload: Workload::Kubernetes { spec, orchestration: swarm, namespace },
-            }
+            let workload = match helm {
+                Some(chart) => Workload::Helm { project: spec.project, namespace, chart },
+                None => Workload::Kubernetes { spec, orchestration: swarm, namespace },
+            };
+            JobPayload::DeployWorkload { deployment_id, workload }
         }
         Platform::Libvirt => return Err(HubError::JobFailed("libvirt runs virtual machines, not stacks".into())),
     })
@@ -431,14 +432,14 @@ impl Reconciler {
         }
     }
 
-    fn spec(&self, deployment: &Deployment, version: u32) -> Result<(StackSpec, SwarmSpec), String> {
+    fn spec(&self, deployment: &Deployment, version: u32) -> Result<crate::compose::Parsed, String> {
         desired_spec(self.store.as_ref(), &self.master_key, deployment, version)
     }
 
     fn drifted(&self, deployment: &Deployment) -> Option<String> {
         let observed = self.hub.observed(deployment.id)?;
-        let (spec, _) = self.spec(deployment, deployment.version).ok()?;
-        drift(&spec, &observed, deployment.platform)
+        let parsed = self.spec(deployment, deployment.version).ok()?;
+        drift(&parsed.spec, &observed, deployment.platform)
     }
 
     async fn work(&self, deployment: Deployment) {
@@ -474,8 +475,8 @@ impl Reconciler {
             self.last_repair.lock().unwrap_or_else(|e| e.into_inner()).insert(id, std::time::Instant::now());
             self.events.append(id, Level::Warning, format!("drift detected: {why}; repairing"), None);
         }
-        let (spec, swarm) = match self.spec(&deployment, deployment.version) {
-            Ok(spec) => spec,
+        let parsed = match self.spec(&deployment, deployment.version) {
+            Ok(parsed) => parsed,
             Err(reason) => {
                 self.events.finish(id, Level::Error, format!("cannot deploy: {reason}"), State::Failed);
                 self.set(id, |d| {
@@ -498,7 +499,7 @@ impl Reconciler {
                 Some(0),
             );
         }
-        match self.run_deploy(&deployment, spec, swarm).await {
+        match self.run_deploy(&deployment, parsed).await {
             Ok(()) => {
                 let message = if repairing {
                     "drift repaired".to_owned()
@@ -549,10 +550,10 @@ impl Reconciler {
         }
     }
 
-    async fn run_deploy(&self, deployment: &Deployment, spec: StackSpec, swarm: SwarmSpec) -> Result<(), HubError> {
+    async fn run_deploy(&self, deployment: &Deployment, parsed: crate::compose::Parsed) -> Result<(), HubError> {
         let id = deployment.id;
         let events = self.events.clone();
-        let payload = deploy_payload(deployment, spec, swarm)?;
+        let payload = deploy_payload(deployment, parsed)?;
         let outcome = self
             .hub
             .run_job_with_progress(deployment.target_id, payload, DEPLOY_TIMEOUT, move |step, percent| {
@@ -574,14 +575,14 @@ impl Reconciler {
     async fn roll_back(&self, deployment: &Deployment, previous: u32) {
         let id = deployment.id;
         self.events.append(id, Level::Warning, format!("rolling back to version {previous}"), None);
-        let (spec, swarm) = match self.spec(deployment, previous) {
-            Ok(spec) => spec,
+        let parsed = match self.spec(deployment, previous) {
+            Ok(parsed) => parsed,
             Err(reason) => {
                 self.events.finish(id, Level::Error, format!("rollback impossible: {reason}"), State::Failed);
                 return;
             }
         };
-        match self.run_deploy(deployment, spec, swarm).await {
+        match self.run_deploy(deployment, parsed).await {
             Ok(()) => self.events.finish(
                 id,
                 Level::Info,

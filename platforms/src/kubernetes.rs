@@ -25,8 +25,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use windflow_protocol::stack::{
-    FileMount, MountSource, Protocol, PullPolicy, RestartPolicy, ServiceSpec as ComposeService, StackSpec, SwarmObject,
-    SwarmSpec, UpdateOrder, UpdatePolicy,
+    FileMount, HelmChart, MountSource, Protocol, PullPolicy, RestartPolicy, ServiceSpec as ComposeService, StackSpec,
+    SwarmObject, SwarmSpec, UpdateOrder, UpdatePolicy,
 };
 
 use crate::{Finding, LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_PROJECT};
@@ -845,6 +845,95 @@ pub fn render(spec: &StackSpec, orchestration: &SwarmSpec, namespace: Option<&st
     objects.controllers.iter().for_each(|o| push(serde_json::to_value(o)));
     objects.services.iter().for_each(|o| push(serde_json::to_value(o)));
     documents.join("---\n")
+}
+
+/// `helm upgrade --install` of a Helm stack, as the agent runs it (before its post-renderer,
+/// which labels every object like WindFlow's own): installed when new, upgraded otherwise, and
+/// rolled back by Helm itself (`--atomic`) when the upgrade does not become ready.
+pub fn helm_upgrade_args(project: &str, namespace: &str, chart: &HelmChart, values_file: &str) -> Vec<String> {
+    let mut args: Vec<String> =
+        ["upgrade", "--install", project, &chart.chart, "--namespace", namespace, "--create-namespace"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+    if let Some(repo) = &chart.repo {
+        args.extend(["--repo".to_owned(), repo.clone()]);
+    }
+    if let Some(version) = &chart.version {
+        args.extend(["--version".to_owned(), version.clone()]);
+    }
+    args.extend(["--values", values_file, "--atomic", "--wait", "--timeout", "10m"].map(str::to_owned));
+    args
+}
+
+/// Helm's post-renderer step: every object of the release gets WindFlow's labels (its
+/// controllers and their pod templates also the service label, named after the controller), so
+/// status, logs and removal find a chart's objects as they find WindFlow's own.
+pub fn label_manifests(manifests: &str, project: &str, deployment_id: Uuid) -> Result<String, serde_yaml::Error> {
+    use serde::Deserialize;
+    let labels = labels(project, deployment_id);
+    let mut out = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(manifests) {
+        let mut object = serde_yaml::Value::deserialize(document)?;
+        if !object.is_mapping() {
+            continue;
+        }
+        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        let controller = matches!(object["kind"].as_str(), Some("Deployment" | "StatefulSet" | "DaemonSet"));
+        let add = |target: &mut serde_yaml::Value| {
+            if !target.is_mapping() {
+                *target = serde_yaml::Value::Mapping(Default::default());
+            }
+            for (key, value) in &labels {
+                target[key.as_str()] = serde_yaml::Value::String(value.clone());
+            }
+            if controller {
+                target[LABEL_SERVICE] = serde_yaml::Value::String(name.clone());
+            }
+        };
+        if !object["metadata"].is_mapping() {
+            object["metadata"] = serde_yaml::Value::Mapping(Default::default());
+        }
+        add(&mut object["metadata"]["labels"]);
+        if controller && object["spec"]["template"].is_mapping() {
+            if !object["spec"]["template"]["metadata"].is_mapping() {
+                object["spec"]["template"]["metadata"] = serde_yaml::Value::Mapping(Default::default());
+            }
+            add(&mut object["spec"]["template"]["metadata"]["labels"]);
+        }
+        out.push(serde_yaml::to_string(&object)?);
+    }
+    Ok(out.join("---\n"))
+}
+
+/// What a Helm stack applies: the release, the command and its values (the chart's own
+/// manifests come from the chart, on the agent).
+pub fn render_helm(project: &str, chart: &HelmChart) -> String {
+    let namespace = namespace_for(project);
+    let command = helm_upgrade_args(project, &namespace, chart, "values.yaml").join(" ");
+    let values: serde_yaml::Value = serde_yaml::from_str(&chart.values_yaml).unwrap_or(serde_yaml::Value::Null);
+    let release = serde_json::json!({
+        "kind": "HelmRelease",
+        "release": project,
+        "namespace": namespace,
+        "chart": chart.chart,
+        "repo": chart.repo,
+        "version": chart.version,
+        "command": format!("helm {command}"),
+        "values": values,
+    });
+    crate::sorted_yaml(&release)
+}
+
+/// What stands in the way of a Helm stack on a platform: only Kubernetes runs charts.
+pub fn check_helm(platform: windflow_protocol::Platform) -> Vec<Finding> {
+    match platform {
+        windflow_protocol::Platform::Kubernetes => vec![],
+        other => vec![Finding::blocking(
+            "x-helm".into(),
+            format!("a Helm chart is released on a Kubernetes cluster, not on {}", other.as_str()),
+        )],
+    }
 }
 
 #[cfg(test)]

@@ -83,19 +83,26 @@ pub enum Workload {
         orchestration: crate::stack::SwarmSpec,
         namespace: String,
     },
+    /// A Helm release named after the project, in `namespace`, on a Kubernetes cluster.
+    Helm {
+        project: String,
+        namespace: String,
+        chart: crate::stack::HelmChart,
+    },
 }
 
 impl Workload {
     pub fn project(&self) -> &str {
         match self {
             Workload::Swarm { spec, .. } | Workload::Kubernetes { spec, .. } => &spec.project,
+            Workload::Helm { project, .. } => project,
         }
     }
 
     pub fn platform(&self) -> Platform {
         match self {
             Workload::Swarm { .. } => Platform::Swarm,
-            Workload::Kubernetes { .. } => Platform::Kubernetes,
+            Workload::Kubernetes { .. } | Workload::Helm { .. } => Platform::Kubernetes,
         }
     }
 }

@@ -261,3 +261,15 @@ pub struct FileMount {
     pub gid: Option<u32>,
     pub mode: Option<u32>,
 }
+
+/// A Helm chart released as a stack (the stack's `x-helm` section): installed or upgraded with
+/// the `helm` CLI where the agent runs, values interpolated from the stack's variables.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelmChart {
+    /// A chart name in `repo`, an `oci://` reference, or a path on the agent's host.
+    pub chart: String,
+    pub repo: Option<String>,
+    pub version: Option<String>,
+    /// The release's values, as YAML.
+    pub values_yaml: String,
+}

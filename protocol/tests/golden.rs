@@ -9,8 +9,8 @@ use serde::Serialize;
 use uuid::Uuid;
 use windflow_protocol::messages::*;
 use windflow_protocol::stack::{
-    FailureAction, FileMount, RestartCondition, SwarmObject, SwarmRestartPolicy, SwarmService, SwarmSpec, UpdateOrder,
-    UpdatePolicy,
+    FailureAction, FileMount, HelmChart, RestartCondition, SwarmObject, SwarmRestartPolicy, SwarmService, SwarmSpec,
+    UpdateOrder, UpdatePolicy,
 };
 use windflow_protocol::{
     JobEnvelope, JobPayload, JobRejection, MAX_FRAME_LEN, Platform, StackSpec, Workload, encode_frame,
@@ -298,6 +298,14 @@ fn stack_jobs_and_status() {
     let Workload::Swarm { spec, swarm } = swarm_workload() else { unreachable!() };
     let kubernetes = Workload::Kubernetes { spec, orchestration: swarm, namespace: "shop".into() };
     check("job_deploy_workload_kubernetes", &JobPayload::DeployWorkload { deployment_id: JOB, workload: kubernetes });
+    let chart = HelmChart {
+        chart: "nginx".into(),
+        repo: Some("https://charts.example.com".into()),
+        version: Some("1.2.3".into()),
+        values_yaml: "replicaCount: 2\n".into(),
+    };
+    let helm = Workload::Helm { project: "shop".into(), namespace: "shop".into(), chart };
+    check("job_deploy_workload_helm", &JobPayload::DeployWorkload { deployment_id: JOB, workload: helm });
     let logs = JobPayload::StreamWorkloadLogs {
         platform: Platform::Swarm,
         project: "shop".into(),

@@ -598,3 +598,135 @@ fn the_agent_image_is_built_from_scratch_and_runs_unprivileged() {
         .expect("inspect");
     assert_eq!(String::from_utf8_lossy(&user.stdout).trim(), "65532:65532");
 }
+
+const HELM_STACK: &str = r#"
+services: {}
+x-helm:
+  chart: nginx
+  repo: https://charts.example.com/stable
+  version: 18.1.0
+  values:
+    replicaCount: 2
+    auth: { password: "${TOKEN}" }
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_helm_stack_renders_as_its_release_and_runs_only_on_kubernetes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = fake_kube::FakeCluster::start(dir.path()).await;
+    let mut cp = ControlPlane::start(dir.path()).await;
+    let id = create_stack(&mut cp, "charted", HELM_STACK).await;
+    let (status, rendering) = cp.api(Method::GET, &format!("/stacks/{id}/render?to=kubernetes"), None).await;
+    assert_eq!(status, StatusCode::OK, "{rendering}");
+    let yaml = rendering["yaml"].as_str().expect("yaml");
+    assert!(yaml.contains("kind: HelmRelease") && yaml.contains("replicaCount: 2"), "{yaml}");
+    assert!(yaml.contains("helm upgrade --install charted nginx --namespace charted"), "{yaml}");
+    let (_, on_swarm) = cp.api(Method::GET, &format!("/stacks/{id}/render?to=swarm"), None).await;
+    assert_eq!(on_swarm["findings"][0]["path"], "x-helm", "{on_swarm}");
+    assert_eq!(on_swarm["findings"][0]["blocking"], true);
+
+    // A bad x-helm section is refused where it is wrong.
+    let body = json!({"name": "no-chart", "compose": "services: {}\nx-helm:\n  values: []\n"});
+    let (status, refused) = cp.api(Method::POST, "/stacks", Some(body)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    let paths: Vec<&str> = refused["error"]["details"]["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["path"].as_str())
+        .collect();
+    assert_eq!(paths, ["x-helm.chart", "x-helm.values"], "{refused}");
+
+    // On a cluster target without helm, the deploy fails saying so; on Docker it is refused.
+    let kubeconfig = cluster.kubeconfig.to_str().expect("utf-8").to_owned();
+    let agent = cp
+        .start_agent_with(
+            dir.path(),
+            "cluster",
+            &[("KUBECONFIG", &kubeconfig), ("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")],
+        )
+        .await;
+    let target = agent.id();
+    let (status, refused) = cp.api(Method::POST, &format!("/stacks/{id}/deploy/{target}?platform=docker"), None).await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("incompatible_stack"))
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let accepted = loop {
+        let (status, accepted) =
+            cp.api(Method::POST, &format!("/stacks/{id}/deploy/{target}?platform=kubernetes"), None).await;
+        if status == StatusCode::ACCEPTED {
+            break accepted;
+        }
+        assert!(Instant::now() < deadline, "{accepted}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let deployment = settled(&mut cp, &accepted).await;
+    assert_eq!(deployment["state"], "failed");
+    assert!(deployment["reason"].as_str().is_some_and(|r| r.contains("no helm CLI is installed")), "{deployment:#}");
+}
+
+/// Helm's post-renderer is the agent itself: manifests in, labelled manifests out.
+#[test]
+fn the_agent_labels_a_charts_manifests_as_helms_post_renderer() {
+    use std::io::Write;
+    let deployment = uuid::Uuid::new_v4();
+    let mut child = std::process::Command::new(bin("windflow-agent"))
+        .args(["helm-post-render", "--project=shop", &format!("--deployment={deployment}")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("agent");
+    let manifest = "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: db}\nspec:\n  template:\n    metadata: {labels: {app: db}}\n";
+    child.stdin.take().expect("stdin").write_all(manifest.as_bytes()).expect("write");
+    let output = child.wait_with_output().expect("output");
+    assert!(output.status.success());
+    let labelled: Value = serde_yaml::from_slice(&output.stdout).expect("YAML");
+    assert_eq!(labelled["spec"]["template"]["metadata"]["labels"]["io.windflow.deployment"], deployment.to_string());
+    assert_eq!(labelled["metadata"]["labels"]["io.windflow.service"], "db");
+}
+
+/// A chart released for real, when this machine has both `helm` and a cluster (`KUBECONFIG`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_chart_is_released_on_a_real_cluster_when_helm_and_kubeconfig_are_there() {
+    let (Some(kubeconfig), Ok(_)) =
+        (std::env::var_os("KUBECONFIG"), std::process::Command::new("helm").arg("version").output())
+    else {
+        eprintln!("skipped: needs helm on PATH and KUBECONFIG");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chart = dir.path().join("ticker");
+    std::fs::create_dir_all(chart.join("templates")).expect("chart dir");
+    std::fs::write(chart.join("Chart.yaml"), "apiVersion: v2\nname: ticker\nversion: 0.1.0\n").expect("Chart.yaml");
+    std::fs::write(chart.join("values.yaml"), "replicaCount: 1\n").expect("values");
+    std::fs::write(
+        chart.join("templates/deployment.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: ticker}\nspec:\n  replicas: {{ .Values.replicaCount }}\n  selector: {matchLabels: {app: ticker}}\n  template:\n    metadata: {labels: {app: ticker}}\n    spec: {containers: [{name: ticker, image: \"busybox:1.36\", command: [sh, -c, \"while true; do echo tick; sleep 1; done\"]}]}\n",
+    )
+    .expect("template");
+    let mut cp = ControlPlane::start(dir.path()).await;
+    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+    let agent = cp.start_agent_with(dir.path(), "helm-cluster", &[("KUBECONFIG", &kubeconfig)]).await;
+    let compose = format!("services: {{}}\nx-helm:\n  chart: {}\n  values:\n    replicaCount: 2\n", chart.display());
+    let name = format!("wf-helm-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let id = create_stack(&mut cp, &name, &compose).await;
+    let target = agent.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let accepted = loop {
+        let (status, accepted) =
+            cp.api(Method::POST, &format!("/stacks/{id}/deploy/{target}?platform=kubernetes"), None).await;
+        if status == StatusCode::ACCEPTED {
+            break accepted;
+        }
+        assert!(Instant::now() < deadline, "{accepted}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let deployment_id = accepted["id"].as_str().expect("id").to_owned();
+    let deployment = settled(&mut cp, &accepted).await;
+    assert_eq!(deployment["state"], "running", "{:#?}", messages(&mut cp, &deployment_id).await);
+    assert_eq!(running(&deployment, "ticker"), 2, "{deployment:#}");
+    let (_, accepted) = cp.api(Method::DELETE, &format!("/deployments/{deployment_id}?volumes=true"), None).await;
+    assert_eq!(settled(&mut cp, &accepted).await["state"], "removed");
+}

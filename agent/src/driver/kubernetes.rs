@@ -96,7 +96,11 @@ pub async fn probe() -> Capability {
         let client = Client::try_from(config).map_err(|e| format!("no cluster access: {e}"))?;
         let version =
             client.apiserver_version().await.map_err(|e| format!("the API server at {url} does not answer: {e}"))?;
-        Ok::<_, String>(format!("Kubernetes {} at {url}", version.git_version))
+        let helm = match super::helm::version().await {
+            Some(helm) => format!("helm {helm}"),
+            None => "no helm CLI (Helm stacks cannot run)".to_owned(),
+        };
+        Ok::<_, String>(format!("Kubernetes {} at {url}; {helm}", version.git_version))
     };
     let (available, detail) = match tokio::time::timeout(PROBE_TIMEOUT, found).await {
         Ok(Ok(detail)) => (true, detail),

@@ -3,6 +3,7 @@
 //! objects when the agent has access to one.
 
 pub mod docker;
+pub mod helm;
 pub mod kubernetes;
 pub mod swarm;
 

@@ -127,7 +127,7 @@ pub fn view(state: &AppState, deployment: &Deployment) -> DeploymentView {
     let target = crate::agents::get(state.store.as_ref(), deployment.target_id).ok().flatten();
     let spec = deployments::desired_spec(state.store.as_ref(), &state.master_key, deployment, deployment.version)
         .ok()
-        .map(|(spec, _)| spec);
+        .map(|parsed| parsed.spec);
     let observed = state.hub.observed(deployment.id);
     let removed = deployment.state == DeploymentState::Removed;
     let services = spec
@@ -278,6 +278,7 @@ pub(super) fn check_platform(
     parsed: &crate::compose::Parsed,
 ) -> Result<Vec<windflow_platforms::Finding>, ApiError> {
     let findings = match platform {
+        _ if parsed.helm.is_some() => windflow_platforms::kubernetes::check_helm(platform),
         Platform::Docker => return Ok(vec![]),
         Platform::Swarm => windflow_platforms::swarm::check(&parsed.spec, &parsed.swarm),
         Platform::Kubernetes => windflow_platforms::kubernetes::check(&parsed.spec, &parsed.swarm),
@@ -664,7 +665,7 @@ async fn scale(
     if request.replicas > MAX_REPLICAS {
         return Err(ApiError::invalid("replicas", format!("at most {MAX_REPLICAS} replicas")));
     }
-    let (spec, swarm) =
+    let crate::compose::Parsed { spec, swarm, .. } =
         deployments::desired_spec(state.store.as_ref(), &state.master_key, &deployment, deployment.version)
             .map_err(ApiError::internal)?;
     if !spec.services.iter().any(|s| s.name == request.service) {

@@ -351,12 +351,19 @@ async fn render(
     let version = stacks::version(state.store.as_ref(), stack.id, number)?
         .ok_or_else(|| ApiError::invalid("version", format!("stack version {number} does not exist")))?;
     let parsed = stacks::parsed_of(&state.master_key, &stack, &version).map_err(ApiError::internal)?;
-    let (yaml, findings) = match query.to {
-        RenderTarget::Swarm => (
+    let (yaml, findings) = match (query.to, &parsed.helm) {
+        (RenderTarget::Kubernetes, Some(chart)) => (
+            windflow_platforms::kubernetes::render_helm(&parsed.spec.project, chart),
+            windflow_platforms::kubernetes::check_helm(windflow_protocol::Platform::Kubernetes),
+        ),
+        (RenderTarget::Swarm, Some(_)) => {
+            (String::new(), windflow_platforms::kubernetes::check_helm(windflow_protocol::Platform::Swarm))
+        }
+        (RenderTarget::Swarm, None) => (
             windflow_platforms::swarm::render(&parsed.spec, &parsed.swarm),
             windflow_platforms::swarm::check(&parsed.spec, &parsed.swarm),
         ),
-        RenderTarget::Kubernetes => (
+        (RenderTarget::Kubernetes, None) => (
             windflow_platforms::kubernetes::render(&parsed.spec, &parsed.swarm, None),
             windflow_platforms::kubernetes::check(&parsed.spec, &parsed.swarm),
         ),

@@ -6,6 +6,7 @@
 //! and volumes) → conversion. Keys that parse but that WindFlow does not apply are returned as
 //! warnings, never dropped silently. Nothing here touches the store or the network.
 
+pub mod helm;
 pub mod interpolate;
 pub mod swarm;
 
@@ -90,6 +91,8 @@ pub struct Parsed {
     pub spec: StackSpec,
     /// What only a Swarm applies (placement, updates, secrets, configs).
     pub swarm: windflow_protocol::stack::SwarmSpec,
+    /// The chart, when the stack is a Helm release (`x-helm`).
+    pub helm: Option<windflow_protocol::stack::HelmChart>,
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -189,6 +192,7 @@ pub fn parse(yaml: &str, project: &str, variables: &BTreeMap<String, String>) ->
         return invalid(errors, warnings);
     }
     let swarm = swarm::extract(&mut value, variables, &mut errors);
+    let helm = helm::extract(&value, &mut errors);
     if !errors.is_empty() {
         return invalid(errors, warnings);
     }
@@ -203,7 +207,7 @@ pub fn parse(yaml: &str, project: &str, variables: &BTreeMap<String, String>) ->
         }
     };
     match convert(compose, project, &mut warnings) {
-        Ok(spec) => Ok(Parsed { spec, swarm, warnings }),
+        Ok(spec) => Ok(Parsed { spec, swarm, helm, warnings }),
         Err(errors) => invalid(errors, warnings),
     }
 }

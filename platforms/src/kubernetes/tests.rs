@@ -255,3 +255,66 @@ fn the_rendering_is_stable_kubectl_yaml_without_secret_contents() {
         rendered.split("---\n").map(|d| serde_yaml::from_str(d).expect("each document parses")).collect();
     assert_eq!(documents.len(), 5);
 }
+
+#[test]
+fn a_helm_stack_is_an_atomic_upgrade_install_in_the_project_namespace() {
+    let chart = HelmChart {
+        chart: "nginx".into(),
+        repo: Some("https://charts.example.com".into()),
+        version: Some("18.1.0".into()),
+        values_yaml: "replicaCount: 2\n".into(),
+    };
+    let args = helm_upgrade_args("shop", "shop", &chart, "/tmp/values.yaml").join(" ");
+    assert_eq!(
+        args,
+        "upgrade --install shop nginx --namespace shop --create-namespace --repo https://charts.example.com \
+         --version 18.1.0 --values /tmp/values.yaml --atomic --wait --timeout 10m"
+    );
+    let rendered = render_helm("shop", &chart);
+    assert!(rendered.contains("replicaCount: 2") && rendered.contains("command: helm upgrade --install shop nginx"));
+    assert!(check_helm(windflow_protocol::Platform::Kubernetes).is_empty());
+    let refused = check_helm(windflow_protocol::Platform::Swarm);
+    assert!(refused[0].blocking && refused[0].path == "x-helm", "{refused:?}");
+}
+
+#[test]
+fn a_charts_objects_get_windflows_labels_from_the_post_renderer() {
+    let rendered = "\
+---
+# Source: app/templates/service.yaml
+apiVersion: v1
+kind: Service
+metadata:
+  name: app
+spec:
+  ports: [{port: 80}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: app
+  labels: {app.kubernetes.io/name: app}
+spec:
+  selector: {matchLabels: {app: app}}
+  template:
+    metadata: {labels: {app: app}}
+    spec: {containers: [{name: app, image: nginx}]}
+";
+    let labelled = label_manifests(rendered, "shop", DEPLOYMENT).expect("valid YAML");
+    let documents: Vec<serde_yaml::Value> =
+        labelled.split("---\n").map(|d| serde_yaml::from_str(d).expect("document")).collect();
+    assert_eq!(documents.len(), 2, "{labelled}");
+    assert_eq!(documents[0]["metadata"]["labels"][LABEL_PROJECT], "shop");
+    assert!(documents[0]["metadata"]["labels"][LABEL_SERVICE].is_null(), "a Service is not a service's controller");
+    let deployment = &documents[1];
+    assert_eq!(deployment["metadata"]["labels"]["app.kubernetes.io/name"], "app", "the chart's labels stay");
+    assert_eq!(deployment["metadata"]["labels"][LABEL_DEPLOYMENT], DEPLOYMENT.to_string().as_str());
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    assert_eq!((pod_labels["app"].as_str(), pod_labels[LABEL_SERVICE].as_str()), (Some("app"), Some("app")));
+    assert_eq!(
+        deployment["spec"]["selector"]["matchLabels"].as_mapping().map(|m| m.len()),
+        Some(1),
+        "selectors untouched"
+    );
+    assert!(label_manifests("kind: [unclosed", "shop", DEPLOYMENT).is_err());
+}
