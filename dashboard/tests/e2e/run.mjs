@@ -108,6 +108,11 @@ try {
   if (!command.includes('--pinnedpubkey') || !command.includes('WINDFLOW_JOIN_TOKEN=')) throw new Error(`not a one-liner: ${command}`)
   await page.getByText(/Valid until/).waitFor()
   await scan(page, 'add-server')
+  await page.locator('[data-testid=add-where]').getByText('A Kubernetes cluster').click()
+  const clusterCommand = await page.getByRole('textbox', { name: 'Cluster install command' }).inputValue()
+  if (!clusterCommand.includes('/kubernetes/agent.yaml') || !clusterCommand.endsWith('| kubectl apply -f -')) {
+    throw new Error(`not a cluster one-liner: ${clusterCommand}`)
+  }
   await page.getByRole('button', { name: 'Close', exact: true }).click()
 
   step('add many servers from a CSV file, and group the targets by a label')
@@ -130,6 +135,8 @@ try {
   step('a target in detail')
   await page.getByRole('link', { name: targetName }).click()
   await page.getByText('Connection history').waitFor()
+  await page.locator('[data-testid=target-platforms] li.on', { hasText: 'Docker' }).waitFor()
+  await page.locator('[data-testid=target-platforms] li.off', { hasText: 'Kubernetes' }).waitFor()
   await page.getByRole('button', { name: 'Test the connection' }).click()
   await page.getByText(/Round trip: [\d.]+ ms/).waitFor()
   await page.fill('#wf-target-labels', 'env=e2e; group=web')
@@ -170,6 +177,10 @@ try {
   await page.getByText('Nothing stands in the way of running it on Swarm.').waitFor()
   await page.locator('[data-testid=swarm-yaml]', { hasText: '_worker' }).waitFor()
   await scan(page, 'stack-swarm')
+  step('what it becomes on Kubernetes')
+  await page.getByRole('tab', { name: 'On Kubernetes' }).click()
+  await page.locator('[data-testid=kubernetes-yaml]', { hasText: 'kind: Deployment' }).waitFor()
+  await scan(page, 'stack-kubernetes')
 
   step('deploy it, watch it run and read its logs')
   await page.getByRole('button', { name: 'Deploy', exact: true }).click()
