@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use windflow_protocol::Platform;
 use windflow_protocol::messages::{Capability, DockerFacts, HostFacts, SwarmState};
 
 fn read_trimmed(path: &str) -> String {
@@ -70,10 +69,6 @@ pub async fn collect() -> HostFacts {
 pub async fn capabilities(facts: &HostFacts) -> Vec<Capability> {
     let mut capabilities = Capability::of_engine(facts).to_vec();
     capabilities.push(crate::driver::kubernetes::probe().await);
-    capabilities.push(Capability {
-        platform: Platform::Libvirt,
-        available: false,
-        detail: "this agent version has no libvirt driver".into(),
-    });
+    capabilities.push(crate::driver::libvirt::LibvirtDriver::from_env().probe().await);
     capabilities
 }

@@ -15,6 +15,7 @@ use crate::driver::ProgressSender;
 use crate::driver::docker::DockerDriver;
 use crate::driver::helm::HelmDriver;
 use crate::driver::kubernetes::KubernetesDriver;
+use crate::driver::libvirt::LibvirtDriver;
 use crate::driver::swarm::SwarmDriver;
 use crate::journal::Journal;
 
@@ -78,6 +79,12 @@ impl Executor {
         };
     }
 
+    /// The deployment of a project here, if one is tracked.
+    fn deployment_of(&self, project: &str) -> Option<Uuid> {
+        let deployments = self.deployments.lock().unwrap_or_else(|e| e.into_inner());
+        deployments.iter().find(|(_, (p, _))| p == project).map(|(id, _)| *id)
+    }
+
     pub fn tracked(&self) -> Vec<(Uuid, String, Platform)> {
         let deployments = self.deployments.lock().unwrap_or_else(|e| e.into_inner());
         deployments.iter().map(|(id, (project, platform))| (*id, project.clone(), *platform)).collect()
@@ -124,6 +131,22 @@ impl Executor {
                 };
                 self.deploy(*deployment_id, workload.project(), workload.platform(), apply).await
             }
+            JobPayload::DeployWorkload { deployment_id, workload: workload @ Workload::Libvirt { project, vms } } => {
+                let driver = LibvirtDriver::from_env();
+                let apply = driver.apply(*deployment_id, project, vms, progress);
+                self.deploy(*deployment_id, workload.project(), workload.platform(), apply).await
+            }
+            JobPayload::VmAction { project, vm, action } => {
+                let lock = self.project_lock(project).await;
+                let _guard = lock.lock().await;
+                let driver = LibvirtDriver::from_env();
+                let acted = async {
+                    driver.act(project, vm, *action).await?;
+                    let id = self.deployment_of(project).unwrap_or_default();
+                    driver.status(id, project).await
+                };
+                acted.await.map(|status| JobOutcome::Succeeded(JobOutput::Stack(status)))
+            }
             JobPayload::RemoveStack { deployment_id, project, remove_volumes } => {
                 self.remove(*deployment_id, project, Platform::Docker, *remove_volumes, progress).await
             }
@@ -160,7 +183,9 @@ impl Executor {
                                 .logs(project, service.as_deref(), *tail, *since_unix_s, *follow)
                                 .await
                         }
-                        other => Err(unsupported(*other)),
+                        Platform::Libvirt => {
+                            LibvirtDriver::from_env().logs(project, service.as_deref(), *tail, *follow).await
+                        }
                     }
                 };
                 forward_logs(stream, logs).await
@@ -205,16 +230,11 @@ impl Executor {
                 }
                 cluster.remove(project, remove_volumes, progress).await?;
             }
-            other => return Err(unsupported(other)),
+            Platform::Libvirt => LibvirtDriver::from_env().remove(project, remove_volumes, progress).await?,
         }
         self.track(deployment_id, None);
         Ok(JobOutcome::Succeeded(JobOutput::None))
     }
-}
-
-/// A platform this agent has no driver for (its capabilities say so too).
-fn unsupported(platform: Platform) -> DriverError {
-    DriverError::Failed(format!("this agent has no {} driver", platform.as_str()))
 }
 
 /// Copies a driver's log lines to the job's log channel until either side ends.

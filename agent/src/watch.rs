@@ -1,6 +1,6 @@
 //! Reports the observed state of every deployment this agent drives: right after something of
 //! one changes (Docker container events, Kubernetes pod events; debounced) and every few
-//! seconds regardless. This is what lets the control plane notice and repair drift, such as a
+//! seconds regardless (libvirt domains are only polled). This is what lets the control plane notice and repair drift, such as a
 //! container or a Swarm service removed by hand. Swarm tasks' containers carry the stack's
 //! labels, so their events wake it too.
 
@@ -22,6 +22,7 @@ use windflow_protocol::messages::AgentMessage;
 
 use crate::driver::docker::{DockerDriver, LABEL_DEPLOYMENT, LABEL_MANAGED};
 use crate::driver::kubernetes::KubernetesDriver;
+use crate::driver::libvirt::LibvirtDriver;
 use crate::driver::swarm::SwarmDriver;
 use crate::jobs::Executor;
 
@@ -37,7 +38,7 @@ type Changes = Pin<Box<dyn Stream<Item = Option<Uuid>> + Send>>;
 pub async fn report_stacks(executor: Arc<Executor>, out: mpsc::Sender<AgentMessage>) {
     while !out.is_closed() {
         let drivers = Drivers::connect().await;
-        if drivers.docker.is_none() && drivers.kubernetes.is_none() {
+        if drivers.docker.is_none() && drivers.kubernetes.is_none() && drivers.libvirt.is_none() {
             tokio::time::sleep(ENGINE_RETRY).await;
             continue;
         }
@@ -99,7 +100,10 @@ async fn push(
                 Some(kubernetes) => kubernetes.status(id, &project).await,
                 None => continue,
             },
-            Platform::Libvirt => continue,
+            Platform::Libvirt => match &drivers.libvirt {
+                Some(libvirt) => libvirt.status(id, &project).await,
+                None => continue,
+            },
         };
         if let Ok(status) = status
             && out.send(AgentMessage::StackStatus(status)).await.is_err()
@@ -115,6 +119,8 @@ struct Drivers {
     /// Only a manager sees the Swarm's services.
     swarm: Option<SwarmDriver>,
     kubernetes: Option<KubernetesDriver>,
+    /// Polled: libvirt's domain events are not watched.
+    libvirt: Option<LibvirtDriver>,
 }
 
 impl Drivers {
@@ -130,7 +136,9 @@ impl Drivers {
             Some(driver) if driver.managed().await.is_ok() => Some(driver),
             _ => None,
         };
-        Self { docker, swarm, kubernetes }
+        let libvirt = LibvirtDriver::from_env();
+        let libvirt = libvirt.domains(None).await.is_ok().then_some(libvirt);
+        Self { docker, swarm, kubernetes, libvirt }
     }
 
     /// Picks up the deployments already on this host (after an agent restart).
@@ -143,6 +151,9 @@ impl Drivers {
         }
         if let Some(Ok(found)) = OptionFuture::from(self.kubernetes.as_ref().map(KubernetesDriver::managed)).await {
             found.into_iter().for_each(|(id, project)| executor.track(id, Some((&project, Platform::Kubernetes))));
+        }
+        if let Some(Ok(found)) = OptionFuture::from(self.libvirt.as_ref().map(LibvirtDriver::managed)).await {
+            found.into_iter().for_each(|(id, project)| executor.track(id, Some((&project, Platform::Libvirt))));
         }
     }
 

@@ -134,7 +134,7 @@ pub fn desired_spec(
 /// The job that applies `spec` for the deployment, on its platform.
 fn deploy_payload(deployment: &Deployment, parsed: crate::compose::Parsed) -> Result<JobPayload, HubError> {
     let deployment_id = deployment.id;
-    let crate::compose::Parsed { spec, swarm, helm, .. } = parsed;
+    let crate::compose::Parsed { spec, swarm, helm, vms, .. } = parsed;
     Ok(match deployment.platform {
         Platform::Docker => JobPayload::DeployStack { deployment_id, spec },
         Platform::Swarm => JobPayload::DeployWorkload { deployment_id, workload: Workload::Swarm { spec, swarm } },
@@ -146,7 +146,9 @@ fn deploy_payload(deployment: &Deployment, parsed: crate::compose::Parsed) -> Re
             };
             JobPayload::DeployWorkload { deployment_id, workload }
         }
-        Platform::Libvirt => return Err(HubError::JobFailed("libvirt runs virtual machines, not stacks".into())),
+        Platform::Libvirt => {
+            JobPayload::DeployWorkload { deployment_id, workload: Workload::Libvirt { project: spec.project, vms } }
+        }
     })
 }
 
@@ -439,6 +441,11 @@ impl Reconciler {
     fn drifted(&self, deployment: &Deployment) -> Option<String> {
         let observed = self.hub.observed(deployment.id)?;
         let parsed = self.spec(deployment, deployment.version).ok()?;
+        // A VM stopped on purpose stays stopped; one that is gone is drift.
+        let missing_vm = parsed.vms.iter().find(|vm| !observed.services.iter().any(|s| s.service == vm.name));
+        if let Some(vm) = missing_vm {
+            return Some(format!("vm {} is missing", vm.name));
+        }
         drift(&parsed.spec, &observed, deployment.platform)
     }
 

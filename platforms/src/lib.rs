@@ -9,6 +9,7 @@
 #[cfg(test)]
 mod fixtures;
 pub mod kubernetes;
+pub mod libvirt;
 pub mod swarm;
 
 /// Labels every object WindFlow makes carries, whatever the platform.

@@ -43,6 +43,19 @@ pub enum JobPayload {
         since_unix_s: Option<i64>,
         follow: bool,
     },
+    /// Starts, stops (gracefully), reboots or powers off one VM of a libvirt deployment.
+    VmAction { project: String, vm: String, action: VmAction },
+}
+
+/// What can be done to a running VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmAction {
+    Start,
+    /// An ACPI shutdown: the guest stops itself.
+    Stop,
+    Reboot,
+    /// Pulls the plug.
+    PowerOff,
 }
 
 /// Where a deployment runs. Grows as drivers are added, at the end only.
@@ -89,13 +102,18 @@ pub enum Workload {
         namespace: String,
         chart: crate::stack::HelmChart,
     },
+    /// Virtual machines of a libvirt hypervisor, named `<project>-<vm>`.
+    Libvirt {
+        project: String,
+        vms: Vec<crate::stack::VmSpec>,
+    },
 }
 
 impl Workload {
     pub fn project(&self) -> &str {
         match self {
             Workload::Swarm { spec, .. } | Workload::Kubernetes { spec, .. } => &spec.project,
-            Workload::Helm { project, .. } => project,
+            Workload::Helm { project, .. } | Workload::Libvirt { project, .. } => project,
         }
     }
 
@@ -103,6 +121,7 @@ impl Workload {
         match self {
             Workload::Swarm { .. } => Platform::Swarm,
             Workload::Kubernetes { .. } | Workload::Helm { .. } => Platform::Kubernetes,
+            Workload::Libvirt { .. } => Platform::Libvirt,
         }
     }
 }
@@ -118,6 +137,7 @@ impl JobPayload {
             JobPayload::DeployWorkload { .. } => "deploy_workload",
             JobPayload::RemoveWorkload { .. } => "remove_workload",
             JobPayload::StreamWorkloadLogs { .. } => "stream_workload_logs",
+            JobPayload::VmAction { .. } => "vm_action",
         }
     }
 }

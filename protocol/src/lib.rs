@@ -19,6 +19,6 @@ pub mod session;
 pub mod stack;
 
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN, decode_frame, encode_frame};
-pub use job::{JobEnvelope, JobPayload, JobRejection, Platform, SignedJob, Workload};
+pub use job::{JobEnvelope, JobPayload, JobRejection, Platform, SignedJob, VmAction, Workload};
 pub use messages::*;
 pub use stack::StackSpec;

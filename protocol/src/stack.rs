@@ -273,3 +273,58 @@ pub struct HelmChart {
     /// The release's values, as YAML.
     pub values_yaml: String,
 }
+
+/// A virtual machine of a stack's `x-vms` section, for a libvirt hypervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    /// Its name in the stack; the domain is `<project>-<name>`.
+    pub name: String,
+    pub template: VmTemplate,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    /// The size of its disk, a copy-on-write overlay on the template's base image.
+    pub disk_gib: u64,
+    /// The libvirt network its interface joins.
+    pub network: String,
+    /// Keys allowed to log in as the template's user (Linux templates).
+    pub ssh_authorized_keys: Vec<String>,
+    /// Packages installed on first boot (Linux templates).
+    pub packages: Vec<String>,
+    /// Commands run once on first boot.
+    pub run_commands: Vec<String>,
+    /// The administrator's password (Windows; sealed like the stack's other secrets).
+    pub admin_password: Option<String>,
+}
+
+/// The operating systems WindFlow makes VMs of: each a base image the hypervisor host keeps,
+/// a domain shape and a first-boot configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum VmTemplate {
+    Ubuntu2204,
+    Debian12,
+    Rocky9,
+    Windows2022,
+}
+
+impl VmTemplate {
+    pub const ALL: [VmTemplate; 4] =
+        [VmTemplate::Ubuntu2204, VmTemplate::Debian12, VmTemplate::Rocky9, VmTemplate::Windows2022];
+
+    /// The name people write in a stack and the base image's file name.
+    pub fn slug(self) -> &'static str {
+        match self {
+            VmTemplate::Ubuntu2204 => "ubuntu-22.04",
+            VmTemplate::Debian12 => "debian-12",
+            VmTemplate::Rocky9 => "rocky-9",
+            VmTemplate::Windows2022 => "windows-server-2022",
+        }
+    }
+
+    pub fn from_slug(slug: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.slug() == slug)
+    }
+
+    pub fn is_windows(self) -> bool {
+        self == VmTemplate::Windows2022
+    }
+}

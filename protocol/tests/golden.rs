@@ -10,10 +10,10 @@ use uuid::Uuid;
 use windflow_protocol::messages::*;
 use windflow_protocol::stack::{
     FailureAction, FileMount, HelmChart, RestartCondition, SwarmObject, SwarmRestartPolicy, SwarmService, SwarmSpec,
-    UpdateOrder, UpdatePolicy,
+    UpdateOrder, UpdatePolicy, VmSpec, VmTemplate,
 };
 use windflow_protocol::{
-    JobEnvelope, JobPayload, JobRejection, MAX_FRAME_LEN, Platform, StackSpec, Workload, encode_frame,
+    JobEnvelope, JobPayload, JobRejection, MAX_FRAME_LEN, Platform, StackSpec, VmAction, Workload, encode_frame,
 };
 
 fn facts() -> HostFacts {
@@ -306,6 +306,22 @@ fn stack_jobs_and_status() {
     };
     let helm = Workload::Helm { project: "shop".into(), namespace: "shop".into(), chart };
     check("job_deploy_workload_helm", &JobPayload::DeployWorkload { deployment_id: JOB, workload: helm });
+    let vm = VmSpec {
+        name: "web".into(),
+        template: VmTemplate::Debian12,
+        cpus: 2,
+        memory_mib: 2048,
+        disk_gib: 20,
+        network: "default".into(),
+        ssh_authorized_keys: vec!["ssh-ed25519 AAAA admin".into()],
+        packages: vec!["nginx".into()],
+        run_commands: vec!["systemctl enable --now nginx".into()],
+        admin_password: None,
+    };
+    let vms = Workload::Libvirt { project: "shop".into(), vms: vec![vm] };
+    check("job_deploy_workload_libvirt", &JobPayload::DeployWorkload { deployment_id: JOB, workload: vms });
+    let action = JobPayload::VmAction { project: "shop".into(), vm: "web".into(), action: VmAction::Reboot };
+    check("job_vm_action", &action);
     let logs = JobPayload::StreamWorkloadLogs {
         platform: Platform::Swarm,
         project: "shop".into(),

@@ -1,10 +1,11 @@
 //! Platform drivers: what turns a `StackSpec` into running workloads: the Docker engine's
-//! containers, a Swarm's services when this host is a manager, or a Kubernetes cluster's
-//! objects when the agent has access to one.
+//! containers, a Swarm's services when this host is a manager, a Kubernetes cluster's objects
+//! when the agent has access to one, or a libvirt hypervisor's virtual machines.
 
 pub mod docker;
 pub mod helm;
 pub mod kubernetes;
+pub mod libvirt;
 pub mod swarm;
 
 #[derive(Debug, thiserror::Error)]

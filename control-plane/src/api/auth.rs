@@ -66,6 +66,7 @@ pub fn access(method: &Method, path: &str) -> Access {
         (_, ["stacks", _, "deploy", _])
         | (_, ["deployments", _, "rollback" | "scale"])
         | (_, ["deployments", _, "migrate", _])
+        | (&Method::POST, ["deployments", _, "vms", _, _])
         | (&Method::DELETE, ["deployments", _])
         | (_, ["targets", _, "test" | "facts"])
         | (_, ["targets", "facts"]) => Access { scope: Some(Scope::Deploy), role: Some(Role::Operator) },
@@ -557,6 +558,7 @@ mod tests {
             (Method::POST, "/api/v1/deployments/x/rollback", org(Scope::Deploy, Role::Operator)),
             (Method::POST, "/api/v1/deployments/x/scale", org(Scope::Deploy, Role::Operator)),
             (Method::POST, "/api/v1/deployments/x/migrate/y", org(Scope::Deploy, Role::Operator)),
+            (Method::POST, "/api/v1/deployments/x/vms/web/reboot", org(Scope::Deploy, Role::Operator)),
             (Method::GET, "/api/v1/migrations", org(Scope::Read, Role::Viewer)),
             (Method::DELETE, "/api/v1/deployments/x", org(Scope::Deploy, Role::Operator)),
             (Method::POST, "/api/v1/targets/x/test", org(Scope::Deploy, Role::Operator)),

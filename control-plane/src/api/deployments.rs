@@ -34,6 +34,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(show, remove))
         .routes(routes!(rollback))
         .routes(routes!(scale))
+        .routes(routes!(vm_action))
         .routes(routes!(events))
         .routes(routes!(logs))
 }
@@ -125,24 +126,35 @@ pub struct DeploymentView {
 pub fn view(state: &AppState, deployment: &Deployment) -> DeploymentView {
     let stack = stacks::get(state.store.as_ref(), deployment.stack_id).ok().flatten();
     let target = crate::agents::get(state.store.as_ref(), deployment.target_id).ok().flatten();
-    let spec = deployments::desired_spec(state.store.as_ref(), &state.master_key, deployment, deployment.version)
-        .ok()
-        .map(|parsed| parsed.spec);
+    let parsed =
+        deployments::desired_spec(state.store.as_ref(), &state.master_key, deployment, deployment.version).ok();
     let observed = state.hub.observed(deployment.id);
     let removed = deployment.state == DeploymentState::Removed;
-    let services = spec
+    // What should run: the stack's services, or its VMs (one each, their template as image).
+    let wanted: Vec<(String, String, u32)> = parsed
         .iter()
-        .flat_map(|spec| spec.services.iter())
-        .map(|service| ServiceView {
-            name: service.name.clone(),
-            image: service.image.clone(),
-            desired_replicas: if removed { 0 } else { service.replicas },
+        .flat_map(|parsed| {
+            let services = parsed.spec.services.iter().map(|s| (s.name.clone(), s.image.clone(), s.replicas));
+            let vms = parsed.vms.iter().map(|vm| {
+                let shape =
+                    format!("{} ({} CPU, {} MiB, {} GiB)", vm.template.slug(), vm.cpus, vm.memory_mib, vm.disk_gib);
+                (vm.name.clone(), shape, 1)
+            });
+            services.chain(vms).collect::<Vec<_>>()
+        })
+        .collect();
+    let services = wanted
+        .into_iter()
+        .map(|(name, image, replicas)| ServiceView {
+            desired_replicas: if removed { 0 } else { replicas },
             containers: observed
                 .iter()
                 .flat_map(|o| o.services.iter())
-                .filter(|s| s.service == service.name && !removed)
+                .filter(|s| s.service == name && !removed)
                 .flat_map(|s| s.containers.iter().map(container_view))
                 .collect(),
+            name,
+            image,
         })
         .collect();
     let (desired, remove_volumes) = match deployment.desired {
@@ -200,6 +212,7 @@ pub(super) enum PlatformName {
     Docker,
     Swarm,
     Kubernetes,
+    Libvirt,
 }
 
 impl From<PlatformName> for Platform {
@@ -208,6 +221,7 @@ impl From<PlatformName> for Platform {
             PlatformName::Docker => Platform::Docker,
             PlatformName::Swarm => Platform::Swarm,
             PlatformName::Kubernetes => Platform::Kubernetes,
+            PlatformName::Libvirt => Platform::Libvirt,
         }
     }
 }
@@ -272,19 +286,24 @@ pub(super) fn choose_platform(
     }
 }
 
+/// The only platform some stacks can run on: VMs on libvirt.
+pub(super) fn natural_platform(parsed: &crate::compose::Parsed) -> Option<Platform> {
+    (!parsed.vms.is_empty()).then_some(Platform::Libvirt)
+}
+
 /// Refuses a stack that uses what the platform cannot do, with every finding.
 pub(super) fn check_platform(
     platform: Platform,
     parsed: &crate::compose::Parsed,
 ) -> Result<Vec<windflow_platforms::Finding>, ApiError> {
     let findings = match platform {
+        _ if !parsed.vms.is_empty() || platform == Platform::Libvirt => {
+            windflow_platforms::libvirt::check(&parsed.vms, parsed.spec.services.len(), platform)
+        }
         _ if parsed.helm.is_some() => windflow_platforms::kubernetes::check_helm(platform),
         Platform::Docker => return Ok(vec![]),
         Platform::Swarm => windflow_platforms::swarm::check(&parsed.spec, &parsed.swarm),
-        Platform::Kubernetes => windflow_platforms::kubernetes::check(&parsed.spec, &parsed.swarm),
-        Platform::Libvirt => {
-            return Err(ApiError::invalid("platform", "libvirt runs virtual machines, not stacks"));
-        }
+        Platform::Kubernetes | Platform::Libvirt => windflow_platforms::kubernetes::check(&parsed.spec, &parsed.swarm),
     };
     let blocking: Vec<String> =
         findings.iter().filter(|f| f.blocking).map(|f| format!("{}: {}", f.path, f.message)).collect();
@@ -322,12 +341,12 @@ async fn deploy(
     let existing = deployments::list_in(state.store.as_ref(), caller.org_id)?
         .into_iter()
         .find(|d| d.stack_id == stack.id && d.target_id == target.id && d.state != DeploymentState::Removed);
+    let parsed = stacks::parsed_of(&state.master_key, &stack, &stored).map_err(ApiError::internal)?;
     let platform = choose_platform(
-        query.platform.map(Platform::from),
+        query.platform.map(Platform::from).or_else(|| natural_platform(&parsed)),
         super::targets::capabilities(&state, &target).as_deref(),
         existing.as_ref(),
     )?;
-    let parsed = stacks::parsed_of(&state.master_key, &stack, &stored).map_err(ApiError::internal)?;
     let notes = check_platform(platform, &parsed)?;
     let deployment = match existing {
         Some(existing) => deployments::modify(state.store.as_ref(), existing.id, |d| {
@@ -638,6 +657,71 @@ async fn rollback(
 /// Most replicas one service may be scaled to.
 const MAX_REPLICAS: u32 = 1000;
 
+/// What can be done to one VM of a libvirt deployment.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+enum VmActionName {
+    Start,
+    /// An ACPI shutdown: the guest stops itself.
+    Stop,
+    Reboot,
+    /// Pulls the plug.
+    PowerOff,
+}
+
+/// How long a VM action may take on the agent.
+const VM_ACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Starts, stops, reboots or powers off one VM of a libvirt deployment, now, and answers with
+/// the deployment as it is after. A VM stopped this way stays stopped (it is not drift).
+#[utoipa::path(post, path = "/deployments/{id}/vms/{vm}/{action}", tag = "deployments",
+    params(("id" = String, Path), ("vm" = String, Path), ("action" = inline(VmActionName), Path, description = "start, stop, reboot or power-off")),
+    responses((status = 200, body = DeploymentView),
+        (status = 422, description = "Not a VM deployment, or no such VM", body = super::error::ErrorBody)))]
+async fn vm_action(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, vm, action)): Path<(String, String, String)>,
+) -> Result<Json<DeploymentView>, ApiError> {
+    let deployment = load(&state, &caller, &id)?;
+    let action: VmActionName = serde_json::from_value(json!(action))
+        .map_err(|_| ApiError::invalid("action", "the action is start, stop, reboot or power-off"))?;
+    if deployment.platform != Platform::Libvirt {
+        return Err(ApiError::invalid("vm", "only the deployments of a libvirt target have VMs"));
+    }
+    let parsed = deployments::desired_spec(state.store.as_ref(), &state.master_key, &deployment, deployment.version)
+        .map_err(ApiError::internal)?;
+    if !parsed.vms.iter().any(|v| v.name == vm) {
+        return Err(ApiError::invalid("vm", format!("the stack has no VM {vm:?}")));
+    }
+    let agent_action = match action {
+        VmActionName::Start => windflow_protocol::VmAction::Start,
+        VmActionName::Stop => windflow_protocol::VmAction::Stop,
+        VmActionName::Reboot => windflow_protocol::VmAction::Reboot,
+        VmActionName::PowerOff => windflow_protocol::VmAction::PowerOff,
+    };
+    let payload = windflow_protocol::JobPayload::VmAction {
+        project: deployment.project.clone(),
+        vm: vm.clone(),
+        action: agent_action,
+    };
+    let outcome = state.hub.run_job(deployment.target_id, payload, VM_ACTION_TIMEOUT).await?;
+    let word = serde_json::to_value(action).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    match outcome {
+        windflow_protocol::JobOutcome::Succeeded(output) => {
+            if let windflow_protocol::JobOutput::Stack(status) = output {
+                state.hub.record_observed(status);
+            }
+            let said = format!("{vm}: {word} by {}", caller.username);
+            state.reconciler.events.append(deployment.id, Level::Info, said, None);
+            Ok(Json(view(&state, &deployment)))
+        }
+        windflow_protocol::JobOutcome::Failed { message } => {
+            Err(ApiError::new(Code::JobFailed, format!("{vm}: {word} failed: {message}")))
+        }
+    }
+}
+
 /// How many replicas of one service should run.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -859,8 +943,11 @@ async fn logs(
             .and_then(|stack| {
                 stacks::version(state.store.as_ref(), stack.id, deployment.version).ok().flatten().map(|v| (stack, v))
             })
-            .and_then(|(stack, version)| stacks::spec_of(&state.master_key, &stack, &version).ok())
-            .is_some_and(|spec| spec.services.iter().any(|s| &s.name == service));
+            .and_then(|(stack, version)| stacks::parsed_of(&state.master_key, &stack, &version).ok())
+            .is_some_and(|parsed| {
+                parsed.spec.services.iter().any(|s| &s.name == service)
+                    || parsed.vms.iter().any(|vm| &vm.name == service)
+            });
         if !known {
             return Err(ApiError::invalid("service", format!("the deployment has no service {service:?}")));
         }

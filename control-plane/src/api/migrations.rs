@@ -103,15 +103,15 @@ async fn migrate(
     if taken {
         return Err(ApiError::new(Code::Conflict, "the stack is already deployed on that target"));
     }
-    let platform = choose_platform(
-        query.platform.map(Platform::from),
-        super::targets::capabilities(&state, &target).as_deref(),
-        None,
-    )?;
     let version = source.running_version.unwrap_or(source.version);
     let stack = stacks::get(store, source.stack_id)?.ok_or_else(|| ApiError::not_found("stack"))?;
     let stored = stacks::version(store, stack.id, version)?.ok_or_else(|| ApiError::not_found("stack version"))?;
     let parsed = stacks::parsed_of(&state.master_key, &stack, &stored).map_err(ApiError::internal)?;
+    let platform = choose_platform(
+        query.platform.map(Platform::from).or_else(|| super::deployments::natural_platform(&parsed)),
+        super::targets::capabilities(&state, &target).as_deref(),
+        None,
+    )?;
     let notes = check_platform(platform, &parsed)?;
 
     let now = now_unix_s();

@@ -296,6 +296,7 @@ async fn show_version(
 pub enum RenderTarget {
     Swarm,
     Kubernetes,
+    Libvirt,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -351,7 +352,20 @@ async fn render(
     let version = stacks::version(state.store.as_ref(), stack.id, number)?
         .ok_or_else(|| ApiError::invalid("version", format!("stack version {number} does not exist")))?;
     let parsed = stacks::parsed_of(&state.master_key, &stack, &version).map_err(ApiError::internal)?;
+    let services = parsed.spec.services.len();
     let (yaml, findings) = match (query.to, &parsed.helm) {
+        (RenderTarget::Libvirt, _) => (
+            windflow_platforms::libvirt::render(&parsed.spec.project, &parsed.vms),
+            windflow_platforms::libvirt::check(&parsed.vms, services, windflow_protocol::Platform::Libvirt),
+        ),
+        (to, _) if !parsed.vms.is_empty() => {
+            let platform = if matches!(to, RenderTarget::Swarm) {
+                windflow_protocol::Platform::Swarm
+            } else {
+                windflow_protocol::Platform::Kubernetes
+            };
+            (String::new(), windflow_platforms::libvirt::check(&parsed.vms, services, platform))
+        }
         (RenderTarget::Kubernetes, Some(chart)) => (
             windflow_platforms::kubernetes::render_helm(&parsed.spec.project, chart),
             windflow_platforms::kubernetes::check_helm(windflow_protocol::Platform::Kubernetes),

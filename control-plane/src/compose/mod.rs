@@ -9,6 +9,7 @@
 pub mod helm;
 pub mod interpolate;
 pub mod swarm;
+pub mod vms;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -93,6 +94,8 @@ pub struct Parsed {
     pub swarm: windflow_protocol::stack::SwarmSpec,
     /// The chart, when the stack is a Helm release (`x-helm`).
     pub helm: Option<windflow_protocol::stack::HelmChart>,
+    /// The virtual machines, when the stack is VMs for a libvirt target (`x-vms`).
+    pub vms: Vec<windflow_protocol::stack::VmSpec>,
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -193,6 +196,7 @@ pub fn parse(yaml: &str, project: &str, variables: &BTreeMap<String, String>) ->
     }
     let swarm = swarm::extract(&mut value, variables, &mut errors);
     let helm = helm::extract(&value, &mut errors);
+    let vms = vms::extract(&value, &mut errors);
     if !errors.is_empty() {
         return invalid(errors, warnings);
     }
@@ -207,7 +211,7 @@ pub fn parse(yaml: &str, project: &str, variables: &BTreeMap<String, String>) ->
         }
     };
     match convert(compose, project, &mut warnings) {
-        Ok(spec) => Ok(Parsed { spec, swarm, helm, warnings }),
+        Ok(spec) => Ok(Parsed { spec, swarm, helm, vms, warnings }),
         Err(errors) => invalid(errors, warnings),
     }
 }

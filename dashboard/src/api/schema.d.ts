@@ -450,6 +450,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/deployments/{id}/vms/{vm}/{action}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Starts, stops, reboots or powers off one VM of a libvirt deployment, now, and answers with
+         *     the deployment as it is after. A VM stopped this way stays stopped (it is not drift).
+         */
+        post: operations["deployments_vm_action"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/events": {
         parameters: {
             query?: never;
@@ -1945,7 +1965,7 @@ export interface components {
          * @description A platform a stack can be rendered for.
          * @enum {string}
          */
-        RenderTarget: "swarm" | "kubernetes";
+        RenderTarget: "swarm" | "kubernetes" | "libvirt";
         /** @description What a stack version becomes on a platform, before anything is applied. */
         Rendering: {
             to: components["schemas"]["RenderTarget"];
@@ -3055,7 +3075,7 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description What runs the stack on the destination; by default what the destination is. */
-                platform?: "docker" | "swarm" | "kubernetes";
+                platform?: "docker" | "swarm" | "kubernetes" | "libvirt";
                 /** @description Remove the source once the destination runs (its named volumes are kept). */
                 remove_source?: boolean;
             };
@@ -3153,6 +3173,49 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["DeploymentView"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    deployments_vm_action: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+                vm: string;
+                /** @description start, stop, reboot or power-off */
+                action: "start" | "stop" | "reboot" | "power-off";
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeploymentView"];
+                };
+            };
+            /** @description Not a VM deployment, or no such VM */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description An error; `error.code` says which (see the `Code` schema) */
@@ -3970,7 +4033,7 @@ export interface operations {
                  *     manager) or `docker` (containers). By default, what the target is. A deployment keeps
                  *     the platform it was created with.
                  */
-                platform?: "docker" | "swarm" | "kubernetes";
+                platform?: "docker" | "swarm" | "kubernetes" | "libvirt";
             };
             header?: never;
             path: {
@@ -4015,7 +4078,7 @@ export interface operations {
         parameters: {
             query: {
                 /** @description The platform to render for. */
-                to: "swarm" | "kubernetes";
+                to: "swarm" | "kubernetes" | "libvirt";
                 /** @description A stack version; the current one when left out. */
                 version?: number;
             };
