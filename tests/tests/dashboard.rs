@@ -23,6 +23,16 @@ async fn people_sign_in_add_a_server_write_deploy_watch_roll_back_and_delete_a_s
         .await;
     let mut agent =
         Agent::enroll(&cp, &dir.path().join("agent"), token["token"].as_str().expect("token")).expect("enrolls");
+    // The host's hypervisor is libvirt's test driver, with a Debian base image for the VM step.
+    let vms = dir.path().join("vms");
+    std::fs::create_dir_all(vms.join("templates")).expect("vm dir");
+    let base = vms.join("templates/debian-12.qcow2");
+    let made = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&base).arg("64M").status();
+    assert!(made.is_ok_and(|s| s.success()), "qemu-img makes the base image");
+    agent.env = vec![
+        ("WINDFLOW_LIBVIRT_URI".into(), "test:///default".into()),
+        ("WINDFLOW_VM_DIR".into(), vms.to_string_lossy().into_owned()),
+    ];
     agent.start();
     let id = agent.id();
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
