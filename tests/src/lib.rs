@@ -325,6 +325,47 @@ impl ControlPlane {
         body
     }
 
+    /// Waits for the end of the operation a 202 answer (`accepted`) started, and returns the
+    /// deployment as it is then.
+    pub async fn settled(&mut self, accepted: &Value) -> Value {
+        let id = accepted["id"].as_str().expect("id").to_owned();
+        let from = accepted["events_from"].as_u64().expect("events_from");
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let (_, events) = self.api(Method::GET, &format!("/deployments/{id}/events?after={from}"), None).await;
+            if events["items"].as_array().expect("items").iter().any(|e| !e["outcome"].is_null()) {
+                return self.api(Method::GET, &format!("/deployments/{id}"), None).await.1;
+            }
+            assert!(Instant::now() < deadline, "the operation never ended: {events:#}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Every event message of a deployment, oldest first.
+    pub async fn messages(&mut self, id: &str) -> Vec<String> {
+        let (_, events) = self.api(Method::GET, &format!("/deployments/{id}/events"), None).await;
+        events["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|e| e["message"].as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+
+    /// Waits until the target's agent has reported whether it can drive `platform`; that report.
+    pub async fn capability(&mut self, target: &str, platform: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = self.target(target).await;
+            let capabilities = found["capabilities"].as_array().cloned().unwrap_or_default();
+            if let Some(capability) = capabilities.into_iter().find(|c| c["platform"] == platform) {
+                return capability;
+            }
+            assert!(Instant::now() < deadline, "no {platform} capability reported: {found:#}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn is_connected(&mut self, id: &str) -> bool {
         self.target(id).await["connected"] == json!(true)
     }
@@ -413,6 +454,13 @@ volumes:
   site: {{}}
 "#
     )
+}
+
+/// How many containers (or VMs) of `service` the deployment view shows running.
+pub fn running(deployment: &Value, service: &str) -> usize {
+    let services = deployment["services"].as_array().expect("services");
+    let Some(service) = services.iter().find(|s| s["name"] == service) else { return 0 };
+    service["containers"].as_array().expect("containers").iter().filter(|c| c["state"] == "running").count()
 }
 
 /// An agent's data directory and, once started, its process.

@@ -96,19 +96,10 @@ async fn a_target_reports_what_it_can_drive_and_refuses_a_platform_it_cannot() {
     let missing = dir.path().join("no-such-kubeconfig");
     let agent = cp.start_agent_with(dir.path(), "plain", &[("KUBECONFIG", missing.to_str().expect("utf-8"))]).await;
     let target_id = agent.id();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let kubernetes = loop {
-        let target = cp.target(&target_id).await;
-        let capabilities = target["capabilities"].as_array().cloned().unwrap_or_default();
-        if let Some(found) = capabilities.iter().find(|c| c["platform"] == "kubernetes") {
-            assert_eq!(target["kind"], "docker", "{target:#}");
-            let docker = capabilities.iter().find(|c| c["platform"] == "docker").expect("docker");
-            assert_eq!(docker["available"], true, "{target:#}");
-            break found.clone();
-        }
-        assert!(Instant::now() < deadline, "the agent never reported its capabilities: {target:#}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let kubernetes = cp.capability(&target_id, "kubernetes").await;
+    let target = cp.target(&target_id).await;
+    assert_eq!(target["kind"], "docker", "{target:#}");
+    assert_eq!(cp.capability(&target_id, "docker").await["available"], true, "{target:#}");
     assert_eq!(kubernetes["available"], false);
     let why = kubernetes["detail"].as_str().expect("detail").to_owned();
     assert!(!why.is_empty());
@@ -154,33 +145,6 @@ secrets:
     )
 }
 
-/// Waits for the end of the operation that `accepted` (a 202 answer) started.
-async fn settled(cp: &mut ControlPlane, accepted: &Value) -> Value {
-    let id = accepted["id"].as_str().expect("id").to_owned();
-    let from = accepted["events_from"].as_u64().expect("events_from");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (_, events) = cp.api(Method::GET, &format!("/deployments/{id}/events?after={from}"), None).await;
-        if events["items"].as_array().expect("items").iter().any(|e| !e["outcome"].is_null()) {
-            let (_, deployment) = cp.api(Method::GET, &format!("/deployments/{id}"), None).await;
-            return deployment;
-        }
-        assert!(Instant::now() < deadline, "the operation never ended: {events:#}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn messages(cp: &mut ControlPlane, id: &str) -> Vec<String> {
-    let (_, events) = cp.api(Method::GET, &format!("/deployments/{id}/events"), None).await;
-    events["items"].as_array().expect("items").iter().map(|e| e["message"].as_str().unwrap_or("").to_owned()).collect()
-}
-
-fn running(deployment: &Value, service: &str) -> usize {
-    let services = deployment["services"].as_array().expect("services");
-    let Some(service) = services.iter().find(|s| s["name"] == service) else { return 0 };
-    service["containers"].as_array().expect("containers").iter().filter(|c| c["state"] == "running").count()
-}
-
 fn names(objects: &[Value]) -> Vec<String> {
     let mut names: Vec<String> =
         objects.iter().map(|o| o["metadata"]["name"].as_str().unwrap_or_default().to_owned()).collect();
@@ -213,19 +177,10 @@ async fn a_stack_is_applied_to_a_cluster_rolled_out_scaled_repaired_and_removed(
     let kubeconfig = cluster.kubeconfig.to_str().expect("utf-8").to_owned();
     let agent = cp.start_agent_with(dir.path(), "cluster", &[("KUBECONFIG", &kubeconfig)]).await;
     let target = agent.id();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let found = cp.target(&target).await;
-        let capabilities = found["capabilities"].as_array().cloned().unwrap_or_default();
-        if let Some(kubernetes) = capabilities.iter().find(|c| c["platform"] == "kubernetes" && c["available"] == true)
-        {
-            let detail = kubernetes["detail"].as_str().unwrap_or_default();
-            assert!(detail.contains("v1.33.0-windflow-fake") && detail.contains(&cluster.url), "{detail}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the agent never reported the cluster: {found:#}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let kubernetes = cp.capability(&target, "kubernetes").await;
+    let detail = kubernetes["detail"].as_str().unwrap_or_default();
+    assert_eq!(kubernetes["available"], true, "{detail}");
+    assert!(detail.contains("v1.33.0-windflow-fake") && detail.contains(&cluster.url), "{detail}");
 
     // Deploy: server-side apply of every object, then the rollout is watched to the end.
     let id = create_stack(&mut cp, "shop", &app("busybox:1.36", "while true; do echo tick; sleep 1; done")).await;
@@ -234,10 +189,10 @@ async fn a_stack_is_applied_to_a_cluster_rolled_out_scaled_repaired_and_removed(
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
     assert_eq!(accepted["platform"], "kubernetes");
     let deployment_id = accepted["id"].as_str().expect("id").to_owned();
-    let deployment = settled(&mut cp, &accepted).await;
-    assert_eq!(deployment["state"], "running", "{:#?}", messages(&mut cp, &deployment_id).await);
+    let deployment = cp.settled(&accepted).await;
+    assert_eq!(deployment["state"], "running", "{:#?}", cp.messages(&deployment_id).await);
     assert_eq!((running(&deployment, "web"), running(&deployment, "worker")), (1, 2), "{deployment:#}");
-    let log = messages(&mut cp, &deployment_id).await;
+    let log = cp.messages(&deployment_id).await;
     assert!(log.iter().any(|m| m.starts_with("rollout: ") && m.contains("worker 2/2 ready")), "{log:#?}");
 
     let namespace = cluster.object("namespaces", "", "shop").expect("the stack's namespace");
@@ -278,14 +233,14 @@ async fn a_stack_is_applied_to_a_cluster_rolled_out_scaled_repaired_and_removed(
     let body = json!({"service": "worker", "replicas": 3});
     let (status, accepted) = cp.api(Method::POST, &format!("/deployments/{deployment_id}/scale"), Some(body)).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
-    let deployment = settled(&mut cp, &accepted).await;
+    let deployment = cp.settled(&accepted).await;
     assert_eq!((deployment["state"].as_str(), running(&deployment, "worker")), (Some("running"), 3), "{deployment:#}");
     let updated = app("busybox:1.36", "while true; do echo tock; sleep 1; done");
     let (status, _) = cp.api(Method::PUT, &format!("/stacks/{id}"), Some(json!({"compose": updated}))).await;
     assert_eq!(status, StatusCode::OK);
     let (_, accepted) = cp.api(Method::POST, &format!("/stacks/{id}/deploy/{target}"), None).await;
-    let deployment = settled(&mut cp, &accepted).await;
-    assert_eq!(deployment["state"], "running", "{:#?}", messages(&mut cp, &deployment_id).await);
+    let deployment = cp.settled(&accepted).await;
+    assert_eq!(deployment["state"], "running", "{:#?}", cp.messages(&deployment_id).await);
     let pods = worker_pods(&cluster, "shop", 3).await;
     assert!(pods.iter().all(|p| p["spec"]["containers"][0]["args"][2].as_str().is_some_and(|a| a.contains("tock"))));
 
@@ -295,9 +250,9 @@ async fn a_stack_is_applied_to_a_cluster_rolled_out_scaled_repaired_and_removed(
     let (status, _) = cp.api(Method::PUT, &format!("/stacks/{id}"), Some(json!({"compose": broken}))).await;
     assert_eq!(status, StatusCode::OK);
     let (_, accepted) = cp.api(Method::POST, &format!("/stacks/{id}/deploy/{target}"), None).await;
-    let deployment = settled(&mut cp, &accepted).await;
+    let deployment = cp.settled(&accepted).await;
     assert_eq!(deployment["state"], "failed", "{deployment:#}");
-    let log = messages(&mut cp, &deployment_id).await;
+    let log = cp.messages(&deployment_id).await;
     assert!(log.iter().any(|m| m.contains("ErrImagePull") || m.contains("ImagePullBackOff")), "{log:#?}");
     assert!(log.iter().any(|m| m.contains("rolled back: version 2 is running again")), "{log:#?}");
     let pods = worker_pods(&cluster, "shop", 3).await;
@@ -305,22 +260,22 @@ async fn a_stack_is_applied_to_a_cluster_rolled_out_scaled_repaired_and_removed(
 
     // Back to a good version, then drift: a Deployment deleted by hand is applied again.
     let (_, accepted) = cp.api(Method::POST, &format!("/stacks/{id}/deploy/{target}?version=2"), None).await;
-    assert_eq!(settled(&mut cp, &accepted).await["state"], "running");
+    assert_eq!(cp.settled(&accepted).await["state"], "running");
     assert!(cluster.remove("deployments", "shop", "worker"));
     let deadline = Instant::now() + Duration::from_secs(45);
     while cluster.object("deployments", "shop", "worker").is_none() {
-        assert!(Instant::now() < deadline, "drift never repaired: {:#?}", messages(&mut cp, &deployment_id).await);
+        assert!(Instant::now() < deadline, "drift never repaired: {:#?}", cp.messages(&deployment_id).await);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     worker_pods(&cluster, "shop", 3).await;
-    let log = messages(&mut cp, &deployment_id).await;
+    let log = cp.messages(&deployment_id).await;
     assert!(log.iter().any(|m| m.contains("drift detected: service worker is missing")), "{log:#?}");
 
     // Removal with the volumes leaves nothing of the stack, its namespace included.
     let (status, accepted) = cp.api(Method::DELETE, &format!("/deployments/{deployment_id}?volumes=true"), None).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    let deployment = settled(&mut cp, &accepted).await;
-    assert_eq!(deployment["state"], "removed", "{:#?}", messages(&mut cp, &deployment_id).await);
+    let deployment = cp.settled(&accepted).await;
+    assert_eq!(deployment["state"], "removed", "{:#?}", cp.messages(&deployment_id).await);
     for kind in ["deployments", "statefulsets", "services", "secrets", "pods", "persistentvolumeclaims"] {
         assert_eq!(cluster.objects(kind, Some("shop")), Vec::<Value>::new(), "{kind} left behind");
     }
@@ -440,12 +395,12 @@ async fn a_stack_runs_on_a_real_cluster_when_kubeconfig_is_set() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     let deployment_id = accepted["id"].as_str().expect("id").to_owned();
-    let deployment = settled(&mut cp, &accepted).await;
-    assert_eq!(deployment["state"], "running", "{:#?}", messages(&mut cp, &deployment_id).await);
+    let deployment = cp.settled(&accepted).await;
+    assert_eq!(deployment["state"], "running", "{:#?}", cp.messages(&deployment_id).await);
     assert_eq!(running(&deployment, "worker"), 2, "{deployment:#}");
     let (status, accepted) = cp.api(Method::DELETE, &format!("/deployments/{deployment_id}?volumes=true"), None).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    assert_eq!(settled(&mut cp, &accepted).await["state"], "removed");
+    assert_eq!(cp.settled(&accepted).await["state"], "removed");
 }
 
 fn required_access() -> std::collections::BTreeSet<(String, String, String)> {
@@ -662,7 +617,7 @@ async fn a_helm_stack_renders_as_its_release_and_runs_only_on_kubernetes() {
         assert!(Instant::now() < deadline, "{accepted}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let deployment = settled(&mut cp, &accepted).await;
+    let deployment = cp.settled(&accepted).await;
     assert_eq!(deployment["state"], "failed");
     assert!(deployment["reason"].as_str().is_some_and(|r| r.contains("no helm CLI is installed")), "{deployment:#}");
 }
@@ -724,9 +679,9 @@ async fn a_local_chart_is_released_on_a_real_cluster_when_helm_and_kubeconfig_ar
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     let deployment_id = accepted["id"].as_str().expect("id").to_owned();
-    let deployment = settled(&mut cp, &accepted).await;
-    assert_eq!(deployment["state"], "running", "{:#?}", messages(&mut cp, &deployment_id).await);
+    let deployment = cp.settled(&accepted).await;
+    assert_eq!(deployment["state"], "running", "{:#?}", cp.messages(&deployment_id).await);
     assert_eq!(running(&deployment, "ticker"), 2, "{deployment:#}");
     let (_, accepted) = cp.api(Method::DELETE, &format!("/deployments/{deployment_id}?volumes=true"), None).await;
-    assert_eq!(settled(&mut cp, &accepted).await["state"], "removed");
+    assert_eq!(cp.settled(&accepted).await["state"], "removed");
 }

@@ -6,7 +6,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -75,20 +74,6 @@ x-vms:
     memory: 512m
 "#;
 
-async fn settled(cp: &mut ControlPlane, accepted: &Value) -> Value {
-    let id = accepted["id"].as_str().expect("id").to_owned();
-    let from = accepted["events_from"].as_u64().expect("events_from");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, events) = cp.api(Method::GET, &format!("/deployments/{id}/events?after={from}"), None).await;
-        if events["items"].as_array().expect("items").iter().any(|e| !e["outcome"].is_null()) {
-            return cp.api(Method::GET, &format!("/deployments/{id}"), None).await.1;
-        }
-        assert!(Instant::now() < deadline, "the operation never ended: {events:#}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn vm_state(deployment: &Value, vm: &str) -> String {
     let services = deployment["services"].as_array().expect("services");
     let service = services.iter().find(|s| s["name"] == vm).unwrap_or_else(|| panic!("{vm} in {deployment:#}"));
@@ -125,19 +110,9 @@ async fn vms_are_made_from_templates_driven_through_the_api_and_removed() {
     ];
     let agent = cp.start_agent_with(dir.path(), "hypervisor", &env).await;
     let target = agent.id();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let found = cp.target(&target).await;
-        let libvirt =
-            found["capabilities"].as_array().and_then(|c| c.iter().find(|c| c["platform"] == "libvirt").cloned());
-        if let Some(libvirt) = libvirt {
-            assert_eq!(libvirt["available"], true, "{found:#}");
-            assert!(libvirt["detail"].as_str().is_some_and(|d| d.contains("test:///default")), "{libvirt}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no capabilities reported: {found:#}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let libvirt = cp.capability(&target, "libvirt").await;
+    assert_eq!(libvirt["available"], true, "{libvirt}");
+    assert!(libvirt["detail"].as_str().is_some_and(|d| d.contains("test:///default")), "{libvirt}");
 
     let (status, stack) = cp.api(Method::POST, "/stacks", Some(json!({"name": "vms", "compose": VMS}))).await;
     assert_eq!(status, StatusCode::CREATED, "{stack}");
@@ -160,7 +135,7 @@ async fn vms_are_made_from_templates_driven_through_the_api_and_removed() {
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
     assert_eq!(accepted["platform"], "libvirt");
     let id = accepted["id"].as_str().expect("id").to_owned();
-    let deployment = settled(&mut cp, &accepted).await;
+    let deployment = cp.settled(&accepted).await;
     assert_eq!(deployment["state"], "running", "{deployment:#}");
     assert_eq!((vm_state(&deployment, "web"), vm_state(&deployment, "db")), ("running".into(), "running".into()));
     let web =
@@ -210,7 +185,7 @@ async fn vms_are_made_from_templates_driven_through_the_api_and_removed() {
     let (_, other) = cp.api(Method::POST, "/stacks", Some(json!({"name": "rocky", "compose": rocky}))).await;
     let other_id = other["id"].as_str().expect("id");
     let (_, accepted) = cp.api(Method::POST, &format!("/stacks/{other_id}/deploy/{target}"), None).await;
-    let failed = settled(&mut cp, &accepted).await;
+    let failed = cp.settled(&accepted).await;
     assert_eq!(failed["state"], "failed");
     let reason = failed["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("templates/rocky-9.qcow2"), "{reason}");
@@ -218,7 +193,7 @@ async fn vms_are_made_from_templates_driven_through_the_api_and_removed() {
     // Removal with volumes: the domains and their files go.
     let (status, accepted) = cp.api(Method::DELETE, &format!("/deployments/{id}?volumes=true"), None).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    assert_eq!(settled(&mut cp, &accepted).await["state"], "removed");
+    assert_eq!(cp.settled(&accepted).await["state"], "removed");
     for file in ["vms-web.qcow2", "vms-web-seed.iso", "vms-web-console.log", "vms-db.qcow2"] {
         assert!(!vms.join(file).exists(), "{file} left behind");
     }
@@ -254,17 +229,7 @@ async fn a_bad_vm_section_is_refused_where_it_is_wrong_and_a_host_without_libvir
         )
         .await;
     let target = agent.id();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let found = cp.target(&target).await;
-        let capabilities = found["capabilities"].as_array().cloned().unwrap_or_default();
-        if let Some(libvirt) = capabilities.iter().find(|c| c["platform"] == "libvirt") {
-            assert_eq!(libvirt["available"], false, "{found:#}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no capabilities reported: {found:#}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    assert_eq!(cp.capability(&target, "libvirt").await["available"], false);
     let good = "services: {}\nx-vms:\n  web:\n    template: debian-12\n";
     let (_, stack) = cp.api(Method::POST, "/stacks", Some(json!({"name": "good-vms", "compose": good}))).await;
     let stack_id = stack["id"].as_str().expect("id");

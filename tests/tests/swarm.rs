@@ -26,34 +26,6 @@ async fn wait_for(cp: &mut ControlPlane, id: &str, within: Duration, done: impl 
     }
 }
 
-/// Waits for the end of the operation that `accepted` (a 202 answer) started.
-async fn settled(cp: &mut ControlPlane, accepted: &Value) -> Value {
-    let id = accepted["id"].as_str().expect("id").to_owned();
-    let from = accepted["events_from"].as_u64().expect("events_from");
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let (_, events) = cp.api(Method::GET, &format!("/deployments/{id}/events?after={from}"), None).await;
-        let finished = events["items"].as_array().expect("items").iter().any(|e| !e["outcome"].is_null());
-        if finished {
-            let (_, deployment) = cp.api(Method::GET, &format!("/deployments/{id}"), None).await;
-            return deployment;
-        }
-        assert!(Instant::now() < deadline, "the operation never ended: {events:#}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn messages(cp: &mut ControlPlane, id: &str) -> Vec<String> {
-    let (_, events) = cp.api(Method::GET, &format!("/deployments/{id}/events"), None).await;
-    events["items"].as_array().expect("items").iter().map(|e| e["message"].as_str().unwrap_or("").to_owned()).collect()
-}
-
-fn running(deployment: &Value, service: &str) -> usize {
-    let services = deployment["services"].as_array().expect("services");
-    let service = services.iter().find(|s| s["name"] == service).expect("service");
-    service["containers"].as_array().expect("containers").iter().filter(|c| c["state"] == "running").count()
-}
-
 async fn page(address: &str, port: u16) -> String {
     let url = format!("http://{address}:{port}/");
     for _ in 0..40 {
@@ -134,8 +106,8 @@ async fn a_stack_runs_as_swarm_services_updates_rolls_back_scales_and_is_removed
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
     assert_eq!(accepted["platform"], "swarm");
     let id = accepted["id"].as_str().expect("id").to_owned();
-    let deployment = settled(&mut cp, &accepted).await;
-    assert_eq!(deployment["state"], "running", "{:#?}", messages(&mut cp, &id).await);
+    let deployment = cp.settled(&accepted).await;
+    assert_eq!(deployment["state"], "running", "{:#?}", cp.messages(&id).await);
     assert_eq!((running(&deployment, "web"), running(&deployment, "worker")), (1, 2), "{deployment:#}");
     let served = page(&address, port).await;
     assert!(served.contains("hello from swarm") && served.contains("banner v1"), "{served}");
@@ -146,7 +118,7 @@ async fn a_stack_runs_as_swarm_services_updates_rolls_back_scales_and_is_removed
         assert!(objects.contains(&expected), "{expected} missing from {objects:?}");
     }
     assert_eq!(objects.iter().filter(|o| o.starts_with("secret:")).count(), 1, "{objects:?}");
-    let log = messages(&mut cp, &id).await;
+    let log = cp.messages(&id).await;
     assert!(log.iter().any(|m| m.contains("2 of 2 tasks running")), "progress shows tasks: {log:#?}");
 
     // Logs come from the service, whichever node runs its tasks.
@@ -166,7 +138,7 @@ async fn a_stack_runs_as_swarm_services_updates_rolls_back_scales_and_is_removed
         .api(Method::POST, &format!("/deployments/{id}/scale"), Some(json!({"service": "worker", "replicas": 3})))
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
-    let deployment = settled(&mut cp, &accepted).await;
+    let deployment = cp.settled(&accepted).await;
     assert_eq!((deployment["state"].as_str(), running(&deployment, "worker")), (Some("running"), 3), "{deployment:#}");
     assert_eq!(deployment["scale"], json!({"worker": 3}));
     let (status, refused) = cp
@@ -179,8 +151,8 @@ async fn a_stack_runs_as_swarm_services_updates_rolls_back_scales_and_is_removed
     let (status, _) = cp.api(Method::PUT, &format!("/stacks/{stack_id}"), Some(json!({"compose": v2}))).await;
     assert_eq!(status, StatusCode::OK);
     let (_, accepted) = cp.api(Method::POST, &format!("/stacks/{stack_id}/deploy/{target}"), None).await;
-    let deployment = settled(&mut cp, &accepted).await;
-    assert_eq!(deployment["state"], "running", "{:#?}", messages(&mut cp, &id).await);
+    let deployment = cp.settled(&accepted).await;
+    assert_eq!(deployment["state"], "running", "{:#?}", cp.messages(&id).await);
     assert!(page(&address, port).await.contains("banner v2"));
     assert_eq!(running(&deployment, "worker"), 3, "the scale outlives an update");
     let configs: Vec<String> = swarm_objects(&project).into_iter().filter(|o| o.starts_with("config:")).collect();
@@ -196,9 +168,9 @@ async fn a_stack_runs_as_swarm_services_updates_rolls_back_scales_and_is_removed
         d["state"] == "failed" && d["reason"].as_str().is_some_and(|r| r.contains("rolled it back"))
     })
     .await;
-    let _ = settled(&mut cp, &accepted).await;
+    let _ = cp.settled(&accepted).await;
     assert!(page(&address, port).await.contains("banner v2"), "version 2 still serves");
-    let log = messages(&mut cp, &id).await;
+    let log = cp.messages(&id).await;
     assert!(log.iter().any(|m| m.contains("rolled back: version 2 is running again")), "{log:#?}\n{deployment:#}");
 
     // A stack Swarm cannot run is refused before anything is applied.
@@ -216,8 +188,8 @@ async fn a_stack_runs_as_swarm_services_updates_rolls_back_scales_and_is_removed
     // Removal leaves nothing of the stack on the Swarm.
     let (status, accepted) = cp.api(Method::DELETE, &format!("/deployments/{id}?volumes=true"), None).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    let deployment = settled(&mut cp, &accepted).await;
-    assert_eq!(deployment["state"], "removed", "{:#?}", messages(&mut cp, &id).await);
+    let deployment = cp.settled(&accepted).await;
+    assert_eq!(deployment["state"], "removed", "{:#?}", cp.messages(&id).await);
     assert_eq!(swarm_objects(&project), Vec::<String>::new());
     drop(agent);
 }
@@ -241,9 +213,9 @@ async fn the_routing_mesh_publishes_on_every_node_where_the_kernel_has_ipvs() {
     let (_, created) = cp.api(Method::POST, "/stacks", Some(json!({"name": name, "compose": compose}))).await;
     let path = format!("/stacks/{}/deploy/{}?platform=swarm", created["id"].as_str().expect("id"), agent.id());
     let (_, accepted) = cp.api(Method::POST, &path, None).await;
-    assert_eq!(settled(&mut cp, &accepted).await["state"], "running");
+    assert_eq!(cp.settled(&accepted).await["state"], "running");
     assert!(page(&address, port).await.contains("mesh"));
     let id = accepted["id"].as_str().expect("id");
     let (_, accepted) = cp.api(Method::DELETE, &format!("/deployments/{id}"), None).await;
-    assert_eq!(settled(&mut cp, &accepted).await["state"], "removed");
+    assert_eq!(cp.settled(&accepted).await["state"], "removed");
 }

@@ -21,6 +21,9 @@ use super::{AppState, Settings};
 
 /// Largest request body accepted (a Compose file may be 1 MiB, plus its JSON envelope).
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
+/// How much of a too-large body is read and dropped before its 413 is sent; past this the
+/// connection is simply closed (and the request time limit bounds the reading too).
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 
 /// Wraps the whole router, outermost last: what runs first for a request is at the bottom.
 pub fn protect(router: Router<AppState>, state: &AppState) -> Router<AppState> {
@@ -54,18 +57,30 @@ async fn read_whole_body(request: Request, next: Next) -> Response {
     if !has_body {
         return next.run(request).await;
     }
-    let (parts, body) = request.into_parts();
-    match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(bytes) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
-        Err(error) => {
-            let error = error.into_inner();
-            if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                ApiError::new(Code::PayloadTooLarge, format!("the body is over {MAX_BODY} bytes")).into_response()
-            } else {
-                ApiError::new(Code::InvalidBody, format!("the body could not be read: {error}")).into_response()
+    let (parts, mut body) = request.into_parts();
+    let mut bytes = Vec::new();
+    let mut received = 0usize;
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        let data = match frame {
+            Ok(frame) => frame.into_data().unwrap_or_default(),
+            Err(error) => {
+                return ApiError::new(Code::InvalidBody, format!("the body could not be read: {error}"))
+                    .into_response();
             }
+        };
+        received = received.saturating_add(data.len());
+        if received <= MAX_BODY {
+            bytes.extend_from_slice(&data);
+        } else if received > DRAIN_LIMIT {
+            break;
         }
     }
+    if received > MAX_BODY {
+        // The rest was read and dropped (up to DRAIN_LIMIT), so the client, still sending
+        // when the limit was passed, gets this answer rather than a broken pipe.
+        return ApiError::new(Code::PayloadTooLarge, format!("the body is over {MAX_BODY} bytes")).into_response();
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await
 }
 
 type AddressLimit = tower_governor::GovernorLayer<
