@@ -29,4 +29,5 @@ pub mod server;
 pub mod sso;
 pub mod stacks;
 pub mod store;
+pub mod templates;
 pub mod totp;

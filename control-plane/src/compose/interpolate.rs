@@ -83,6 +83,28 @@ pub fn interpolate(text: &str, variables: &BTreeMap<String, String>) -> Result<(
     Ok((out, unset))
 }
 
+/// Every variable name `text` interpolates (`$NAME`, `${NAME}`, `${NAME:-…}`… and those in
+/// defaults), in order of first use; `$$` is a literal dollar.
+pub fn referenced_names(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut rest = text;
+    while let Some(dollar) = rest.find('$') {
+        let after = &rest[dollar + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            rest = tail;
+            continue;
+        }
+        let after = after.strip_prefix('{').unwrap_or(after);
+        let len = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+        let name = &after[..len];
+        if !name.is_empty() && !name.starts_with(|c: char| c.is_ascii_digit()) && !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+        rest = &after[len..];
+    }
+    names
+}
+
 /// The index of the `}` that closes an expression starting right after `${`.
 fn matching_brace(s: &str) -> Option<usize> {
     let mut depth = 0usize;
@@ -151,6 +173,12 @@ mod tests {
 
     fn run(text: &str, pairs: &[(&str, &str)]) -> Result<String, String> {
         interpolate(text, &vars(pairs)).map(|(s, _)| s)
+    }
+
+    #[test]
+    fn the_names_a_text_uses_are_listed_once_in_order_and_dollars_escaped_are_not() {
+        let text = "${DB_PASSWORD} $PORT ${NAME:-${FALLBACK}} $$NOT ${PORT:?set it} $1";
+        assert_eq!(referenced_names(text), ["DB_PASSWORD", "PORT", "NAME", "FALLBACK"]);
     }
 
     #[test]

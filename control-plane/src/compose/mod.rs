@@ -36,7 +36,7 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    fn new(message: impl Into<String>) -> Self {
+    pub fn new(message: impl Into<String>) -> Self {
         Self { path: None, line: None, column: None, message: message.into() }
     }
 
@@ -44,7 +44,7 @@ impl Diagnostic {
         Self { path: Some(path.to_string()), ..Self::new(message) }
     }
 
-    fn at_str(path: &str, message: impl Into<String>) -> Self {
+    pub fn at_str(path: &str, message: impl Into<String>) -> Self {
         Self { path: Some(path.to_owned()), ..Self::new(message) }
     }
 }
