@@ -49,10 +49,16 @@ pub enum Table {
     /// An organisation's identity provider. Key: organisation id.
     SsoConfigs,
     Migrations,
+    /// An organisation's private marketplace templates.
+    Templates,
+    /// Key: the template's id, a 0 byte, then the reviewer's user id.
+    TemplateReviews,
+    /// Key: the template's id.
+    TemplateStats,
 }
 
 impl Table {
-    const ALL: [Table; 15] = [
+    const ALL: [Table; 18] = [
         Table::Users,
         Table::Sessions,
         Table::JoinTokens,
@@ -68,6 +74,9 @@ impl Table {
         Table::OrgTargets,
         Table::SsoConfigs,
         Table::Migrations,
+        Table::Templates,
+        Table::TemplateReviews,
+        Table::TemplateStats,
     ];
 
     fn name(self) -> &'static str {
@@ -87,6 +96,9 @@ impl Table {
             Table::OrgTargets => "org_targets",
             Table::SsoConfigs => "sso_configs",
             Table::Migrations => "migrations",
+            Table::Templates => "templates",
+            Table::TemplateReviews => "template_reviews",
+            Table::TemplateStats => "template_stats",
         }
     }
 

@@ -61,6 +61,10 @@ pub fn access(method: &Method, path: &str) -> Access {
         (_, ["auth", ..] | ["orgs", ..] | ["users", ..] | ["events", ..] | ["audit", ..]) => {
             Access { scope: Some(scope), role: None }
         }
+        // Any member may review a template; deploying one makes a stack (admins).
+        (&Method::POST, ["templates", _, "reviews"]) | (&Method::PUT, ["templates", _, "reviews", "mine"]) => {
+            Access { scope: Some(Scope::Deploy), role: Some(Role::Viewer) }
+        }
         // Checking a Compose file saves nothing.
         (&Method::POST, ["stacks", "validate"]) => Access { scope: Some(Scope::Read), role: Some(Role::Viewer) },
         (_, ["stacks", _, "deploy", _])
@@ -559,6 +563,11 @@ mod tests {
             (Method::POST, "/api/v1/deployments/x/scale", org(Scope::Deploy, Role::Operator)),
             (Method::POST, "/api/v1/deployments/x/migrate/y", org(Scope::Deploy, Role::Operator)),
             (Method::POST, "/api/v1/deployments/x/vms/web/reboot", org(Scope::Deploy, Role::Operator)),
+            (Method::GET, "/api/v1/templates", org(Scope::Read, Role::Viewer)),
+            (Method::POST, "/api/v1/templates/wordpress/reviews", org(Scope::Deploy, Role::Viewer)),
+            (Method::PUT, "/api/v1/templates/wordpress/reviews/mine", org(Scope::Deploy, Role::Viewer)),
+            (Method::POST, "/api/v1/templates/wordpress/deploy", org(Scope::Admin, Role::Admin)),
+            (Method::POST, "/api/v1/templates", org(Scope::Admin, Role::Admin)),
             (Method::GET, "/api/v1/migrations", org(Scope::Read, Role::Viewer)),
             (Method::DELETE, "/api/v1/deployments/x", org(Scope::Deploy, Role::Operator)),
             (Method::POST, "/api/v1/targets/x/test", org(Scope::Deploy, Role::Operator)),

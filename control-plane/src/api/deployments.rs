@@ -208,7 +208,7 @@ struct VersionQuery {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub(super) enum PlatformName {
+pub enum PlatformName {
     Docker,
     Swarm,
     Kubernetes,
@@ -331,20 +331,34 @@ async fn deploy(
 ) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
     let stack = super::stacks::load(&state, &caller, &stack_id)?;
     let target = super::targets::load(&state, &caller, &target_id)?;
+    deploy_stack(&state, &caller, &stack, &target, query.version, query.platform.map(Platform::from))
+}
+
+/// Deploys a version of `stack` (its current one by default) to `target`, on `platform` or the
+/// one the target and stack call for: the body of `POST /stacks/{id}/deploy/{target_id}`, also
+/// used by the marketplace's one-click deploy.
+pub(super) fn deploy_stack(
+    state: &AppState,
+    caller: &Caller,
+    stack: &crate::stacks::Stack,
+    target: &crate::agents::Agent,
+    version: Option<u32>,
+    asked: Option<Platform>,
+) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
     if target.revoked_at_unix_s.is_some() {
         return Err(ApiError::new(Code::TargetRevoked, "the target is revoked"));
     }
-    let version = query.version.unwrap_or(stack.current_version);
+    let version = version.unwrap_or(stack.current_version);
     let Some(stored) = stacks::version(state.store.as_ref(), stack.id, version)? else {
         return Err(ApiError::invalid("version", format!("stack version {version} does not exist")));
     };
     let existing = deployments::list_in(state.store.as_ref(), caller.org_id)?
         .into_iter()
         .find(|d| d.stack_id == stack.id && d.target_id == target.id && d.state != DeploymentState::Removed);
-    let parsed = stacks::parsed_of(&state.master_key, &stack, &stored).map_err(ApiError::internal)?;
+    let parsed = stacks::parsed_of(&state.master_key, stack, &stored).map_err(ApiError::internal)?;
     let platform = choose_platform(
-        query.platform.map(Platform::from).or_else(|| natural_platform(&parsed)),
-        super::targets::capabilities(&state, &target).as_deref(),
+        asked.or_else(|| natural_platform(&parsed)),
+        super::targets::capabilities(state, target).as_deref(),
         existing.as_ref(),
     )?;
     let notes = check_platform(platform, &parsed)?;
@@ -393,11 +407,7 @@ async fn deploy(
         state.reconciler.events.append(deployment.id, Level::Warning, message, None);
     }
     tracing::info!(deployment_id = %deployment.id, stack = %stack.name, %version, target = %target.id, by = %caller.username, "deploy requested");
-    Ok(accepted(
-        &state,
-        &deployment,
-        format!("{} asked for version {version} of {}{note}", caller.username, stack.name),
-    ))
+    Ok(accepted(state, &deployment, format!("{} asked for version {version} of {}{note}", caller.username, stack.name)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

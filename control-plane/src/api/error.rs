@@ -47,6 +47,7 @@ codes! {
     InvalidQuery = BAD_REQUEST, "invalid_query", "A query parameter has the wrong type.";
     InvalidField = UNPROCESSABLE_ENTITY, "invalid_field", "A field has a value this route refuses; `field` names it.";
     InvalidCompose = UNPROCESSABLE_ENTITY, "invalid_compose", "The Compose file does not validate; `details.errors` say where (path, or line and column).";
+    InvalidTemplate = UNPROCESSABLE_ENTITY, "invalid_template", "The template does not pass its checks; `details.errors` say where (path, or line and column).";
     IncompatibleStack = UNPROCESSABLE_ENTITY, "incompatible_stack", "The stack uses what the target's platform cannot do; `details.findings` list each (path, message, blocking).";
     PlatformUnavailable = UNPROCESSABLE_ENTITY, "platform_unavailable", "The target cannot drive the platform the deploy needs (no such driver, no cluster access); the message gives the agent's reason.";
     WeakPassword = UNPROCESSABLE_ENTITY, "weak_password", "The password breaks the password policy.";

@@ -17,6 +17,7 @@ pub mod orgs;
 pub mod sso;
 pub mod stacks;
 pub mod targets;
+pub mod templates;
 pub mod totp;
 pub mod users;
 
@@ -86,6 +87,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(stacks::routes())
         .merge(deployments::routes())
         .merge(migrations::routes())
+        .merge(templates::routes())
         .merge(audit::routes())
         .merge(orgs::routes())
         .merge(users::routes())

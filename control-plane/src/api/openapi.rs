@@ -34,6 +34,7 @@ pub const SECURITY_SCHEME: &str = "bearer";
         (name = "auth", description = "Sign-in, sessions, two-factor authentication, single sign-on and API tokens"),
         (name = "targets", description = "Hosts running an agent, and the join tokens that add them"),
         (name = "stacks", description = "Compose stacks and their immutable versions"),
+        (name = "templates", description = "The marketplace: certified and private templates, reviews, one-click deploy"),
         (name = "deployments", description = "A stack version on a target: desired state, observed state, events and logs"),
         (name = "orgs", description = "Organisations (tenants) and their members"),
         (name = "users", description = "Accounts of the installation"),

@@ -965,6 +965,136 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/templates": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The marketplace: certified templates and the organisation's own, searched and sorted. */
+        get: operations["templates_list"];
+        put?: never;
+        /** Adds a private template to the organisation from its file. */
+        post: operations["templates_create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/templates/from-stack/{stack_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Makes a private template of a stack's current version: its variables become string
+         *     variables with their values as defaults, its secrets password variables (values not kept).
+         */
+        post: operations["templates_from_stack"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/templates/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One template, certified (by slug) or the organisation's own (by id). */
+        get: operations["templates_show"];
+        /** Saves a new version of a private template (its version must be higher). */
+        put: operations["templates_new_version"];
+        post?: never;
+        /** Deletes a private template and its reviews. */
+        delete: operations["templates_remove"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/templates/{id}/certified": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /** Marks a private template certified, or not: installation administrators only. */
+        put: operations["templates_certify"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/templates/{id}/deploy": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Deploys a template in one go: every value is checked first (422 naming the variable), the
+         *     target's CPUs and memory against the template's requirements, then a stack is made of it and
+         *     deployed to the target.
+         */
+        post: operations["templates_deploy"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/templates/{id}/reviews": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A template's reviews, newest first. */
+        get: operations["templates_reviews"];
+        put?: never;
+        /** Reviews a template: one review per person (409 for a second; edit it instead). */
+        post: operations["templates_review"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/templates/{id}/reviews/mine": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /** Edits the caller's review of a template. */
+        put: operations["templates_edit_review"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/tokens": {
         parameters: {
             query?: never;
@@ -1131,12 +1261,23 @@ export interface components {
             /** @description The version found, or why the platform is absent. */
             detail: string;
         };
+        /** @enum {string} */
+        Category: "cms" | "database" | "dev-tools" | "monitoring" | "storage" | "communication" | "security" | "automation" | "networking" | "messaging" | "search" | "web-stack";
+        Certify: {
+            certified: boolean;
+        };
         ChangePassword: {
             current_password: string;
             new_password: string;
         };
         ChangeRole: {
             role: components["schemas"]["Role"];
+        };
+        ChangelogEntry: {
+            version: string;
+            /** @description `YYYY-MM-DD`. */
+            date: string;
+            changes: string[];
         };
         CloneStack: {
             name: string;
@@ -1147,6 +1288,7 @@ export interface components {
          *     - `invalid_query` (400): A query parameter has the wrong type.
          *     - `invalid_field` (422): A field has a value this route refuses; `field` names it.
          *     - `invalid_compose` (422): The Compose file does not validate; `details.errors` say where (path, or line and column).
+         *     - `invalid_template` (422): The template does not pass its checks; `details.errors` say where (path, or line and column).
          *     - `incompatible_stack` (422): The stack uses what the target's platform cannot do; `details.findings` list each (path, message, blocking).
          *     - `platform_unavailable` (422): The target cannot drive the platform the deploy needs (no such driver, no cluster access); the message gives the agent's reason.
          *     - `weak_password` (422): The password breaks the password policy.
@@ -1195,7 +1337,7 @@ export interface components {
          *     - `internal` (500): An internal error; the control plane's log says more.
          * @enum {string}
          */
-        Code: "invalid_body" | "invalid_query" | "invalid_field" | "invalid_compose" | "incompatible_stack" | "platform_unavailable" | "weak_password" | "unauthenticated" | "bad_credentials" | "bad_refresh_token" | "second_factor_required" | "bad_second_factor" | "bad_mfa_token" | "sso_failed" | "join_token_invalid" | "forbidden" | "insufficient_scope" | "session_required" | "org_requires_second_factor" | "account_disabled" | "join_token_revoked" | "join_token_expired" | "join_token_used_up" | "join_token_malformed" | "not_found" | "conflict" | "name_taken" | "user_exists" | "already_member" | "last_owner" | "org_not_empty" | "self_change" | "stack_in_use" | "target_revoked" | "no_previous_version" | "totp_already_enabled" | "totp_not_enrolled" | "sso_not_configured" | "agent_not_connected" | "too_many_attempts" | "rate_limited" | "payload_too_large" | "agent_link_failed" | "job_refused" | "job_failed" | "sso_provider_unavailable" | "agent_binary_missing" | "agent_timeout" | "timeout" | "internal";
+        Code: "invalid_body" | "invalid_query" | "invalid_field" | "invalid_compose" | "invalid_template" | "incompatible_stack" | "platform_unavailable" | "weak_password" | "unauthenticated" | "bad_credentials" | "bad_refresh_token" | "second_factor_required" | "bad_second_factor" | "bad_mfa_token" | "sso_failed" | "join_token_invalid" | "forbidden" | "insufficient_scope" | "session_required" | "org_requires_second_factor" | "account_disabled" | "join_token_revoked" | "join_token_expired" | "join_token_used_up" | "join_token_malformed" | "not_found" | "conflict" | "name_taken" | "user_exists" | "already_member" | "last_owner" | "org_not_empty" | "self_change" | "stack_in_use" | "target_revoked" | "no_previous_version" | "totp_already_enabled" | "totp_not_enrolled" | "sso_not_configured" | "agent_not_connected" | "too_many_attempts" | "rate_limited" | "payload_too_large" | "agent_link_failed" | "job_refused" | "job_failed" | "sso_provider_unavailable" | "agent_binary_missing" | "agent_timeout" | "timeout" | "internal";
         CodeRequest: {
             /**
              * @description Six digits from the authenticator app.
@@ -1320,6 +1462,16 @@ export interface components {
             command: string;
             /** @description The command that installs the agent into a Kubernetes cluster (run where `kubectl` works). */
             kubernetes_command: string;
+        };
+        DeployTemplate: {
+            target_id: string;
+            /** @description Values by variable name; what is left out takes its default (passwords are generated). */
+            variables?: {
+                [key: string]: string;
+            };
+            /** @description The new stack's name (the template's slug by default). */
+            stack_name?: string | null;
+            platform?: ("docker" | "swarm" | "kubernetes" | "libvirt") | null;
         };
         /** @description A deployment: a stack version on a target. */
         DeploymentView: {
@@ -1509,6 +1661,15 @@ export interface components {
             /** @description A deploy to the platform is refused until this is changed. */
             blocking: boolean;
         };
+        /** @description What a private template made from a stack is called and says. */
+        FromStack: {
+            slug: string;
+            name: string;
+            description: string;
+            /** @enum {string} */
+            category: "cms" | "database" | "dev-tools" | "monitoring" | "storage" | "communication" | "security" | "automation" | "networking" | "messaging" | "search" | "web-stack";
+            tags?: string[];
+        };
         GroupRole: {
             group: string;
             role: components["schemas"]["Role"];
@@ -1609,6 +1770,17 @@ export interface components {
                 /** @description Members act here only after signing in with a second factor. */
                 require_2fa: boolean;
                 role?: components["schemas"]["Role"] | null;
+            }[];
+        };
+        /** @description A whole list, not paged (short by nature: an organisation's members, a user's tokens). */
+        Items_ReviewView: {
+            items: {
+                username: string;
+                /** Format: int32 */
+                stars: number;
+                text: string;
+                created_at: string;
+                updated_at: string;
             }[];
         };
         /** @description A whole list, not paged (short by nature: an organisation's members, a user's tokens). */
@@ -1931,6 +2103,30 @@ export interface components {
             per_page: number;
         };
         /** @description One page of a list. */
+        Page_TemplateSummary: {
+            items: {
+                /** @description The slug of a certified template, the id of a private one. */
+                id: string;
+                slug: string;
+                name: string;
+                description: string;
+                category: components["schemas"]["Category"];
+                tags: string[];
+                logo: string;
+                version: string;
+                certified: boolean;
+                /** @description The organisation's own template. */
+                private: boolean;
+                rating: components["schemas"]["Rating"];
+                /** Format: int64 */
+                deployments: number;
+            }[];
+            /** @description How many there are in all pages. */
+            total: number;
+            page: number;
+            per_page: number;
+        };
+        /** @description One page of a list. */
         Page_VersionSummary: {
             items: {
                 /** Format: int32 */
@@ -1954,6 +2150,14 @@ export interface components {
              */
             latency_ms: number;
         };
+        Rating: {
+            /**
+             * Format: double
+             * @description Average stars, 0 when there is no review.
+             */
+            average: number;
+            count: number;
+        };
         /** @description Recovery codes: each signs in once in place of a code from the app. Shown only here. */
         RecoveryCodes: {
             recovery_codes: string[];
@@ -1976,8 +2180,37 @@ export interface components {
             /** @description What the platform cannot do (`blocking`: a deploy is refused) or does differently. */
             findings: components["schemas"]["FindingView"][];
         };
+        /** @description What a host needs to run the template, checked against the target's facts before a deploy. */
+        Requirements: {
+            /**
+             * Format: int32
+             * @description CPUs the host must have.
+             */
+            cpus?: number | null;
+            /** @description Memory the host must have, as `2g` or `512m`. */
+            memory?: string | null;
+            /** @description Host ports the template publishes (by default); they must be free on the target. */
+            ports?: number[];
+        };
         ResetPassword: {
             password: string;
+        };
+        ReviewBody: {
+            /**
+             * Format: int32
+             * @description 1 to 5.
+             */
+            stars: number;
+            text?: string;
+        };
+        /** @description A review as the template page shows it. */
+        ReviewView: {
+            username: string;
+            /** Format: int32 */
+            stars: number;
+            text: string;
+            created_at: string;
+            updated_at: string;
         };
         /**
          * @description Roles in increasing order of power: each may do everything the ones before it may.
@@ -2143,6 +2376,72 @@ export interface components {
             /** @description What the agent can deploy to; empty before the target was ever seen. */
             capabilities: components["schemas"]["CapabilityView"][];
         };
+        /** @description A template as its file describes it. */
+        Template: {
+            /**
+             * Format: int32
+             * @description The file format's version: 1.
+             */
+            format: number;
+            /** @description Lowercase letters, digits and `-`: the template's name in URLs. */
+            slug: string;
+            name: string;
+            /** @description This template's version (semver), not the app's. */
+            version: string;
+            description: string;
+            category: components["schemas"]["Category"];
+            tags?: string[];
+            author: string;
+            /** @description An SPDX licence expression: the app's licence. */
+            licence: string;
+            /** @description An https URL of the app's logo. */
+            logo: string;
+            /** @description An https URL of the app's documentation. */
+            documentation: string;
+            screenshots?: string[];
+            requirements?: components["schemas"]["Requirements"];
+            variables?: components["schemas"]["Variable"][];
+            /** @description Newest first; the first entry is this version. */
+            changelog: components["schemas"]["ChangelogEntry"][];
+            /** @description The Compose file, interpolated with the variables. */
+            compose: string;
+        };
+        /** @description What a one-click deploy made. */
+        TemplateDeployment: {
+            /** Format: uuid */
+            stack_id: string;
+            deployment: components["schemas"]["DeploymentView"];
+        };
+        /** @description A template page: everything about it, its versions and what deploying it asks for. */
+        TemplateDetail: components["schemas"]["TemplateSummary"] & {
+            /** @description The template itself, as its file says (latest version). */
+            template: components["schemas"]["Template"];
+            /** @description Every version, newest first. */
+            versions: string[];
+        };
+        /** @description A template file, as `docs/templates.md` describes it. */
+        TemplateFile: {
+            /** @description The template's YAML. */
+            template: string;
+        };
+        /** @description What a card of the marketplace shows. */
+        TemplateSummary: {
+            /** @description The slug of a certified template, the id of a private one. */
+            id: string;
+            slug: string;
+            name: string;
+            description: string;
+            category: components["schemas"]["Category"];
+            tags: string[];
+            logo: string;
+            version: string;
+            certified: boolean;
+            /** @description The organisation's own template. */
+            private: boolean;
+            rating: components["schemas"]["Rating"];
+            /** Format: int64 */
+            deployments: number;
+        };
         /** @description An API token, never with its secret (which only the creation answer holds). */
         TokenView: {
             /** Format: uuid */
@@ -2255,6 +2554,27 @@ export interface components {
             warnings: components["schemas"]["Diagnostic"][];
             services: string[];
         };
+        /** @description One value a person gives when deploying the template, used as `${NAME}` in its Compose file. */
+        Variable: {
+            /** @description Upper-case letters, digits and `_`. */
+            name: string;
+            type: components["schemas"]["VariableKind"];
+            /** @description A label for the deploy form. */
+            label: string;
+            description?: string | null;
+            /** @description Used when no value is given; a password without one is generated. */
+            default?: string | null;
+            /** @description A value must be given (or defaulted, or generated). */
+            required?: boolean;
+            /** @description Kept as a sealed stack secret, never shown again (passwords always are). */
+            secret?: boolean;
+            /** @description A regular expression the whole value must match. */
+            pattern?: string | null;
+            /** @description The choices of an `enum`. */
+            options?: string[];
+        };
+        /** @enum {string} */
+        VariableKind: "string" | "password" | "port" | "integer" | "boolean" | "enum" | "url" | "email";
         /** @description What [`AuditLog::verify`] found. */
         Verification: {
             valid: boolean;
@@ -4555,6 +4875,408 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["PingResult"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    templates_list: {
+        parameters: {
+            query?: {
+                /** @description Words that must all appear in the name, description or tags (any case). */
+                q?: string;
+                category?: "cms" | "database" | "dev-tools" | "monitoring" | "storage" | "communication" | "security" | "automation" | "networking" | "messaging" | "search" | "web-stack";
+                /** @description Templates with this tag. */
+                tag?: string;
+                /** @description Only certified ones (`true`) or only others (`false`). */
+                certified?: boolean;
+                /** @description `rating`, `deployments`, `newest` or `name` (the default). */
+                sort?: "rating" | "deployments" | "newest" | "name";
+                page?: number;
+                per_page?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Page_TemplateSummary"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    templates_create: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TemplateFile"];
+            };
+        };
+        responses: {
+            /** @description Created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TemplateDetail"];
+                };
+            };
+            /** @description Every problem with its path (`invalid_template`) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    templates_from_stack: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                stack_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["FromStack"];
+            };
+        };
+        responses: {
+            /** @description Created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TemplateDetail"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    templates_show: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TemplateDetail"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    templates_new_version: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TemplateFile"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TemplateDetail"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    templates_remove: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    templates_certify: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["Certify"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TemplateDetail"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    templates_deploy: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DeployTemplate"];
+            };
+        };
+        responses: {
+            /** @description Created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TemplateDeployment"];
+                };
+            };
+            /** @description A variable or a requirement (`field` names it) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    templates_reviews: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Items_ReviewView"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    templates_review: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReviewBody"];
+            };
+        };
+        responses: {
+            /** @description Created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReviewView"];
+                };
+            };
+            /** @description Already reviewed */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    templates_edit_review: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReviewBody"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReviewView"];
                 };
             };
             /** @description An error; `error.code` says which (see the `Code` schema) */
