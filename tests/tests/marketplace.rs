@@ -234,3 +234,77 @@ async fn private_templates_stay_in_their_organisation_are_versioned_and_deploy_i
     assert_eq!(cp.settled(&accepted).await["state"], "removed");
     drop(agent);
 }
+
+/// A Portainer v2 file (uploaded) and a v3 file (fetched by URL, with a stack whose Compose file
+/// lives in a repository) are imported entry by entry, each whole or skipped with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn portainer_template_files_are_imported_entry_by_entry() {
+    let image = busybox_image();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cp = ControlPlane::start(dir.path()).await;
+
+    let v2 = json!({
+        "version": "2",
+        "templates": [
+            {"type": 1, "title": "Busy Web", "description": "httpd", "categories": ["Web"], "image": image,
+             "ports": ["8088:80/tcp"], "command": "httpd -f -p 80",
+             "env": [{"name": "MODE", "label": "Mode", "select": [{"text": "Prod", "value": "prod", "default": true}, {"text": "Dev", "value": "dev"}]},
+                     {"name": "ADMIN_PASSWORD", "label": "Admin password"}],
+             "volumes": [{"container": "/data"}]},
+            {"type": 1, "title": "Floating", "image": "nginx:latest"},
+            {"type": 1, "title": "Imageless"}
+        ]
+    });
+    let (status, report) = cp.api(Method::POST, "/templates/import", Some(json!({"content": v2.to_string()}))).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["imported"].as_array().map(Vec::len), Some(1), "{report:#}");
+    assert_eq!(report["imported"][0]["slug"], "busy-web");
+    let skipped = report["skipped"].as_array().expect("skipped");
+    assert_eq!(skipped.len(), 2);
+    assert!(skipped[0]["reason"].as_str().is_some_and(|r| r.contains("never latest")), "{skipped:#?}");
+    assert!(skipped[1]["reason"].as_str().is_some_and(|r| r.contains("no image")), "{skipped:#?}");
+    let id = report["imported"][0]["id"].as_str().expect("id").to_owned();
+    let (_, imported) = cp.api(Method::GET, &format!("/templates/{id}"), None).await;
+    let variables = imported["template"]["variables"].as_array().expect("variables");
+    assert!(variables.iter().any(|v| v["name"] == "MODE" && v["type"] == "enum" && v["default"] == "prod"));
+    assert!(variables.iter().any(|v| v["name"] == "ADMIN_PASSWORD" && v["type"] == "password"));
+    // Importing again skips what exists; nothing is written twice.
+    let (_, again) = cp.api(Method::POST, "/templates/import", Some(json!({"content": v2.to_string()}))).await;
+    assert_eq!(again["imported"].as_array().map(Vec::len), Some(0));
+
+    // A v3 file served over HTTP, its stack file in a repository served the way forges do.
+    let stack_file = format!("services:\n  app:\n    image: {image}\n    command: [\"sleep\", \"${{NAP}}\"]\n");
+    let port = free_tcp_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let v3 = json!({
+        "version": "3",
+        "templates": [
+            {"type": 3, "title": "Sleeper", "description": "Sleeps", "categories": ["Tools"],
+             "repository": {"url": format!("{base}/acme/stacks"), "stackfile": "sleeper/compose.yml"},
+             "env": [{"name": "NAP", "label": "Seconds", "default": "60"}]},
+            {"type": 2, "title": "Missing", "repository": {"url": format!("{base}/acme/stacks"), "stackfile": "nope.yml"}}
+        ]
+    });
+    let served = v3.to_string();
+    let app = axum::Router::new()
+        .route("/templates.json", axum::routing::get(move || async move { served }))
+        .route("/acme/stacks/raw/HEAD/sleeper/compose.yml", axum::routing::get(move || async move { stack_file }));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (status, report) =
+        cp.api(Method::POST, "/templates/import", Some(json!({"url": format!("{base}/templates.json")}))).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["imported"][0]["slug"], "sleeper", "{report:#}");
+    assert!(report["skipped"][0]["reason"].as_str().is_some_and(|r| r.contains("404")), "{report:#}");
+    let sleeper = report["imported"][0]["id"].as_str().expect("id");
+    let (_, sleeper) = cp.api(Method::GET, &format!("/templates/{sleeper}"), None).await;
+    assert_eq!(sleeper["template"]["variables"][0]["default"], "60");
+    server.abort();
+
+    // What is not a Portainer file is refused as a whole.
+    let (status, refused) =
+        cp.api(Method::POST, "/templates/import", Some(json!({"content": "{\"version\": \"1\"}"}))).await;
+    assert_eq!((status, refused["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("content")));
+    let (status, _) = cp.api(Method::POST, "/templates/import", Some(json!({}))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}

@@ -31,6 +31,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(edit_review))
         .routes(routes!(deploy))
         .routes(routes!(certify))
+        .routes(routes!(import))
 }
 
 /// A template found by its API id: shipped (by slug) or the organisation's own.
@@ -663,4 +664,140 @@ fn check_requirements(state: &AppState, template: &Template, target: &crate::age
         ));
     }
     Ok(())
+}
+
+/// A Portainer app-template file to import: its content (an uploaded file), or where to fetch it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    /// The file's JSON.
+    content: Option<String>,
+    /// An http(s) URL of the file.
+    url: Option<String>,
+}
+
+/// What an import did, entry by entry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportReport {
+    imported: Vec<ImportedTemplate>,
+    skipped: Vec<SkippedEntry>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportedTemplate {
+    id: Uuid,
+    slug: String,
+    name: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SkippedEntry {
+    /// The entry's place in the file, from 0.
+    index: usize,
+    title: String,
+    reason: String,
+}
+
+/// How long fetching a file may take, and how large it may be.
+const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+const FETCH_LIMIT: usize = 5 * 1024 * 1024;
+
+fn fetcher() -> Result<reqwest::Client, ApiError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(ApiError::internal)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .timeout(FETCH_TIMEOUT)
+        .build()
+        .map_err(ApiError::internal)
+}
+
+/// The body at `url`, up to FETCH_LIMIT bytes, or why not.
+async fn fetch(client: &reqwest::Client, url: &str) -> Result<String, String> {
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(format!("{url} is not an http(s) URL"));
+    }
+    let mut response = client.get(url).send().await.map_err(|e| format!("fetching {url}: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("fetching {url}: {}", response.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| format!("reading {url}: {e}"))? {
+        body.extend_from_slice(&chunk);
+        if body.len() > FETCH_LIMIT {
+            return Err(format!("{url} is over {FETCH_LIMIT} bytes"));
+        }
+    }
+    String::from_utf8(body).map_err(|_| format!("{url} is not text"))
+}
+
+/// Imports a Portainer app-template file (formats 2 and 3) into the organisation's private
+/// templates: container entries become a Compose file, stack entries take the Compose file of
+/// their repository. Each entry is imported whole or skipped with the reason.
+#[utoipa::path(post, path = "/templates/import", tag = "templates", request_body = ImportRequest,
+    responses((status = 200, body = ImportReport),
+        (status = 422, description = "Not a Portainer template file, or neither content nor url", body = super::error::ErrorBody)))]
+async fn import(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<ImportRequest>,
+) -> Result<Json<ImportReport>, ApiError> {
+    let client = fetcher()?;
+    let (json, source) = match (body.content, body.url) {
+        (Some(content), None) => (content, "an uploaded Portainer file".to_owned()),
+        (None, Some(url)) => (fetch(&client, &url).await.map_err(|e| ApiError::invalid("url", e))?, url),
+        _ => return Err(ApiError::invalid("content", "give the file's content or its url, one of them")),
+    };
+    let file = templates::portainer::read(&json).map_err(|e| ApiError::invalid("content", e))?;
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let mut report = ImportReport { imported: vec![], skipped: vec![] };
+    for (index, entry) in file.templates.iter().enumerate() {
+        let title = entry.title.clone();
+        let stack_file = match &entry.repository {
+            Some(repository) if entry.kind != 1 => {
+                Some(fetch(&client, &templates::portainer::stack_file_url(repository)).await)
+            }
+            _ => None,
+        };
+        let converted = match stack_file {
+            Some(Err(why)) => Err(why),
+            Some(Ok(file)) => templates::portainer::convert(entry, Some(&file), &source, &today),
+            None => templates::portainer::convert(entry, None, &source, &today),
+        };
+        let checked = converted.and_then(|template| {
+            let problems = templates::check(&template);
+            if problems.is_empty() {
+                Ok(template)
+            } else {
+                Err(problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+            }
+        });
+        let template = match checked {
+            Ok(template) => template,
+            Err(reason) => {
+                report.skipped.push(SkippedEntry { index, title, reason });
+                continue;
+            }
+        };
+        if slug_taken(&state, &caller, &template.slug, None)? {
+            let reason = format!("a template named {} exists", template.slug);
+            report.skipped.push(SkippedEntry { index, title, reason });
+            continue;
+        }
+        let (slug, name) = (template.slug.clone(), template.name.clone());
+        let (_, Json(created)) = store_new(&state, &caller, template)?;
+        let id = Uuid::try_parse(&created.summary.id).map_err(ApiError::internal)?;
+        report.imported.push(ImportedTemplate { id, slug, name });
+    }
+    tracing::info!(imported = report.imported.len(), skipped = report.skipped.len(), by = %caller.username, "Portainer templates imported");
+    Ok(Json(report))
 }

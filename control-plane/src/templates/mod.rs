@@ -7,6 +7,7 @@
 //! reported with its path (`variables[2].default`, `compose: services.web.image`).
 
 pub mod catalog;
+pub mod portainer;
 pub mod records;
 
 use std::collections::BTreeMap;

@@ -1003,6 +1003,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/templates/import": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Imports a Portainer app-template file (formats 2 and 3) into the organisation's private
+         *     templates: container entries become a Compose file, stack entries take the Compose file of
+         *     their repository. Each entry is imported whole or skipped with the reason.
+         */
+        post: operations["templates_import"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/templates/{id}": {
         parameters: {
             query?: never;
@@ -1682,6 +1703,24 @@ export interface components {
             detail?: string | null;
             remote?: string | null;
         };
+        /** @description What an import did, entry by entry. */
+        ImportReport: {
+            imported: components["schemas"]["ImportedTemplate"][];
+            skipped: components["schemas"]["SkippedEntry"][];
+        };
+        /** @description A Portainer app-template file to import: its content (an uploaded file), or where to fetch it. */
+        ImportRequest: {
+            /** @description The file's JSON. */
+            content?: string | null;
+            /** @description An http(s) URL of the file. */
+            url?: string | null;
+        };
+        ImportedTemplate: {
+            /** Format: uuid */
+            id: string;
+            slug: string;
+            name: string;
+        };
         /** @description A whole list, not paged (short by nature: an organisation's members, a user's tokens). */
         Items_ActivityDay: {
             items: {
@@ -2250,6 +2289,12 @@ export interface components {
             /** Format: int32 */
             desired_replicas: number;
             containers: components["schemas"]["ContainerView"][];
+        };
+        SkippedEntry: {
+            /** @description The entry's place in the file, from 0. */
+            index: number;
+            title: string;
+            reason: string;
         };
         /**
          * @example {
@@ -4993,6 +5038,48 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["TemplateDetail"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    templates_import: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ImportRequest"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ImportReport"];
+                };
+            };
+            /** @description Not a Portainer template file, or neither content nor url */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description An error; `error.code` says which (see the `Code` schema) */
