@@ -225,6 +225,16 @@ async fn private_templates_stay_in_their_organisation_are_versioned_and_deploy_i
         (StatusCode::UNPROCESSABLE_ENTITY, Some("requirements.cpus"))
     );
 
+    // A deploy the target cannot take leaves no stack behind.
+    let before = cp.api(Method::GET, "/stacks", None).await.1["total"].clone();
+    let swarm_only = json!({"target_id": target, "variables": {"PORT": free_tcp_port().to_string()}, "platform": "swarm", "stack_name": "nowhere"});
+    let (status, refused) = cp.api(Method::POST, &format!("/templates/{id}/deploy"), Some(swarm_only)).await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("platform_unavailable"))
+    );
+    assert_eq!(cp.api(Method::GET, "/stacks", None).await.1["total"], before, "no stack is left of a refused deploy");
+
     // Deleting a private template; certified ones cannot be.
     assert_eq!(cp.api(Method::DELETE, &format!("/templates/{greedy_id}"), None).await.0, StatusCode::NO_CONTENT);
     assert_eq!(cp.api(Method::GET, &format!("/templates/{greedy_id}"), None).await.0, StatusCode::NOT_FOUND);

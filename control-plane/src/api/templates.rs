@@ -625,14 +625,15 @@ async fn deploy(
         content,
         &caller.username,
     )?;
-    let (_, Json(deployment)) = deploy_stack(
-        &state,
-        &caller,
-        &saved.stack,
-        &target,
-        None,
-        body.platform.map(windflow_protocol::Platform::from),
-    )?;
+    let platform = body.platform.map(windflow_protocol::Platform::from);
+    let deployment = match deploy_stack(&state, &caller, &saved.stack, &target, None, platform) {
+        Ok((_, Json(deployment))) => deployment,
+        Err(refused) => {
+            // Refused before anything ran (platform, compatibility): the stack made for it goes too.
+            crate::stacks::delete(state.store.as_ref(), &saved.stack)?;
+            return Err(refused);
+        }
+    };
     records::count_deploy(state.store.as_ref(), &found.id())?;
     tracing::info!(template = %found.id(), stack = %saved.stack.name, by = %caller.username, "template deployed");
     Ok((StatusCode::CREATED, Json(TemplateDeployment { stack_id: saved.stack.id, deployment })))
