@@ -384,16 +384,11 @@ async fn a_stack_runs_on_a_real_cluster_when_kubeconfig_is_set() {
     let name = format!("wf-real-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
     let compose = "services:\n  worker:\n    image: busybox:1.36\n    command: [\"sh\", \"-c\", \"while true; do echo tick; sleep 1; done\"]\n    deploy: { replicas: 2 }\n";
     let id = create_stack(&mut cp, &name, compose).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let accepted = loop {
-        let (status, accepted) =
-            cp.api(Method::POST, &format!("/stacks/{id}/deploy/{target}?platform=kubernetes"), None).await;
-        if status == StatusCode::ACCEPTED {
-            break accepted;
-        }
-        assert!(Instant::now() < deadline, "the target never offered Kubernetes: {accepted}");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    let kubernetes = cp.capability(&target, "kubernetes").await;
+    assert_eq!(kubernetes["available"], true, "{kubernetes}");
+    let (status, accepted) =
+        cp.api(Method::POST, &format!("/stacks/{id}/deploy/{target}?platform=kubernetes"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
     let deployment_id = accepted["id"].as_str().expect("id").to_owned();
     let deployment = cp.settled(&accepted).await;
     assert_eq!(deployment["state"], "running", "{:#?}", cp.messages(&deployment_id).await);
@@ -668,16 +663,11 @@ async fn a_local_chart_is_released_on_a_real_cluster_when_helm_and_kubeconfig_ar
     let name = format!("wf-helm-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
     let id = create_stack(&mut cp, &name, &compose).await;
     let target = agent.id();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let accepted = loop {
-        let (status, accepted) =
-            cp.api(Method::POST, &format!("/stacks/{id}/deploy/{target}?platform=kubernetes"), None).await;
-        if status == StatusCode::ACCEPTED {
-            break accepted;
-        }
-        assert!(Instant::now() < deadline, "{accepted}");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    let kubernetes = cp.capability(&target, "kubernetes").await;
+    assert_eq!(kubernetes["available"], true, "{kubernetes}");
+    let (status, accepted) =
+        cp.api(Method::POST, &format!("/stacks/{id}/deploy/{target}?platform=kubernetes"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
     let deployment_id = accepted["id"].as_str().expect("id").to_owned();
     let deployment = cp.settled(&accepted).await;
     assert_eq!(deployment["state"], "running", "{:#?}", cp.messages(&deployment_id).await);
