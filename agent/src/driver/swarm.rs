@@ -59,11 +59,7 @@ struct Existing {
 impl SwarmDriver {
     /// Connects to the local engine, which must be a Swarm manager.
     pub async fn connect() -> Result<Self, DriverError> {
-        let docker = Docker::connect_with_local_defaults()
-            .map_err(|e| DriverError::Unreachable(e.to_string()))?
-            .negotiate_version()
-            .await
-            .map_err(|e| DriverError::Unreachable(e.to_string()))?;
+        let docker = super::docker::DockerDriver::connect().await?.client().clone();
         let info = docker.info().await.map_err(engine("reading the engine's Swarm state"))?;
         if info.swarm.and_then(|s| s.control_available) != Some(true) {
             return Err(DriverError::Failed("this Docker engine is not a Swarm manager".into()));

@@ -62,9 +62,9 @@ fn load(state: &AppState, caller: &Caller, id: &str) -> Result<Found, ApiError> 
         return found.map(Found::Private).ok_or_else(|| ApiError::not_found("template"));
     }
     catalog::certified()
-        .into_iter()
+        .iter()
         .find(|t| t.slug == id)
-        .map(|t| Found::Certified(Box::new(t)))
+        .map(|t| Found::Certified(Box::new(t.clone())))
         .ok_or_else(|| ApiError::not_found("template"))
 }
 
@@ -154,7 +154,7 @@ async fn list(
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<TemplateSummary>>, ApiError> {
-    let mut found: Vec<Found> = catalog::certified().into_iter().map(|t| Found::Certified(Box::new(t))).collect();
+    let mut found: Vec<Found> = catalog::certified().iter().map(|t| Found::Certified(Box::new(t.clone()))).collect();
     found.extend(records::private_in(state.store.as_ref(), caller.org_id)?.into_iter().map(Found::Private));
     let words: Vec<String> = query.q.as_deref().unwrap_or_default().split_whitespace().map(str::to_lowercase).collect();
     let mut items = Vec::new();

@@ -294,13 +294,14 @@ pub fn check(template: &Template) -> Vec<Diagnostic> {
             }
         }
     }
-    for name in compose::interpolate::referenced_names(&template.compose) {
-        if !template.variables.iter().any(|v| v.name == name) {
+    let used = compose::interpolate::referenced_names(&template.compose);
+    for name in &used {
+        if !template.variables.iter().any(|v| &v.name == name) {
             problem("compose", format!("${{{name}}} is used but not declared under variables"));
         }
     }
     for variable in &template.variables {
-        if !compose::interpolate::referenced_names(&template.compose).contains(&variable.name) {
+        if !used.contains(&variable.name) {
             problem("variables", format!("{} is declared but the Compose file never uses it", variable.name));
         }
     }

@@ -16,7 +16,7 @@ fn every_shipped_template_reads_and_passes_every_check() {
 
 #[test]
 fn the_ten_the_plan_names_are_shipped() {
-    let slugs: Vec<String> = catalog::certified().into_iter().map(|t| t.slug).collect();
+    let slugs: Vec<String> = catalog::certified().iter().map(|t| t.slug.clone()).collect();
     for wanted in [
         "lamp",
         "mean",
@@ -45,7 +45,7 @@ fn parsed_with_defaults(template: &Template) -> compose::Parsed {
 #[test]
 fn every_shipped_template_is_pinned_wired_and_runs_on_swarm_and_kubernetes() {
     for template in catalog::certified() {
-        let parsed = parsed_with_defaults(&template);
+        let parsed = parsed_with_defaults(template);
         assert!(!parsed.spec.services.is_empty(), "{}", template.slug);
         for service in &parsed.spec.services {
             let at = format!("{}: {}", template.slug, service.name);
@@ -74,9 +74,9 @@ fn every_shipped_template_is_pinned_wired_and_runs_on_swarm_and_kubernetes() {
 
 #[test]
 fn passwords_are_generated_secret_and_never_defaulted() {
-    let wordpress = catalog::certified().into_iter().find(|t| t.slug == "wordpress").expect("wordpress");
-    let first = resolve(&wordpress, &BTreeMap::new()).expect("defaults resolve");
-    let second = resolve(&wordpress, &BTreeMap::new()).expect("defaults resolve");
+    let wordpress = catalog::certified().iter().find(|t| t.slug == "wordpress").expect("wordpress");
+    let first = resolve(wordpress, &BTreeMap::new()).expect("defaults resolve");
+    let second = resolve(wordpress, &BTreeMap::new()).expect("defaults resolve");
     let password = first.secrets.get("DB_PASSWORD").expect("generated into the secrets");
     assert_eq!(password.len(), 24);
     assert_ne!(Some(password), second.secrets.get("DB_PASSWORD"), "each deploy gets its own");
@@ -122,13 +122,13 @@ fn each_variable_type_refuses_what_it_cannot_be() {
 
 #[test]
 fn a_deploy_names_every_variable_it_refuses() {
-    let wordpress = catalog::certified().into_iter().find(|t| t.slug == "wordpress").expect("wordpress");
+    let wordpress = catalog::certified().iter().find(|t| t.slug == "wordpress").expect("wordpress");
     let given = BTreeMap::from([
         ("HTTP_PORT".to_owned(), "99999".to_owned()),
         ("DB_PASSWORD".to_owned(), "short".to_owned()),
         ("NOPE".to_owned(), "x".to_owned()),
     ]);
-    let refused = resolve(&wordpress, &given).expect_err("refused");
+    let refused = resolve(wordpress, &given).expect_err("refused");
     let names: Vec<&str> = refused.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(names, ["NOPE", "HTTP_PORT", "DB_PASSWORD"], "{refused:?}");
 }
