@@ -617,6 +617,9 @@ async fn deploy(
         variables: resolved.variables,
         secrets: resolved.secrets,
     };
+    if let Ok(parsed) = crate::stacks::validate(&name, &content) {
+        check_ports_free(&state, &template, &content, &parsed.spec, &target)?;
+    }
     let saved = crate::stacks::create(
         state.store.as_ref(),
         &state.master_key,
@@ -665,6 +668,61 @@ fn check_requirements(state: &AppState, template: &Template, target: &crate::age
         ));
     }
     Ok(())
+}
+
+/// Refuses host ports that another deployment on the target already publishes (on Docker and
+/// Swarm, where a host port is the host's), naming the variable that chose the port when one did.
+fn check_ports_free(
+    state: &AppState,
+    template: &Template,
+    content: &crate::stacks::Content,
+    spec: &windflow_protocol::stack::StackSpec,
+    target: &crate::agents::Agent,
+) -> Result<(), ApiError> {
+    let wanted = published_ports(spec);
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let neighbours = crate::deployments::list_in(state.store.as_ref(), target.org_id)?;
+    let running = neighbours.iter().filter(|d| {
+        d.target_id == target.id
+            && d.desired == crate::deployments::Desired::Running
+            && matches!(d.platform, windflow_protocol::Platform::Docker | windflow_protocol::Platform::Swarm)
+    });
+    for other in running {
+        let version = other.running_version.unwrap_or(other.version);
+        let Ok(parsed) = crate::deployments::desired_spec(state.store.as_ref(), &state.master_key, other, version) else {
+            continue;
+        };
+        let taken = published_ports(&parsed.spec);
+        if let Some((port, protocol)) = wanted.iter().find(|p| taken.contains(p)) {
+            let chooser = template.variables.iter().find(|v| {
+                v.kind == templates::VariableKind::Port
+                    && content.variables.get(&v.name).is_some_and(|value| value == &port.to_string())
+            });
+            let field = chooser.map_or("requirements.ports".to_string(), |v| format!("variables.{}", v.name));
+            let advice = chooser.map_or(String::new(), |v| format!("; choose another {}", v.name));
+            return Err(ApiError::invalid(
+                &field,
+                format!("port {port}/{protocol} is already published on this target by project {}{advice}", other.project),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn published_ports(spec: &windflow_protocol::stack::StackSpec) -> Vec<(u16, &'static str)> {
+    spec.services
+        .iter()
+        .flat_map(|s| &s.ports)
+        .filter_map(|p| {
+            let protocol = match p.protocol {
+                windflow_protocol::stack::Protocol::Tcp => "tcp",
+                windflow_protocol::stack::Protocol::Udp => "udp",
+            };
+            Some((p.host_port?, protocol))
+        })
+        .collect()
 }
 
 /// A Portainer app-template file to import: its content (an uploaded file), or where to fetch it.
