@@ -200,6 +200,8 @@ pub struct TemplateDetail {
     template: Template,
     /// Every version, newest first.
     versions: Vec<String>,
+    /// The template written as its file: where the next version's file starts from.
+    file: String,
 }
 
 /// One template, certified (by slug) or the organisation's own (by id).
@@ -219,7 +221,10 @@ fn detail(state: &AppState, found: &Found) -> Result<TemplateDetail, ApiError> {
         Found::Certified(t) => vec![t.version.clone()],
         Found::Private(p) => p.versions.iter().rev().map(|t| t.version.clone()).collect(),
     };
-    Ok(TemplateDetail { summary: summary(state, found)?, template: found.latest().clone(), versions })
+    let template = found.latest().clone();
+    let file = serde_yaml::to_string(&template)
+        .map_err(|e| ApiError::internal(format!("writing template {} as YAML: {e}", template.slug)))?;
+    Ok(TemplateDetail { summary: summary(state, found)?, template, versions, file })
 }
 
 /// A template file, as `docs/templates.md` describes it.

@@ -199,3 +199,12 @@ fn an_invalid_template_is_refused_with_the_path_of_each_problem() {
     let bad_version = MINIMAL.replace("version: 1.0.0\ndescription", "version: one\ndescription");
     assert_eq!(paths(&bad_version), ["version", "changelog"]);
 }
+
+#[test]
+fn a_template_written_back_as_a_file_reads_the_same() {
+    for template in catalog::certified() {
+        let file = serde_yaml::to_string(template).expect("writes");
+        assert_eq!(&parse(&file).expect("reads back"), template, "{}", template.slug);
+        assert!(file.contains("compose: |"), "the Compose file stays a block: {file}");
+    }
+}

@@ -2463,6 +2463,8 @@ export interface components {
             template: components["schemas"]["Template"];
             /** @description Every version, newest first. */
             versions: string[];
+            /** @description The template written as its file: where the next version's file starts from. */
+            file: string;
         };
         /** @description A template file, as `docs/templates.md` describes it. */
         TemplateFile: {

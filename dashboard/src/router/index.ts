@@ -26,6 +26,8 @@ export const router = createRouter({
         { path: 'stacks', name: 'stacks', component: page(() => import('@/views/StacksView.vue')) },
         { path: 'stacks/new', name: 'stack-new', component: page(() => import('@/views/StackView.vue')) },
         { path: 'stacks/:id', name: 'stack', component: page(() => import('@/views/StackView.vue')), props: true },
+        { path: 'marketplace', name: 'marketplace', component: page(() => import('@/views/MarketplaceView.vue')) },
+        { path: 'marketplace/:id', name: 'template', component: page(() => import('@/views/TemplateView.vue')), props: true },
         { path: 'deployments', name: 'deployments', component: page(() => import('@/views/DeploymentsView.vue')) },
         {
           path: 'deployments/:id',

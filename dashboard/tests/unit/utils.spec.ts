@@ -4,6 +4,7 @@ import { lineOfPath, parsePath } from '@/utils/yamlPath'
 import { LogBuffer } from '@/utils/logBuffer'
 import { ago, bytes, labelList, parseLabels, stateType } from '@/utils/format'
 import { parseEvents } from '@/api/sse'
+import { initialValue, refuse, valuesToSend, type Variable } from '@/utils/templateVariables'
 
 describe('CSV for bulk onboarding', () => {
   it('reads quoted fields, blank lines and both line endings', () => {
@@ -95,5 +96,36 @@ describe('resuming a log stream', () => {
     expect(resync(line(3), [line(1), line(2)])).toEqual({ fresh: [], caughtUp: false })
     expect(resync(line(3), [line(5), line(6)])).toEqual({ fresh: [line(5), line(6)], caughtUp: true })
     expect(resync(undefined, [line(1)])).toEqual({ fresh: [line(1)], caughtUp: true })
+  })
+})
+
+describe("a template's deploy form", () => {
+  const variable = (over: Partial<Variable>): Variable => ({ name: 'X', label: 'X', type: 'string', required: false, secret: false, options: [], ...over })
+  it('starts from the default, the first option or false', () => {
+    expect(initialValue(variable({ default: '8080', type: 'port' }))).toBe('8080')
+    expect(initialValue(variable({ type: 'enum', options: ['a', 'b'] }))).toBe('a')
+    expect(initialValue(variable({ type: 'boolean' }))).toBe('false')
+    expect(initialValue(variable({ type: 'password' }))).toBe('')
+  })
+  it('asks for required values, except passwords, which are generated', () => {
+    expect(refuse(variable({ required: true, label: 'Site name' }), '')).toEqual({ key: 'isRequired', params: { label: 'Site name' } })
+    expect(refuse(variable({ required: true, type: 'password' }), '')).toBeNull()
+    expect(refuse(variable({ type: 'password' }), 'short')?.key).toBe('badPassword')
+  })
+  it('checks each type as the control plane does', () => {
+    expect(refuse(variable({ type: 'port' }), '99999')?.key).toBe('badPort')
+    expect(refuse(variable({ type: 'port' }), '8080')).toBeNull()
+    expect(refuse(variable({ type: 'integer' }), '1.5')?.key).toBe('badInteger')
+    expect(refuse(variable({ type: 'url' }), 'ftp://x')?.key).toBe('badUrl')
+    expect(refuse(variable({ type: 'email' }), 'me@example')?.key).toBe('badEmail')
+    expect(refuse(variable({ type: 'email' }), 'me@example.org')).toBeNull()
+  })
+  it('matches the whole value against the pattern', () => {
+    const lower = variable({ pattern: '[a-z]+' })
+    expect(refuse(lower, 'abc')).toBeNull()
+    expect(refuse(lower, 'abc1')).toEqual({ key: 'badPattern', params: { pattern: '[a-z]+' } })
+  })
+  it('sends only what was filled in', () => {
+    expect(valuesToSend({ A: '1', B: '' })).toEqual({ A: '1' })
   })
 })
