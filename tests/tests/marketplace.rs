@@ -200,7 +200,10 @@ async fn private_templates_stay_in_their_organisation_are_versioned_and_deploy_i
     // A port another deployment of the target publishes is refused, naming the variable.
     let again = json!({"target_id": target, "variables": {"PORT": port.to_string()}, "stack_name": "market-2"});
     let (status, refused) = cp.api(Method::POST, &format!("/templates/{id}/deploy"), Some(again)).await;
-    assert_eq!((status, refused["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("variables.PORT")));
+    assert_eq!(
+        (status, refused["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("variables.PORT"))
+    );
     assert!(refused["error"]["message"].as_str().is_some_and(|m| m.contains(&format!("port {port}/tcp"))), "{refused}");
 
     // A stack becomes a template: its variables as defaults, its secrets as passwords.

@@ -696,7 +696,8 @@ fn check_ports_free(
     });
     for other in running {
         let version = other.running_version.unwrap_or(other.version);
-        let Ok(parsed) = crate::deployments::desired_spec(state.store.as_ref(), &state.master_key, other, version) else {
+        let Ok(parsed) = crate::deployments::desired_spec(state.store.as_ref(), &state.master_key, other, version)
+        else {
             continue;
         };
         let taken = published_ports(&parsed.spec);
@@ -709,7 +710,10 @@ fn check_ports_free(
             let advice = chooser.map_or(String::new(), |v| format!("; choose another {}", v.name));
             return Err(ApiError::invalid(
                 &field,
-                format!("port {port}/{protocol} is already published on this target by project {}{advice}", other.project),
+                format!(
+                    "port {port}/{protocol} is already published on this target by project {}{advice}",
+                    other.project
+                ),
             ));
         }
     }
