@@ -5,6 +5,9 @@ export ROOT
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Build output lives outside the clone so that a fresh clone (as in CI) reuses earlier builds.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/windflow/target}"
+# A CI run builds each clone once: incremental state would only pile up in the shared cache
+# (a directory per clone, never reused).
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # memory-serve (which embeds the dashboard) would list every asset as a cargo warning.
 export MEMORY_SERVE_QUIET=1
