@@ -31,3 +31,4 @@ pub mod stacks;
 pub mod store;
 pub mod templates;
 pub mod totp;
+pub mod workflows;

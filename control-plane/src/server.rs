@@ -136,6 +136,10 @@ pub async fn serve(
     let reconciler =
         crate::deployments::Reconciler::new(store.clone(), hub.clone(), events, audit.clone(), master_key.clone());
     let (migration_store, migration_audit) = (store.clone(), audit.clone());
+    let runner = Arc::new(crate::api::workflow_actions::ApiRunner::new(
+        crate::api::outbound_http(std::time::Duration::from_secs(60)).map_err(|e| anyhow::anyhow!(e))?,
+    ));
+    let workflows = crate::workflows::engine::Engine::new(store.clone(), runner.clone());
     let state = AppState {
         store: store.clone(),
         pki: pki.clone(),
@@ -152,7 +156,13 @@ pub async fn serve(
             config.token_rate_limit.saturating_mul(3),
         ),
         settings: Arc::new(settings.clone()),
+        workflows: workflows.clone(),
     };
+    runner.attach(state.clone());
+    let resumed = workflows.resume_all()?;
+    if resumed > 0 {
+        tracing::info!(resumed, "workflow runs resumed");
+    }
 
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?

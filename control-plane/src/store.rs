@@ -55,10 +55,17 @@ pub enum Table {
     TemplateReviews,
     /// Key: the template's id.
     TemplateStats,
+    Workflows,
+    /// Key: workflow id, then the version number big-endian.
+    WorkflowVersions,
+    /// Key: workflow id, then run id (time-ordered).
+    WorkflowRuns,
+    /// Key: run id, then a big-endian sequence number.
+    WorkflowLogs,
 }
 
 impl Table {
-    const ALL: [Table; 18] = [
+    const ALL: [Table; 22] = [
         Table::Users,
         Table::Sessions,
         Table::JoinTokens,
@@ -77,6 +84,10 @@ impl Table {
         Table::Templates,
         Table::TemplateReviews,
         Table::TemplateStats,
+        Table::Workflows,
+        Table::WorkflowVersions,
+        Table::WorkflowRuns,
+        Table::WorkflowLogs,
     ];
 
     fn name(self) -> &'static str {
@@ -99,6 +110,10 @@ impl Table {
             Table::Templates => "templates",
             Table::TemplateReviews => "template_reviews",
             Table::TemplateStats => "template_stats",
+            Table::Workflows => "workflows",
+            Table::WorkflowVersions => "workflow_versions",
+            Table::WorkflowRuns => "workflow_runs",
+            Table::WorkflowLogs => "workflow_logs",
         }
     }
 
@@ -473,7 +488,7 @@ mod tests {
             let store = SledStore::open(dir.path()).expect("open");
             store.save(&Thing { id: 1, name: "a".into() }).expect("save");
         }
-        let store = SledStore::open(dir.path()).expect("reopen");
+        let store = reopen(dir.path());
         assert_eq!(store.load::<Thing>(&1u32.to_be_bytes()).expect("load"), Some(Thing { id: 1, name: "a".into() }));
     }
 
@@ -486,6 +501,21 @@ mod tests {
         let stale = Thing { id: 1, name: "stale".into() };
         assert!(!store.replace(&stale, &Thing { id: 1, name: "b".into() }).expect("ran"));
         assert_eq!(store.load::<Thing>(&old.key()).expect("load"), Some(old));
+    }
+
+    /// Opens a store again; sled lets go of its file lock a moment after the last handle is
+    /// dropped (its flusher thread ends on its own), so the lock may still be held at first.
+    fn reopen(path: &Path) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match SledStore::open(path) {
+                Ok(store) => return store,
+                Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        }
     }
 
     #[test]
@@ -502,7 +532,7 @@ mod tests {
             let (total, page) = store.load_page::<Thing>(1, 2).expect("page");
             assert_eq!((total, page.iter().map(|t| t.id).collect::<Vec<_>>()), (5, vec![2, 3]));
         }
-        let store = SledStore::open(dir.path()).expect("reopen");
+        let store = reopen(dir.path());
         assert_eq!(store.load_page::<Thing>(0, 10).expect("page").0, 5);
     }
 
@@ -521,7 +551,7 @@ mod tests {
             let (total, page) = store.page_prefix(Table::OrgTargets, &[1; 16], 1, 5).expect("page");
             assert_eq!((total, page.len()), (3, 2));
         }
-        let store = SledStore::open(dir.path()).expect("reopen");
+        let store = reopen(dir.path());
         assert_eq!(store.page_prefix(Table::OrgTargets, &[1; 16], 0, 0).expect("page").0, 3);
         assert_eq!(store.page_prefix(Table::OrgTargets, &[2; 16], 0, 9).expect("page").1.len(), 1);
     }

@@ -3,6 +3,7 @@
 //! when its handle drops, so a failing test leaves nothing running.
 
 pub mod fake_kube;
+pub mod isolated_browser;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -41,7 +41,12 @@ async fn people_sign_in_add_a_server_write_deploy_watch_roll_back_and_delete_a_s
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let output = Command::new("node")
+    // The browser in a network namespace of its own: the containers this test starts and stops
+    // change the host's interfaces, which would abort the browser's requests.
+    let browser =
+        windflow_tests::isolated_browser::IsolatedBrowser::relaying(cp.api_port).expect("the browser's namespace");
+    let output = browser
+        .command("node")
         .arg("tests/e2e/run.mjs")
         .current_dir(&dashboard)
         .env("WINDFLOW_URL", cp.url(""))

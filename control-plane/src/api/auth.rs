@@ -65,8 +65,17 @@ pub fn access(method: &Method, path: &str) -> Access {
         (&Method::POST, ["templates", _, "reviews"]) | (&Method::PUT, ["templates", _, "reviews", "mine"]) => {
             Access { scope: Some(Scope::Deploy), role: Some(Role::Viewer) }
         }
-        // Checking a Compose file saves nothing.
-        (&Method::POST, ["stacks", "validate"]) => Access { scope: Some(Scope::Read), role: Some(Role::Viewer) },
+        // Checking a Compose file or a workflow saves nothing.
+        (&Method::POST, ["stacks" | "workflows", "validate"]) => {
+            Access { scope: Some(Scope::Read), role: Some(Role::Viewer) }
+        }
+        // Running a workflow, cancelling a run and answering its approvals operate; drawing one
+        // (which decides what runs will do) is an admin's.
+        (&Method::POST, ["workflows", _, "runs"])
+        | (&Method::POST, ["workflows", _, "runs", _, "cancel"])
+        | (&Method::POST, ["workflows", _, "runs", _, "approvals", _]) => {
+            Access { scope: Some(Scope::Deploy), role: Some(Role::Operator) }
+        }
         (_, ["stacks", _, "deploy", _])
         | (_, ["deployments", _, "rollback" | "scale"])
         | (_, ["deployments", _, "migrate", _])
@@ -568,6 +577,12 @@ mod tests {
             (Method::PUT, "/api/v1/templates/wordpress/reviews/mine", org(Scope::Deploy, Role::Viewer)),
             (Method::POST, "/api/v1/templates/wordpress/deploy", org(Scope::Admin, Role::Admin)),
             (Method::POST, "/api/v1/templates", org(Scope::Admin, Role::Admin)),
+            (Method::POST, "/api/v1/workflows", org(Scope::Admin, Role::Admin)),
+            (Method::POST, "/api/v1/workflows/validate", org(Scope::Read, Role::Viewer)),
+            (Method::POST, "/api/v1/workflows/x/runs", org(Scope::Deploy, Role::Operator)),
+            (Method::POST, "/api/v1/workflows/x/runs/y/cancel", org(Scope::Deploy, Role::Operator)),
+            (Method::POST, "/api/v1/workflows/x/runs/y/approvals/z", org(Scope::Deploy, Role::Operator)),
+            (Method::GET, "/api/v1/workflows/x/runs/y", org(Scope::Read, Role::Viewer)),
             (Method::GET, "/api/v1/migrations", org(Scope::Read, Role::Viewer)),
             (Method::DELETE, "/api/v1/deployments/x", org(Scope::Deploy, Role::Operator)),
             (Method::POST, "/api/v1/targets/x/test", org(Scope::Deploy, Role::Operator)),

@@ -123,6 +123,12 @@ pub struct DeploymentView {
 
 /// The deployment with, per service, what is desired (from the stack version) next to what the
 /// agent last observed.
+impl DeploymentView {
+    pub(super) fn id(&self) -> Uuid {
+        self.id
+    }
+}
+
 pub fn view(state: &AppState, deployment: &Deployment) -> DeploymentView {
     let stack = stacks::get(state.store.as_ref(), deployment.stack_id).ok().flatten();
     let target = crate::agents::get(state.store.as_ref(), deployment.target_id).ok().flatten();
@@ -615,9 +621,19 @@ async fn remove(
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<RemoveQuery>,
 ) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
-    let deployment = load(&state, &caller, &id)?;
+    remove_deployment(&state, &caller, &id, query.volumes)
+}
+
+/// The body of `DELETE /deployments/{id}`, also a workflow's remove node.
+pub(super) fn remove_deployment(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    volumes: bool,
+) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
+    let deployment = load(state, caller, id)?;
     let deployment = deployments::modify(state.store.as_ref(), deployment.id, |d| {
-        d.desired = Desired::Removed { volumes: query.volumes };
+        d.desired = Desired::Removed { volumes };
         d.generation += 1;
         if d.state != DeploymentState::Removed {
             d.state = DeploymentState::Removing;
@@ -625,9 +641,9 @@ async fn remove(
     })?
     .ok_or_else(|| ApiError::not_found("deployment"))?;
     Ok(accepted(
-        &state,
+        state,
         &deployment,
-        format!("{} asked for removal{}", caller.username, if query.volumes { " with volumes" } else { "" }),
+        format!("{} asked for removal{}", caller.username, if volumes { " with volumes" } else { "" }),
     ))
 }
 
@@ -640,8 +656,18 @@ async fn rollback(
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<VersionQuery>,
 ) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
-    let deployment = load(&state, &caller, &id)?;
-    let target_version = match query.version {
+    rollback_deployment(&state, &caller, &id, query.version)
+}
+
+/// The body of `POST /deployments/{id}/rollback`, also a workflow's rollback node.
+pub(super) fn rollback_deployment(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    version: Option<u32>,
+) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
+    let deployment = load(state, caller, id)?;
+    let target_version = match version {
         Some(version) => version,
         None => deployment.version.checked_sub(1).filter(|v| *v >= 1).ok_or_else(|| {
             ApiError::new(Code::NoPreviousVersion, "version 1 has no previous version; pass ?version=N")
@@ -661,7 +687,7 @@ async fn rollback(
         d.reason = None;
     })?
     .ok_or_else(|| ApiError::not_found("deployment"))?;
-    Ok(accepted(&state, &deployment, format!("{} asked to roll back to version {target_version}", caller.username)))
+    Ok(accepted(state, &deployment, format!("{} asked to roll back to version {target_version}", caller.username)))
 }
 
 /// Most replicas one service may be scaled to.
@@ -752,34 +778,41 @@ async fn scale(
     Path(id): Path<String>,
     ApiJson(request): ApiJson<ScaleRequest>,
 ) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
-    let deployment = load(&state, &caller, &id)?;
+    scale_deployment(&state, &caller, &id, &request.service, request.replicas)
+}
+
+/// The body of `POST /deployments/{id}/scale`, also a workflow's scale node.
+pub(super) fn scale_deployment(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    service: &str,
+    replicas: u32,
+) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
+    let deployment = load(state, caller, id)?;
     if deployment.desired != Desired::Running {
         return Err(ApiError::new(Code::Conflict, "the deployment is being removed or was removed"));
     }
-    if request.replicas > MAX_REPLICAS {
+    if replicas > MAX_REPLICAS {
         return Err(ApiError::invalid("replicas", format!("at most {MAX_REPLICAS} replicas")));
     }
     let crate::compose::Parsed { spec, swarm, .. } =
         deployments::desired_spec(state.store.as_ref(), &state.master_key, &deployment, deployment.version)
             .map_err(ApiError::internal)?;
-    if !spec.services.iter().any(|s| s.name == request.service) {
-        return Err(ApiError::invalid("service", format!("the stack has no service {:?}", request.service)));
+    if !spec.services.iter().any(|s| s.name == service) {
+        return Err(ApiError::invalid("service", format!("the stack has no service {service:?}")));
     }
-    if deployment.platform == Platform::Swarm && swarm.services.get(&request.service).is_some_and(|s| s.global) {
+    if deployment.platform == Platform::Swarm && swarm.services.get(service).is_some_and(|s| s.global) {
         return Err(ApiError::invalid("service", "a global service runs one task per node; it cannot be scaled"));
     }
     let deployment = deployments::modify(state.store.as_ref(), deployment.id, |d| {
-        d.scale.insert(request.service.clone(), request.replicas);
+        d.scale.insert(service.to_owned(), replicas);
         d.generation += 1;
         d.state = DeploymentState::Pending;
         d.reason = None;
     })?
     .ok_or_else(|| ApiError::not_found("deployment"))?;
-    Ok(accepted(
-        &state,
-        &deployment,
-        format!("{} scaled {} to {} replicas", caller.username, request.service, request.replicas),
-    ))
+    Ok(accepted(state, &deployment, format!("{} scaled {service} to {replicas} replicas", caller.username)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

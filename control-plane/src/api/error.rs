@@ -48,6 +48,7 @@ codes! {
     InvalidField = UNPROCESSABLE_ENTITY, "invalid_field", "A field has a value this route refuses; `field` names it.";
     InvalidCompose = UNPROCESSABLE_ENTITY, "invalid_compose", "The Compose file does not validate; `details.errors` say where (path, or line and column).";
     InvalidTemplate = UNPROCESSABLE_ENTITY, "invalid_template", "The template does not pass its checks; `details.errors` say where (path, or line and column).";
+    InvalidWorkflow = UNPROCESSABLE_ENTITY, "invalid_workflow", "The workflow does not pass its checks; `details.problems` name the node or edge of each.";
     IncompatibleStack = UNPROCESSABLE_ENTITY, "incompatible_stack", "The stack uses what the target's platform cannot do; `details.findings` list each (path, message, blocking).";
     PlatformUnavailable = UNPROCESSABLE_ENTITY, "platform_unavailable", "The target cannot drive the platform the deploy needs (no such driver, no cluster access); the message gives the agent's reason.";
     WeakPassword = UNPROCESSABLE_ENTITY, "weak_password", "The password breaks the password policy.";

@@ -20,6 +20,8 @@ pub mod targets;
 pub mod templates;
 pub mod totp;
 pub mod users;
+pub mod workflow_actions;
+pub mod workflows;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -75,6 +77,7 @@ pub struct AppState {
     /// Requests per credential; `None` when that limit is off.
     pub credential_limiter: Option<Arc<hardening::CredentialLimiter>>,
     pub settings: Arc<Settings>,
+    pub workflows: Arc<crate::workflows::engine::Engine>,
 }
 
 /// Every route under `/api/v1`, each documented in the OpenAPI document as it is registered.
@@ -88,6 +91,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(deployments::routes())
         .merge(migrations::routes())
         .merge(templates::routes())
+        .merge(workflows::routes())
         .merge(audit::routes())
         .merge(orgs::routes())
         .merge(users::routes())
@@ -231,4 +235,25 @@ pub fn rfc3339_ms(unix_ms: u64) -> String {
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_default()
+}
+
+/// An HTTP client for what the control plane fetches or calls on people's behalf (template
+/// files, workflow requests and notifications): the system's trusted roots, at most three
+/// redirects, and a time limit.
+pub fn outbound_http(timeout: std::time::Duration) -> Result<reqwest::Client, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .timeout(timeout)
+        .build()
+        .map_err(|e| e.to_string())
 }

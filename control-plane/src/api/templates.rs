@@ -771,22 +771,7 @@ const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 const FETCH_LIMIT: usize = 5 * 1024 * 1024;
 
 fn fetcher() -> Result<reqwest::Client, ApiError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    let tls =
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(ApiError::internal)?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .redirect(reqwest::redirect::Policy::limited(3))
-        .timeout(FETCH_TIMEOUT)
-        .build()
-        .map_err(ApiError::internal)
+    super::outbound_http(FETCH_TIMEOUT).map_err(ApiError::internal)
 }
 
 /// The body at `url`, up to FETCH_LIMIT bytes, or why not.

@@ -1250,10 +1250,297 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/workflows": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The organisation's workflows. */
+        get: operations["workflows_list"];
+        put?: never;
+        /** Creates a workflow (version 1). */
+        post: operations["workflows_create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/workflows/validate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Checks a graph without saving anything: every problem, with its node or edge. */
+        post: operations["workflows_validate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/workflows/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A workflow and its latest graph. */
+        get: operations["workflows_show"];
+        /** Saves a new version (runs already started keep theirs). */
+        put: operations["workflows_update"];
+        post?: never;
+        /** Deletes a workflow with its versions and runs; its runs still going are cancelled first. */
+        delete: operations["workflows_remove"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/workflows/{id}/runs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The workflow's runs, newest first. */
+        get: operations["workflows_runs"];
+        put?: never;
+        /** Starts a run from a manual trigger (queued when the workflow runs as many as it may). */
+        post: operations["workflows_start"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/workflows/{id}/runs/{run_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One run: every step's status, attempts, output and error. */
+        get: operations["workflows_run"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/workflows/{id}/runs/{run_id}/approvals/{node}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Approves or rejects an approval node that waits. */
+        post: operations["workflows_approve"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/workflows/{id}/runs/{run_id}/cancel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Cancels a run: its running nodes stop, the rest is cancelled. */
+        post: operations["workflows_cancel"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/workflows/{id}/runs/{run_id}/logs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** What the run's steps wrote, in order. */
+        get: operations["workflows_run_logs"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/workflows/{id}/versions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Every version, newest first. */
+        get: operations["workflows_versions"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /**
+         * @description A node's kind and its settings. Text settings are templates over the run so far
+         *     (`{{ nodes.deploy.output.state }}`, `{{ trigger.deployment_id }}`).
+         */
+        Action: {
+            /** @description A trigger: someone starts a run, in the dashboard or through the API. */
+            config: Record<string, never>;
+            /** @enum {string} */
+            type: "manual";
+        } | {
+            /** @description A trigger: a cron schedule (five fields, UTC), each occurrence once. */
+            config: {
+                schedule: string;
+            };
+            /** @enum {string} */
+            type: "cron";
+        } | {
+            /** @description A trigger: something happens in the organisation. */
+            config: {
+                events: components["schemas"]["EventKind"][];
+            };
+            /** @enum {string} */
+            type: "event";
+        } | {
+            /** @description A trigger: a POST to the workflow's webhook URL, signed with its secret. */
+            config: Record<string, never>;
+            /** @enum {string} */
+            type: "webhook";
+        } | {
+            /** @description Deploys a stack (by id or name) to a target (by id or name) and waits for it to settle. */
+            config: {
+                stack: string;
+                target: string;
+                version?: string | null;
+                platform?: string | null;
+            };
+            /** @enum {string} */
+            type: "deploy";
+        } | {
+            /** @description Rolls a deployment back to a version (the one before, by default). */
+            config: {
+                deployment: string;
+                version?: string | null;
+            };
+            /** @enum {string} */
+            type: "rollback";
+        } | {
+            /** @description Sets a service's replicas. */
+            config: {
+                deployment: string;
+                service: string;
+                replicas: string;
+            };
+            /** @enum {string} */
+            type: "scale";
+        } | {
+            /** @description Removes a deployment. */
+            config: {
+                deployment: string;
+                volumes?: boolean;
+            };
+            /** @enum {string} */
+            type: "remove";
+        } | {
+            /** @description Leaves by `true` or `false`, as its expression says. */
+            config: {
+                expression: string;
+            };
+            /** @enum {string} */
+            type: "condition";
+        } | {
+            /** @description Leaves by the first case equal to its expression's value, else by `default`. */
+            config: {
+                expression: string;
+                cases: string[];
+            };
+            /** @enum {string} */
+            type: "switch";
+        } | {
+            /** @description Waits, then goes on. */
+            config: {
+                /** Format: int64 */
+                seconds: number;
+            };
+            /** @enum {string} */
+            type: "wait";
+        } | {
+            /** @description Waits for a person to approve (port `approved`) or reject (port `rejected`). */
+            config: {
+                message: string;
+            };
+            /** @enum {string} */
+            type: "approval";
+        } | {
+            /** @description An HTTP request; its output is the status, headers and body (JSON when it is). */
+            config: {
+                method?: string;
+                url: string;
+                headers?: {
+                    [key: string]: string;
+                };
+                body?: string | null;
+            };
+            /** @enum {string} */
+            type: "http";
+        } | {
+            /** @description A jq filter (jaq) over its input (the previous node's output, by default). */
+            config: {
+                filter: string;
+                input?: string | null;
+            };
+            /** @enum {string} */
+            type: "transform";
+        } | {
+            /** @description A notification. */
+            config: {
+                channel: components["schemas"]["Channel"];
+                title?: string;
+                message: string;
+            };
+            /** @enum {string} */
+            type: "notify";
+        } | {
+            /** @description Asks a language model. */
+            config: {
+                prompt: string;
+            };
+            /** @enum {string} */
+            type: "llm";
+        };
         /** @description What the organisation's deployments did on one day (UTC). */
         ActivityDay: {
             /** @example 2026-11-25 */
@@ -1270,6 +1557,9 @@ export interface components {
         AddMember: {
             username: string;
             role: components["schemas"]["Role"];
+        };
+        ApprovalDecision: {
+            approved: boolean;
         };
         BTreeMap: {
             [key: string]: string;
@@ -1300,6 +1590,16 @@ export interface components {
             date: string;
             changes: string[];
         };
+        /** @description Where a notification goes. */
+        Channel: {
+            url: string;
+            /** @enum {string} */
+            kind: "webhook";
+        } | {
+            url: string;
+            /** @enum {string} */
+            kind: "slack";
+        };
         CloneStack: {
             name: string;
         };
@@ -1310,6 +1610,7 @@ export interface components {
          *     - `invalid_field` (422): A field has a value this route refuses; `field` names it.
          *     - `invalid_compose` (422): The Compose file does not validate; `details.errors` say where (path, or line and column).
          *     - `invalid_template` (422): The template does not pass its checks; `details.errors` say where (path, or line and column).
+         *     - `invalid_workflow` (422): The workflow does not pass its checks; `details.problems` name the node or edge of each.
          *     - `incompatible_stack` (422): The stack uses what the target's platform cannot do; `details.findings` list each (path, message, blocking).
          *     - `platform_unavailable` (422): The target cannot drive the platform the deploy needs (no such driver, no cluster access); the message gives the agent's reason.
          *     - `weak_password` (422): The password breaks the password policy.
@@ -1358,7 +1659,7 @@ export interface components {
          *     - `internal` (500): An internal error; the control plane's log says more.
          * @enum {string}
          */
-        Code: "invalid_body" | "invalid_query" | "invalid_field" | "invalid_compose" | "invalid_template" | "incompatible_stack" | "platform_unavailable" | "weak_password" | "unauthenticated" | "bad_credentials" | "bad_refresh_token" | "second_factor_required" | "bad_second_factor" | "bad_mfa_token" | "sso_failed" | "join_token_invalid" | "forbidden" | "insufficient_scope" | "session_required" | "org_requires_second_factor" | "account_disabled" | "join_token_revoked" | "join_token_expired" | "join_token_used_up" | "join_token_malformed" | "not_found" | "conflict" | "name_taken" | "user_exists" | "already_member" | "last_owner" | "org_not_empty" | "self_change" | "stack_in_use" | "target_revoked" | "no_previous_version" | "totp_already_enabled" | "totp_not_enrolled" | "sso_not_configured" | "agent_not_connected" | "too_many_attempts" | "rate_limited" | "payload_too_large" | "agent_link_failed" | "job_refused" | "job_failed" | "sso_provider_unavailable" | "agent_binary_missing" | "agent_timeout" | "timeout" | "internal";
+        Code: "invalid_body" | "invalid_query" | "invalid_field" | "invalid_compose" | "invalid_template" | "invalid_workflow" | "incompatible_stack" | "platform_unavailable" | "weak_password" | "unauthenticated" | "bad_credentials" | "bad_refresh_token" | "second_factor_required" | "bad_second_factor" | "bad_mfa_token" | "sso_failed" | "join_token_invalid" | "forbidden" | "insufficient_scope" | "session_required" | "org_requires_second_factor" | "account_disabled" | "join_token_revoked" | "join_token_expired" | "join_token_used_up" | "join_token_malformed" | "not_found" | "conflict" | "name_taken" | "user_exists" | "already_member" | "last_owner" | "org_not_empty" | "self_change" | "stack_in_use" | "target_revoked" | "no_previous_version" | "totp_already_enabled" | "totp_not_enrolled" | "sso_not_configured" | "agent_not_connected" | "too_many_attempts" | "rate_limited" | "payload_too_large" | "agent_link_failed" | "job_refused" | "job_failed" | "sso_provider_unavailable" | "agent_binary_missing" | "agent_timeout" | "timeout" | "internal";
         CodeRequest: {
             /**
              * @description Six digits from the authenticator app.
@@ -1555,6 +1856,12 @@ export interface components {
             swarm: string;
             swarm_node_id?: string | null;
         };
+        /** @description An edge: when `from` leaves by `port`, `to` may run. */
+        Edge: {
+            from: string;
+            port?: string;
+            to: string;
+        };
         EnrollRequest: {
             /** @description A join token (`wfj_…`). */
             token: string;
@@ -1627,6 +1934,11 @@ export interface components {
             /** @description Structured extras, e.g. every diagnostic of a refused Compose file. */
             details?: unknown;
         };
+        /**
+         * @description What happens that starts a run.
+         * @enum {string}
+         */
+        EventKind: "deployment_succeeded" | "deployment_failed" | "drift_repaired" | "agent_connected" | "agent_disconnected";
         /** @description A step of a deployment's history: progress, a drift repair, a failure. */
         EventView: {
             /** Format: int64 */
@@ -1690,6 +2002,10 @@ export interface components {
             /** @enum {string} */
             category: "cms" | "database" | "dev-tools" | "monitoring" | "storage" | "communication" | "security" | "automation" | "networking" | "messaging" | "search" | "web-stack";
             tags?: string[];
+        };
+        Graph: {
+            nodes: components["schemas"]["Node"][];
+            edges?: components["schemas"]["Edge"][];
         };
         GroupRole: {
             group: string;
@@ -1864,6 +2180,27 @@ export interface components {
                 orgs: components["schemas"]["OrgRole"][];
             }[];
         };
+        /** @description A whole list, not paged (short by nature: an organisation's members, a user's tokens). */
+        Items_WorkflowLogLine: {
+            items: {
+                /** Format: int64 */
+                seq: number;
+                node: string;
+                /** Format: int64 */
+                at_ms: number;
+                message: string;
+            }[];
+        };
+        /** @description A whole list, not paged (short by nature: an organisation's members, a user's tokens). */
+        Items_WorkflowVersionView: {
+            items: {
+                /** Format: int32 */
+                version: number;
+                graph: components["schemas"]["Graph"];
+                created_by: string;
+                created_at: string;
+            }[];
+        };
         JoinTokenView: {
             /** Format: uuid */
             id: string;
@@ -1956,6 +2293,20 @@ export interface components {
             created_by: string;
             created_at: string;
             updated_at: string;
+        };
+        Node: components["schemas"]["Action"] & {
+            /** @description Lowercase letters, digits and `_`: the node's name in expressions (`nodes.<id>.output`). */
+            id: string;
+            /** @description What the editor shows on the node. */
+            name?: string;
+            /** @description Where the editor draws it. */
+            position?: components["schemas"]["Position"];
+            retry?: components["schemas"]["RetryPolicy"] | null;
+            /**
+             * Format: int64
+             * @description How long one attempt may take.
+             */
+            timeout_seconds?: number | null;
         };
         /** @description An organisation and a role there. */
         OrgRole: {
@@ -2178,6 +2529,55 @@ export interface components {
             page: number;
             per_page: number;
         };
+        /** @description One page of a list. */
+        Page_WorkflowRunView: {
+            items: {
+                /** Format: uuid */
+                id: string;
+                /** Format: uuid */
+                workflow_id: string;
+                /** Format: int32 */
+                version: number;
+                status: components["schemas"]["RunStatus"];
+                trigger: string;
+                started_by: string;
+                /** @description Every node's step: status, attempts, port, output, error, times. */
+                steps: {
+                    [key: string]: components["schemas"]["Step"];
+                };
+                /** @description Why it failed: the node, its attempts and its last error. */
+                error?: string | null;
+                created_at: string;
+                finished_at?: string | null;
+            }[];
+            /** @description How many there are in all pages. */
+            total: number;
+            page: number;
+            per_page: number;
+        };
+        /** @description One page of a list. */
+        Page_WorkflowView: {
+            items: {
+                /** Format: uuid */
+                id: string;
+                name: string;
+                description: string;
+                /** Format: int32 */
+                version: number;
+                /** Format: int32 */
+                concurrency: number;
+                enabled: boolean;
+                graph: components["schemas"]["Graph"];
+                created_by: string;
+                created_at: string;
+                updated_at: string;
+                last_run?: components["schemas"]["RunStatus"] | null;
+            }[];
+            /** @description How many there are in all pages. */
+            total: number;
+            page: number;
+            per_page: number;
+        };
         PasswordRequest: {
             password: string;
         };
@@ -2188,6 +2588,20 @@ export interface components {
              * @description The round trip through the agent.
              */
             latency_ms: number;
+        };
+        Position: {
+            /** Format: double */
+            x: number;
+            /** Format: double */
+            y: number;
+        };
+        /** @description A problem of a graph, and the node or edge it is about. */
+        Problem: {
+            /** @description The node's id (or `nodes[3]` when it has none). */
+            node?: string | null;
+            /** @description `from.port -> to`, for a problem of an edge. */
+            edge?: string | null;
+            message: string;
         };
         Rating: {
             /**
@@ -2234,6 +2648,24 @@ export interface components {
         ResetPassword: {
             password: string;
         };
+        /** @description Attempts of a node: the first, then retries after an exponential backoff with jitter. */
+        RetryPolicy: {
+            /**
+             * Format: int32
+             * @description Attempts in all, 1 to 10.
+             */
+            attempts: number;
+            /**
+             * Format: int64
+             * @description The wait before the second attempt; it doubles after each failure.
+             */
+            backoff_ms?: number;
+            /**
+             * Format: int64
+             * @description The longest wait between attempts.
+             */
+            max_backoff_ms?: number;
+        };
         ReviewBody: {
             /**
              * Format: int32
@@ -2256,6 +2688,8 @@ export interface components {
          * @enum {string}
          */
         Role: "viewer" | "operator" | "admin" | "owner";
+        /** @enum {string} */
+        RunStatus: "queued" | "running" | "succeeded" | "failed" | "cancelled";
         /**
          * @description How many replicas of one service should run.
          * @example {
@@ -2397,6 +2831,8 @@ export interface components {
         };
         /** @enum {string} */
         Step: "deploying" | "removing_source" | "compensating" | "done" | "failed";
+        /** @enum {string} */
+        StepStatus: "pending" | "running" | "waiting" | "succeeded" | "failed" | "skipped" | "cancelled";
         /** @description A host running an agent. */
         TargetView: {
             /** Format: uuid */
@@ -2651,6 +3087,83 @@ export interface components {
             secrets: string[];
             created_by: string;
             created_at: string;
+        };
+        /** @description A workflow as it is written: its graph is JSON (see `docs/workflows.md`). */
+        WorkflowBody: {
+            name: string;
+            description?: string;
+            /** @description `{nodes: [...], edges: [...]}`. */
+            graph: Record<string, never>;
+            /**
+             * Format: int32
+             * @description Runs at once at most (1 by default); more wait their turn.
+             */
+            concurrency?: number | null;
+            /** @description Whether its triggers fire (true by default). */
+            enabled?: boolean | null;
+        };
+        WorkflowGraphBody: {
+            graph: Record<string, never>;
+        };
+        WorkflowLogLine: {
+            /** Format: int64 */
+            seq: number;
+            node: string;
+            /** Format: int64 */
+            at_ms: number;
+            message: string;
+        };
+        WorkflowRunRequest: {
+            /** @description The manual trigger to start from (the workflow's first, by default). */
+            trigger?: string | null;
+            /** @description What the trigger hands on, as `trigger` in expressions. */
+            input?: Record<string, never>;
+        };
+        WorkflowRunView: {
+            /** Format: uuid */
+            id: string;
+            /** Format: uuid */
+            workflow_id: string;
+            /** Format: int32 */
+            version: number;
+            status: components["schemas"]["RunStatus"];
+            trigger: string;
+            started_by: string;
+            /** @description Every node's step: status, attempts, port, output, error, times. */
+            steps: {
+                [key: string]: components["schemas"]["Step"];
+            };
+            /** @description Why it failed: the node, its attempts and its last error. */
+            error?: string | null;
+            created_at: string;
+            finished_at?: string | null;
+        };
+        WorkflowValidation: {
+            valid: boolean;
+            problems: components["schemas"]["Problem"][];
+        };
+        WorkflowVersionView: {
+            /** Format: int32 */
+            version: number;
+            graph: components["schemas"]["Graph"];
+            created_by: string;
+            created_at: string;
+        };
+        WorkflowView: {
+            /** Format: uuid */
+            id: string;
+            name: string;
+            description: string;
+            /** Format: int32 */
+            version: number;
+            /** Format: int32 */
+            concurrency: number;
+            enabled: boolean;
+            graph: components["schemas"]["Graph"];
+            created_by: string;
+            created_at: string;
+            updated_at: string;
+            last_run?: components["schemas"]["RunStatus"] | null;
         };
     };
     responses: never;
@@ -5679,6 +6192,452 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    workflows_list: {
+        parameters: {
+            query?: {
+                /** @description The page, from 1. */
+                page?: number;
+                /** @description Items per page: 50 by default, 500 at most. */
+                per_page?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Page_WorkflowView"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    workflows_create: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WorkflowBody"];
+            };
+        };
+        responses: {
+            /** @description Created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkflowView"];
+                };
+            };
+            /** @description `invalid_workflow`: `details.problems` name each node */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    workflows_validate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WorkflowGraphBody"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkflowValidation"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    workflows_show: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkflowView"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    workflows_update: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WorkflowBody"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkflowView"];
+                };
+            };
+            /** @description `invalid_workflow`: `details.problems` name each node */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    workflows_remove: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    workflows_runs: {
+        parameters: {
+            query?: {
+                /** @description The page, from 1. */
+                page?: number;
+                /** @description Items per page: 50 by default, 500 at most. */
+                per_page?: number;
+            };
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Page_WorkflowRunView"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    workflows_start: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WorkflowRunRequest"];
+            };
+        };
+        responses: {
+            /** @description Created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkflowRunView"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    workflows_run: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkflowRunView"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    workflows_approve: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+                run_id: string;
+                node: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ApprovalDecision"];
+            };
+        };
+        responses: {
+            /** @description Recorded; the run goes on */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    workflows_cancel: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Accepted */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkflowRunView"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    workflows_run_logs: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Items_WorkflowLogLine"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    workflows_versions: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Items_WorkflowVersionView"];
+                };
             };
             /** @description An error; `error.code` says which (see the `Code` schema) */
             default: {

@@ -1,0 +1,287 @@
+//! What a workflow's action nodes do, through the same operations as the API's routes: deploy
+//! (then wait for the deployment to settle), roll back, scale and remove deployments; HTTP
+//! requests, jq transforms and notifications. A run acts as the organisation, in the name of
+//! the workflow, with the rights of an operator.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use uuid::Uuid;
+
+use super::AppState;
+use crate::auth::Caller;
+use crate::deployments::{self, State as DeploymentState};
+use crate::workflows::engine::{Call, Runner};
+use crate::workflows::graph::{Action, Channel};
+use crate::workflows::transform;
+
+/// How long a deploy node waits for its deployment to settle.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+/// The largest HTTP answer body a node keeps.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// The control plane's runner; attached to the state once that exists (the state holds the
+/// engine that holds this).
+pub struct ApiRunner {
+    state: OnceLock<AppState>,
+    http: reqwest::Client,
+}
+
+impl ApiRunner {
+    pub fn new(http: reqwest::Client) -> Self {
+        Self { state: OnceLock::new(), http }
+    }
+
+    pub fn attach(&self, state: AppState) {
+        let _ = self.state.set(state);
+    }
+}
+
+impl Runner for ApiRunner {
+    fn run<'a>(&'a self, call: Call<'a>) -> BoxFuture<'a, Result<serde_json::Value, String>> {
+        Box::pin(async move {
+            let state = self.state.get().ok_or("the control plane is still starting")?;
+            let caller = acting_as(state, call.run.org_id, call.run.workflow_id)?;
+            match &call.node.action {
+                Action::Deploy { stack, target, version, platform } => {
+                    deploy(state, &caller, &call, stack, target, version.as_deref(), platform.as_deref()).await
+                }
+                Action::Rollback { deployment, version } => {
+                    let version = version.as_deref().map(parse_number).transpose()?;
+                    let (_, view) =
+                        super::deployments::rollback_deployment(state, &caller, deployment, version).map_err(said)?;
+                    settle(state, &call, view.0.id()).await
+                }
+                Action::Scale { deployment, service, replicas } => {
+                    let (_, view) = super::deployments::scale_deployment(
+                        state,
+                        &caller,
+                        deployment,
+                        service,
+                        parse_number(replicas)?,
+                    )
+                    .map_err(said)?;
+                    settle(state, &call, view.0.id()).await
+                }
+                Action::Remove { deployment, volumes } => {
+                    let (_, view) =
+                        super::deployments::remove_deployment(state, &caller, deployment, *volumes).map_err(said)?;
+                    settle(state, &call, view.0.id()).await
+                }
+                Action::Http { method, url, headers, body } => {
+                    http(&self.http, &call, method, url, headers, body.as_deref()).await
+                }
+                Action::Transform { filter, input } => {
+                    let input = match input {
+                        // A rendered template: JSON when it reads as JSON, else the text.
+                        Some(text) => {
+                            serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.clone()))
+                        }
+                        None => previous_output(&call),
+                    };
+                    let output = transform::run(filter, &input)?;
+                    call.log.line(format!("{filter} → {}", truncate(&output.to_string(), 200)));
+                    Ok(output)
+                }
+                Action::Notify { channel, title, message } => notify(&self.http, &call, channel, title, message).await,
+                Action::Llm { .. } => {
+                    Err("the LLM node needs WindFlow's AI provider layer, which this version does not have yet".into())
+                }
+                other => Err(format!("a {} node is not run by the runner", other.type_name())),
+            }
+        })
+    }
+}
+
+/// Who a run acts as: the organisation, as an operator, named after the workflow.
+fn acting_as(state: &AppState, org_id: Uuid, workflow_id: Uuid) -> Result<Caller, String> {
+    let workflow = crate::workflows::get(state.store.as_ref(), workflow_id)
+        .map_err(|e| e.to_string())?
+        .ok_or("the workflow was deleted")?;
+    Ok(Caller {
+        user_id: Uuid::nil(),
+        username: format!("workflow:{}", workflow.name),
+        session_id: Uuid::nil(),
+        token: None,
+        is_admin: false,
+        org_id,
+        role: Some(crate::orgs::Role::Operator),
+        second_factor: true,
+    })
+}
+
+/// A refusal of the API, as a step's error: what it said, and of which field.
+fn said(error: super::error::ApiError) -> String {
+    match error.field {
+        Some(field) => format!("{field}: {}", error.message),
+        None => error.message,
+    }
+}
+
+fn parse_number(text: &str) -> Result<u32, String> {
+    text.trim().parse().map_err(|_| format!("{text:?} is not a whole number"))
+}
+
+fn truncate(text: &str, at: usize) -> String {
+    match text.char_indices().nth(at) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// The output of the node that led here (the latest to finish), for a transform without input.
+fn previous_output(call: &Call<'_>) -> serde_json::Value {
+    call.run
+        .progress
+        .steps
+        .values()
+        .filter(|s| s.output.is_some())
+        .max_by_key(|s| s.finished_at_ms)
+        .and_then(|s| s.output.clone())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// A stack by id or name, in the organisation.
+fn find_stack(state: &AppState, caller: &Caller, wanted: &str) -> Result<crate::stacks::Stack, String> {
+    if let Ok(stack) = super::stacks::load(state, caller, wanted) {
+        return Ok(stack);
+    }
+    crate::stacks::list(state.store.as_ref(), caller.org_id)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|s| s.name == wanted)
+        .ok_or_else(|| format!("there is no stack {wanted:?}"))
+}
+
+/// A target by id or name, in the organisation.
+fn find_target(state: &AppState, caller: &Caller, wanted: &str) -> Result<crate::agents::Agent, String> {
+    if let Ok(target) = super::targets::load(state, caller, wanted) {
+        return Ok(target);
+    }
+    let ids = crate::agents::ids_in(state.store.as_ref(), caller.org_id).map_err(|e| e.to_string())?;
+    ids.into_iter()
+        .filter_map(|id| crate::agents::get(state.store.as_ref(), id).ok().flatten())
+        .find(|a| a.name == wanted)
+        .ok_or_else(|| format!("there is no target {wanted:?}"))
+}
+
+async fn deploy(
+    state: &AppState,
+    caller: &Caller,
+    call: &Call<'_>,
+    stack: &str,
+    target: &str,
+    version: Option<&str>,
+    platform: Option<&str>,
+) -> Result<serde_json::Value, String> {
+    let stack = find_stack(state, caller, stack)?;
+    let target = find_target(state, caller, target)?;
+    let version = version.filter(|v| !v.is_empty()).map(parse_number).transpose()?;
+    let platform = platform
+        .filter(|p| !p.is_empty())
+        .map(|p| serde_json::from_value::<windflow_protocol::Platform>(serde_json::json!(capitalised(p))))
+        .transpose()
+        .map_err(|_| "`platform` is docker, swarm, kubernetes or libvirt".to_owned())?;
+    let (_, view) =
+        super::deployments::deploy_stack(state, caller, &stack, &target, version, platform).map_err(said)?;
+    call.log.line(format!("deploying {} to {}", stack.name, target.name));
+    settle(state, call, view.0.id()).await
+}
+
+fn capitalised(word: &str) -> String {
+    let mut chars = word.chars();
+    chars.next().map(|c| c.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
+}
+
+/// Waits for a deployment to settle, logging its states; fails when it failed.
+async fn settle(state: &AppState, call: &Call<'_>, id: Uuid) -> Result<serde_json::Value, String> {
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    let mut last = None;
+    loop {
+        let deployment = deployments::get(state.store.as_ref(), id)
+            .map_err(|e| e.to_string())?
+            .ok_or("the deployment was deleted")?;
+        if last != Some(deployment.state) {
+            call.log.line(format!("deployment {}: {}", deployment.project, deployment.state.as_str()));
+            last = Some(deployment.state);
+        }
+        let settled = deployment.settled_generation >= deployment.generation;
+        let output = serde_json::json!({
+            "deployment_id": deployment.id,
+            "state": deployment.state.as_str(),
+            "version": deployment.version,
+            "reason": deployment.reason,
+        });
+        match deployment.state {
+            DeploymentState::Failed if settled => {
+                return Err(format!(
+                    "the deployment failed: {}",
+                    deployment.reason.as_deref().unwrap_or("no reason given")
+                ));
+            }
+            DeploymentState::Running | DeploymentState::Removed if settled => return Ok(output),
+            _ if tokio::time::Instant::now() > deadline => {
+                return Err(format!("the deployment did not settle in {} min", SETTLE_TIMEOUT.as_secs() / 60));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+async fn http(
+    client: &reqwest::Client,
+    call: &Call<'_>,
+    method: &str,
+    url: &str,
+    headers: &std::collections::BTreeMap<String, String>,
+    body: Option<&str>,
+) -> Result<serde_json::Value, String> {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+    let mut request = client.request(method.clone(), url);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    if let Some(body) = body {
+        request = request.body(body.to_owned());
+    }
+    let response = request.send().await.map_err(|e| format!("{method} {url}: {e}"))?;
+    let status = response.status().as_u16();
+    let answer_headers: serde_json::Map<String, serde_json::Value> = response
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.to_string(), serde_json::Value::String(v.to_str().ok()?.to_owned()))))
+        .collect();
+    let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_BODY)]).into_owned();
+    call.log.line(format!("{method} {url} → {status}"));
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    if status >= 400 {
+        return Err(format!("{method} {url} answered {status}: {}", truncate(&body.to_string(), 300)));
+    }
+    Ok(serde_json::json!({ "status": status, "headers": answer_headers, "body": body }))
+}
+
+async fn notify(
+    client: &reqwest::Client,
+    call: &Call<'_>,
+    channel: &Channel,
+    title: &str,
+    message: &str,
+) -> Result<serde_json::Value, String> {
+    let run = serde_json::json!({ "id": call.run.id, "workflow": call.run.workflow_id });
+    let (url, body) = match channel {
+        Channel::Webhook { url } => (url, serde_json::json!({ "title": title, "message": message, "run": run })),
+        Channel::Slack { url } => {
+            let text = if title.is_empty() { message.to_owned() } else { format!("*{title}*\n{message}") };
+            (url, serde_json::json!({ "text": text }))
+        }
+    };
+    let response = client.post(url).json(&body).send().await.map_err(|e| format!("POST {url}: {e}"))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("the notification was refused: {status}"));
+    }
+    call.log.line(format!("notified {url} ({status})"));
+    Ok(serde_json::json!({ "status": status.as_u16() }))
+}
