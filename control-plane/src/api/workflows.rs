@@ -155,7 +155,10 @@ pub struct WorkflowValidation {
 /// Checks a graph without saving anything: every problem, with its node or edge.
 #[utoipa::path(post, path = "/workflows/validate", tag = "workflows", request_body = WorkflowGraphBody,
     responses((status = 200, body = WorkflowValidation)))]
-async fn validate(caller: Caller, ApiJson(body): ApiJson<WorkflowGraphBody>) -> Result<Json<WorkflowValidation>, ApiError> {
+async fn validate(
+    caller: Caller,
+    ApiJson(body): ApiJson<WorkflowGraphBody>,
+) -> Result<Json<WorkflowValidation>, ApiError> {
     let _ = caller;
     let problems = match graph::parse(&serde_json::Value::Object(body.graph)) {
         Ok(graph) => graph::check(&graph),
@@ -331,7 +334,8 @@ async fn runs(
     ApiQuery(paging): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<WorkflowRunView>>, ApiError> {
     let workflow = load(&state, &caller, &id)?;
-    let runs: Vec<WorkflowRunView> = engine::runs_of(state.store.as_ref(), workflow.id)?.iter().rev().map(run_view).collect();
+    let runs: Vec<WorkflowRunView> =
+        engine::runs_of(state.store.as_ref(), workflow.id)?.iter().rev().map(run_view).collect();
     Ok(Json(paging.apply(runs)?))
 }
 
