@@ -136,6 +136,7 @@ pub async fn serve(
     let reconciler =
         crate::deployments::Reconciler::new(store.clone(), hub.clone(), events, audit.clone(), master_key.clone());
     let (migration_store, migration_audit) = (store.clone(), audit.clone());
+    let (trigger_store, trigger_audit) = (store.clone(), audit.clone());
     let runner = Arc::new(crate::api::workflow_actions::ApiRunner::new(
         crate::api::outbound_http(std::time::Duration::from_secs(60)).map_err(|e| anyhow::anyhow!(e))?,
     ));
@@ -193,6 +194,14 @@ pub async fn serve(
     let migrations_task =
         tokio::spawn(crate::migrations::run(migration_store, reconciler.clone(), migration_audit, until_stopped()));
     let reconciler_task = tokio::spawn(reconciler.run(until_stopped()));
+    let triggers = crate::workflows::triggers::run(workflows.clone(), trigger_store, trigger_audit);
+    let stopping = until_stopped();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = triggers => {}
+            () = stopping => {}
+        }
+    });
     let http = axum_server::bind_rustls(config.listen, tls)
         .handle(handle.clone())
         .serve(api::router(state).into_make_service_with_connect_info::<SocketAddr>());

@@ -62,10 +62,12 @@ pub enum Table {
     WorkflowRuns,
     /// Key: run id, then a big-endian sequence number.
     WorkflowLogs,
+    /// Each trigger occurrence that started a run. Key: workflow id, node id, 0, occurrence.
+    WorkflowFirings,
 }
 
 impl Table {
-    const ALL: [Table; 22] = [
+    const ALL: [Table; 23] = [
         Table::Users,
         Table::Sessions,
         Table::JoinTokens,
@@ -88,6 +90,7 @@ impl Table {
         Table::WorkflowVersions,
         Table::WorkflowRuns,
         Table::WorkflowLogs,
+        Table::WorkflowFirings,
     ];
 
     fn name(self) -> &'static str {
@@ -114,6 +117,7 @@ impl Table {
             Table::WorkflowVersions => "workflow_versions",
             Table::WorkflowRuns => "workflow_runs",
             Table::WorkflowLogs => "workflow_logs",
+            Table::WorkflowFirings => "workflow_firings",
         }
     }
 

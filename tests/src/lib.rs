@@ -249,7 +249,7 @@ impl ControlPlane {
         body["access_token"].as_str().expect("access token").to_owned()
     }
 
-    async fn access_token(&mut self) -> String {
+    pub async fn access_token(&mut self) -> String {
         if let Some(token) = &self.token {
             return token.clone();
         }

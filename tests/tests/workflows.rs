@@ -221,10 +221,25 @@ async fn approvals_wait_for_an_operator_and_runs_can_be_cancelled() {
         (Some("Approved"), Some("by admin"))
     );
 
-    // A run waiting for its approval is cancelled.
+    // A run waiting for its approval is cancelled, as its live events show.
     let run_id = run(&mut cp, &workflow, json!({})).await;
+    let token = cp.access_token().await;
+    let events = cp
+        .http()
+        .get(cp.url(&format!("/api/v1/workflows/{workflow}/runs/{run_id}/events")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("the event stream");
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
     let (status, _) = cp.api(Method::POST, &format!("/workflows/{workflow}/runs/{run_id}/cancel"), None).await;
     assert_eq!(status, StatusCode::ACCEPTED);
+    // The stream ends by itself with the run.
+    let streamed =
+        tokio::time::timeout(Duration::from_secs(10), events.text()).await.expect("the stream ends").expect("text");
+    let last = streamed.lines().filter_map(|l| l.strip_prefix("data:")).last().expect("run events");
+    let last: Value = serde_json::from_str(last.trim()).expect("a run");
+    assert_eq!(last["status"], "cancelled", "{streamed}");
     let done = over(&mut cp, &workflow, &run_id).await;
     assert_eq!(
         (done["status"].as_str(), done["steps"]["ask"]["status"].as_str()),
@@ -234,4 +249,89 @@ async fn approvals_wait_for_an_operator_and_runs_can_be_cancelled() {
     assert_eq!(status, StatusCode::CONFLICT, "an ended run is not cancelled twice");
     let (_, runs) = cp.api(Method::GET, &format!("/workflows/{workflow}/runs"), None).await;
     assert_eq!(runs["total"], 2);
+}
+
+fn signed(secret: &str, body: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("a key");
+    mac.update(body.as_bytes());
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_webhook_starts_one_run_per_delivery_and_a_wrong_signature_starts_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cp = ControlPlane::start(dir.path()).await;
+    let receiver = Recorder::start().await;
+    let graph = json!({
+        "nodes": [
+            {"id": "pushed", "type": "webhook", "config": {}},
+            {"id": "tell", "type": "notify", "config": {"channel": {"kind": "webhook", "url": receiver.url("/pushed")}, "message": "{{ trigger.body.ref }}"}}
+        ],
+        "edges": [{"from": "pushed", "to": "tell"}]
+    });
+    let workflow = create(&mut cp, "on push", graph).await;
+    let hook = cp.url(&format!("/api/v1/hooks/workflows/{workflow}/pushed"));
+    let body = r#"{"ref": "refs/heads/main"}"#;
+    let client = cp.http().clone();
+    let deliver = |signature: Option<String>, delivery: &str| {
+        let mut request =
+            client.post(&hook).header("content-type", "application/json").header("x-windflow-delivery", delivery);
+        if let Some(signature) = signature {
+            request = request.header("x-windflow-signature", signature);
+        }
+        request.body(body).send()
+    };
+    // No secret made yet: nothing is accepted.
+    assert_eq!(deliver(Some(signed("guess", body)), "d0").await.expect("sent").status(), StatusCode::UNAUTHORIZED);
+    let (status, made) = cp.api(Method::POST, &format!("/workflows/{workflow}/webhook-secret"), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let secret = made["secret"].as_str().expect("secret").to_owned();
+    let (_, shown) = cp.api(Method::GET, &format!("/workflows/{workflow}"), None).await;
+    assert!(!shown.to_string().contains(&secret), "the secret is shown once, never again");
+    assert_eq!(deliver(None, "d1").await.expect("sent").status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(deliver(Some(signed("wrong", body)), "d1").await.expect("sent").status(), StatusCode::UNAUTHORIZED);
+    let (_, runs) = cp.api(Method::GET, &format!("/workflows/{workflow}/runs"), None).await;
+    assert_eq!(runs["total"], 0, "a refused delivery starts nothing");
+
+    let first = deliver(Some(signed(&secret, body)), "d1").await.expect("sent");
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.expect("json");
+    let again = deliver(Some(signed(&secret, body)), "d1").await.expect("sent");
+    assert_eq!(again.status(), StatusCode::OK);
+    let again: Value = again.json().await.expect("json");
+    assert_eq!((again["duplicate"].as_bool(), &again["run_id"]), (Some(true), &first["run_id"]));
+    let done = over(&mut cp, &workflow, first["run_id"].as_str().expect("run")).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    let told = receiver.wait_for("/pushed", 1, Duration::from_secs(5)).await;
+    assert_eq!((told.len(), told[0].json()["message"].as_str()), (1, Some("refs/heads/main")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_deployment_starts_the_workflow_waiting_for_that_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cp = ControlPlane::start(dir.path()).await;
+    let agent = cp.start_agent(dir.path(), "wf-events").await;
+    let receiver = Recorder::start().await;
+    let graph = json!({
+        "nodes": [
+            {"id": "failed", "type": "event", "config": {"events": ["deployment_failed"]}},
+            {"id": "page", "type": "notify", "config": {"channel": {"kind": "slack", "url": receiver.url("/page")}, "title": "Deployment failed", "message": "{{ trigger.project }}: {{ trigger.detail }}"}}
+        ],
+        "edges": [{"from": "failed", "to": "page"}]
+    });
+    let workflow = create(&mut cp, "page on failure", graph).await;
+    // No registry is reachable: an image that is not here cannot be pulled, so the deploy fails.
+    let compose = "services:\n  app:\n    image: windflow-test/not-here:1\n";
+    let (_, stack) = cp.api(Method::POST, "/stacks", Some(json!({"name": "doomed", "compose": compose}))).await;
+    let path = format!("/stacks/{}/deploy/{}", stack["id"].as_str().expect("stack"), agent.id());
+    let (_, accepted) = cp.api(Method::POST, &path, None).await;
+    assert_eq!(cp.settled(&accepted).await["state"], "failed");
+    let paged = receiver.wait_for("/page", 1, Duration::from_secs(30)).await;
+    assert_eq!(paged.len(), 1, "the workflow ran once");
+    let text = paged[0].json()["text"].as_str().unwrap_or_default().to_owned();
+    assert!(text.starts_with("*Deployment failed*\ndoomed:"), "{text}");
+    let (_, runs) = cp.api(Method::GET, &format!("/workflows/{workflow}/runs"), None).await;
+    assert_eq!((runs["total"].as_u64(), runs["items"][0]["started_by"].as_str()), (Some(1), Some("event")));
+    drop(agent);
 }

@@ -1,9 +1,17 @@
 //! `/workflows`: an organisation's workflows with their versions, checked before they are saved
 //! (each problem naming its node or edge), and their runs: start, follow, cancel, approve.
 
+use std::convert::Infallible;
+use std::time::Duration;
+
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, StreamExt};
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -13,6 +21,7 @@ use super::error::{ApiError, Code};
 use super::error::{ApiJson, ApiQuery};
 use super::{AppState, Page, PageQuery};
 use crate::auth::{Caller, now_unix_s};
+use crate::store::{Record, RecordStore};
 use crate::workflows::engine::{self, EngineError, LogLine, Run, RunStatus};
 use crate::workflows::graph::{self, Graph, Problem};
 use crate::workflows::plan::Step;
@@ -32,6 +41,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(run_logs))
         .routes(routes!(cancel))
         .routes(routes!(approve))
+        .routes(routes!(run_events))
+        .routes(routes!(webhook_secret))
+        .routes(routes!(webhook))
 }
 
 use super::{rfc3339_ms as time_ms, rfc3339_s as time};
@@ -463,4 +475,156 @@ async fn approve(
     let (workflow, run) = load_run(&state, &caller, &id, &run_id)?;
     state.workflows.decide(workflow.id, run.id, &node, body.approved, &caller.username).map_err(engine_error)?;
     Ok(StatusCode::ACCEPTED)
+}
+
+/// A run as it changes, as Server-Sent Events: `run` events carrying the whole run (as
+/// `GET …/runs/{run_id}` answers it), the first one at once, the last one when it is over.
+#[utoipa::path(get, path = "/workflows/{id}/runs/{run_id}/events", tag = "workflows",
+    params(("id" = String, Path), ("run_id" = String, Path)),
+    responses((status = 200, description = "text/event-stream of `run` events", content_type = "text/event-stream")))]
+async fn run_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, run_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    // Subscribed before reading the run: no change falls in between.
+    let live = state.workflows.subscribe();
+    let (_, run) = load_run(&state, &caller, &id, &run_id)?;
+    let event = |run: &Run| {
+        let data = serde_json::to_string(&run_view(run)).unwrap_or_default();
+        Ok::<_, Infallible>(SseEvent::default().event("run").data(data))
+    };
+    let first = stream::iter([event(&run)]);
+    let run_id = run.id;
+    let over = run.status.is_over();
+    let changes = stream::unfold((live, over), move |(mut live, over)| async move {
+        if over {
+            return None;
+        }
+        loop {
+            match live.recv().await {
+                Ok(changed) if changed.id == run_id => {
+                    let over = changed.status.is_over();
+                    return Some((event(&changed), (live, over)));
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(crate::metrics::tracked(first.chain(changes), state.hub.metrics.clone()))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+fn webhook_context(workflow_id: Uuid) -> String {
+    format!("workflow-webhook:{workflow_id}")
+}
+
+/// A webhook secret, shown once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookSecret {
+    /// Sign each delivery's body with it: `X-WindFlow-Signature: sha256=<hex HMAC-SHA256>`.
+    secret: String,
+    /// Where to POST, with the webhook trigger's node id at the end.
+    url: String,
+}
+
+/// Makes (or replaces) the workflow's webhook secret; the old one stops working at once.
+#[utoipa::path(post, path = "/workflows/{id}/webhook-secret", tag = "workflows", params(("id" = String, Path)),
+    responses((status = 201, body = WebhookSecret)))]
+async fn webhook_secret(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<WebhookSecret>), ApiError> {
+    use base64::Engine as _;
+    let workflow = load(&state, &caller, &id)?;
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    let sealed = state.master_key.seal(&webhook_context(workflow.id), secret.as_bytes());
+    let updated = Workflow { webhook_secret: Some(sealed), updated_at_unix_s: now_unix_s(), ..workflow.clone() };
+    if !state.store.replace(&workflow, &updated)? {
+        return Err(ApiError::new(Code::Conflict, "the workflow changed meanwhile; try again"));
+    }
+    tracing::info!(workflow = %workflow.id, by = %caller.username, "workflow webhook secret made");
+    let url =
+        format!("{}/api/v1/hooks/workflows/{}/<node>", state.settings.public_url.trim_end_matches('/'), workflow.id);
+    Ok((StatusCode::CREATED, Json(WebhookSecret { secret, url })))
+}
+
+/// What a webhook delivery started.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Delivery {
+    run_id: Uuid,
+    /// The delivery (its `X-WindFlow-Delivery` id) had already started this run.
+    duplicate: bool,
+}
+
+/// Starts a run from a webhook trigger. No bearer token: the body must be signed with the
+/// workflow's webhook secret (`X-WindFlow-Signature: sha256=<hex HMAC-SHA256 of the body>`);
+/// anything else is 401 and starts nothing. A delivery sent again with the same
+/// `X-WindFlow-Delivery` id starts nothing more.
+#[utoipa::path(post, path = "/hooks/workflows/{id}/{node}", tag = "workflows",
+    params(("id" = String, Path), ("node" = String, Path)),
+    request_body(content = Object, description = "Any body: JSON reaches the run as JSON (`trigger.body`), anything else as text"),
+    responses((status = 202, body = Delivery), (status = 200, description = "A delivery seen before", body = Delivery),
+        (status = 401, description = "No signature, or a wrong one", body = super::error::ErrorBody)))]
+async fn webhook(
+    State(state): State<AppState>,
+    Path((id, node)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Delivery>), ApiError> {
+    let refused =
+        || ApiError::new(Code::Unauthenticated, "the delivery is not signed with this workflow's webhook secret");
+    let workflow = Uuid::try_parse(&id)
+        .ok()
+        .and_then(|id| model::get(state.store.as_ref(), id).ok().flatten())
+        .ok_or_else(refused)?;
+    let secret = workflow
+        .webhook_secret
+        .as_ref()
+        .and_then(|sealed| state.master_key.open(&webhook_context(workflow.id), sealed).ok())
+        .ok_or_else(refused)?;
+    let signature = headers
+        .get("x-windflow-signature")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("sha256="))
+        .and_then(|v| hex::decode(v).ok())
+        .ok_or_else(refused)?;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&secret).map_err(ApiError::internal)?;
+    mac.update(&body);
+    mac.verify_slice(&signature).map_err(|_| refused())?;
+    if !workflow.enabled {
+        return Err(ApiError::new(Code::Conflict, "the workflow is disabled"));
+    }
+    let graph = model::version(state.store.as_ref(), workflow.id, workflow.version)?
+        .ok_or_else(|| ApiError::not_found("workflow version"))?
+        .graph;
+    if !graph.nodes.iter().any(|n| n.id == node && matches!(n.action, graph::Action::Webhook {})) {
+        return Err(ApiError::invalid("node", format!("`{node}` is not a webhook trigger of this workflow")));
+    }
+    let delivery = headers
+        .get("x-windflow-delivery")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .map_or_else(|| Uuid::now_v7().to_string(), str::to_owned);
+    let payload = serde_json::json!({
+        "body": serde_json::from_slice::<serde_json::Value>(&body)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())),
+        "delivery": delivery,
+    });
+    let occurrence = format!("webhook:{delivery}");
+    match state.workflows.start_once(&workflow, &node, payload, "webhook", &occurrence).map_err(engine_error)? {
+        Some(run) => Ok((StatusCode::ACCEPTED, Json(Delivery { run_id: run.id, duplicate: false }))),
+        None => {
+            let firing: engine::Firing = state
+                .store
+                .load(
+                    &engine::Firing { workflow_id: workflow.id, node, occurrence, run_id: Uuid::nil(), at_ms: 0 }.key(),
+                )?
+                .ok_or_else(|| ApiError::not_found("delivery"))?;
+            Ok((StatusCode::OK, Json(Delivery { run_id: firing.run_id, duplicate: true })))
+        }
+    }
 }

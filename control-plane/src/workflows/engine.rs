@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::graph::{Action, Graph, Node, OUT, RetryPolicy};
 use super::plan::{Outcome, Progress, StepStatus};
 use super::{Workflow, expr};
-use crate::store::{Record, RecordStore, Store, StoreError, Table};
+use crate::store::{Check, Record, RecordStore, Store, StoreError, Table, Write};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -90,6 +90,29 @@ impl Record for LogLine {
     fn key(&self) -> Vec<u8> {
         let mut key = self.run_id.as_bytes().to_vec();
         key.extend_from_slice(&self.seq.to_be_bytes());
+        key
+    }
+}
+
+/// One occurrence of a trigger that started a run: what makes triggers fire exactly once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Firing {
+    pub workflow_id: Uuid,
+    pub node: String,
+    /// `cron:<unix seconds>`, `event:<audit sequence>`, `webhook:<delivery id>`.
+    pub occurrence: String,
+    pub run_id: Uuid,
+    pub at_ms: u64,
+}
+
+impl Record for Firing {
+    const TABLE: Table = Table::WorkflowFirings;
+    const VERSION: u64 = 1;
+    fn key(&self) -> Vec<u8> {
+        let mut key = self.workflow_id.as_bytes().to_vec();
+        key.extend_from_slice(self.node.as_bytes());
+        key.push(0);
+        key.extend_from_slice(self.occurrence.as_bytes());
         key
     }
 }
@@ -261,6 +284,33 @@ impl Engine {
         payload: serde_json::Value,
         by: &str,
     ) -> Result<Run, EngineError> {
+        let run = self.begin(workflow, trigger, payload, by, None)?;
+        run.ok_or_else(|| EngineError::Store(StoreError::Backend("a run without an occurrence always starts".into())))
+    }
+
+    /// Starts a run for one occurrence of a trigger (a cron time, an event, a webhook
+    /// delivery) unless that occurrence already started one: the run and the record of the
+    /// occurrence are written together, so each occurrence starts exactly one run, whatever
+    /// restarts or repeats happen around it. `None` when it had already fired.
+    pub fn start_once(
+        self: &Arc<Self>,
+        workflow: &Workflow,
+        trigger: &str,
+        payload: serde_json::Value,
+        by: &str,
+        occurrence: &str,
+    ) -> Result<Option<Run>, EngineError> {
+        self.begin(workflow, trigger, payload, by, Some(occurrence))
+    }
+
+    fn begin(
+        self: &Arc<Self>,
+        workflow: &Workflow,
+        trigger: &str,
+        payload: serde_json::Value,
+        by: &str,
+        occurrence: Option<&str>,
+    ) -> Result<Option<Run>, EngineError> {
         let stored = super::version(self.store.as_ref(), workflow.id, workflow.version)?
             .ok_or(EngineError::NoVersion(workflow.version))?;
         if !stored.graph.nodes.iter().any(|n| n.id == trigger && n.action.is_trigger()) {
@@ -286,12 +336,32 @@ impl Engine {
             created_at_ms: now,
             finished_at_ms: None,
         };
-        self.store_run(&run)?;
+        match occurrence {
+            None => self.store_run(&run)?,
+            Some(occurrence) => {
+                let firing = Firing {
+                    workflow_id: workflow.id,
+                    node: trigger.to_owned(),
+                    occurrence: occurrence.to_owned(),
+                    run_id: run.id,
+                    at_ms: now,
+                };
+                let checks = [Check { table: Table::WorkflowFirings, key: firing.key(), expected: None }];
+                let writes = [
+                    Write { table: Table::WorkflowFirings, key: firing.key(), value: Some(firing.encode()) },
+                    Write { table: Table::WorkflowRuns, key: run.key(), value: Some(run.encode()) },
+                ];
+                if !self.store.atomic(&checks, &writes)? {
+                    return Ok(None);
+                }
+                let _ = self.updates.send(Arc::new(run.clone()));
+            }
+        }
         tracing::info!(workflow = %workflow.id, run = %run.id, trigger, by, queued = (status == RunStatus::Queued), "workflow run started");
         if status == RunStatus::Running {
             self.drive(run.clone(), stored.graph);
         }
-        Ok(run)
+        Ok(Some(run))
     }
 
     /// Drives again every run a previous process left running, then starts queued runs where

@@ -3,7 +3,7 @@
 //!
 //! `graph` is the model and its checks, `expr` the templates and expressions (minijinja),
 //! `transform` the jq filters (jaq), `schedule` cron schedules, `plan` a run's progress as a pure
-//! state machine, and `engine` what drives runs (persisting every step, resuming after a restart).
+//! state machine, `triggers` what starts runs on their own (cron, events, webhooks), and `engine` what drives runs (persisting every step, resuming after a restart).
 //! What the action nodes do to the world is `api::workflow_actions`, through the API's own
 //! operations.
 
@@ -13,6 +13,7 @@ pub mod graph;
 pub mod plan;
 pub mod schedule;
 pub mod transform;
+pub mod triggers;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -111,8 +112,10 @@ pub fn save(
 /// Deletes a workflow with its versions, runs and their logs.
 pub fn delete(store: &dyn Store, workflow: &Workflow) -> Result<(), StoreError> {
     let mut writes = vec![Write { table: Table::Workflows, key: workflow.key(), value: None }];
-    for (key, _) in store.scan_prefix(Table::WorkflowVersions, workflow.id.as_bytes())? {
-        writes.push(Write { table: Table::WorkflowVersions, key, value: None });
+    for table in [Table::WorkflowVersions, Table::WorkflowFirings] {
+        for (key, _) in store.scan_prefix(table, workflow.id.as_bytes())? {
+            writes.push(Write { table, key, value: None });
+        }
     }
     for run in engine::runs_of(store, workflow.id)? {
         writes.push(Write { table: Table::WorkflowRuns, key: run.key(), value: None });

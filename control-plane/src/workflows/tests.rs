@@ -346,3 +346,66 @@ async fn a_wait_node_goes_on_at_the_wake_time_it_stored() {
     assert_eq!(run.status, RunStatus::Succeeded);
     assert!(run.progress.step("after").expect("a node of the graph").started_at_ms.expect("started") >= wake);
 }
+
+#[tokio::test(start_paused = true)]
+async fn each_cron_occurrence_starts_one_run_even_across_a_restart() {
+    use super::triggers::fire_due;
+    let (_dir, store) = store();
+    let graph = json!({
+        "nodes": [{"id": "every5", "type": "cron", "config": {"schedule": "*/5 * * * *"}}, step("work")],
+        "edges": [{"from": "every5", "to": "work"}]
+    });
+    let workflow = workflow(store.as_ref(), graph, 5);
+    // 2026-11-26T10:20:00Z, an occurrence.
+    let at = 1_795_688_400;
+    let engine = Engine::new(store.clone(), Scripted::with(&[]));
+    assert_eq!(fire_due(&engine, store.as_ref(), at + 30).expect("fires"), 1);
+    assert_eq!(fire_due(&engine, store.as_ref(), at + 59).expect("fires"), 0, "10:20 fired already");
+    let restarted = Engine::new(store.clone(), Scripted::with(&[]));
+    assert_eq!(fire_due(&restarted, store.as_ref(), at + 120).expect("fires"), 0, "nor after a restart");
+    assert_eq!(fire_due(&restarted, store.as_ref(), at + 300).expect("fires"), 1, "10:25 is another");
+    let runs = super::engine::runs_of(store.as_ref(), workflow.id).expect("runs");
+    let times: Vec<serde_json::Value> = runs
+        .iter()
+        .map(|r| {
+            r.progress.step("every5").expect("the trigger").output.clone().expect("payload")["scheduled_at"].clone()
+        })
+        .collect();
+    assert_eq!(times, [json!("2026-11-26T10:20:00Z"), json!("2026-11-26T10:25:00Z")]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_event_starts_the_workflows_waiting_for_it_once() {
+    use super::triggers::on_entry;
+    let (_dir, store) = store();
+    let graph = json!({
+        "nodes": [{"id": "failed", "type": "event", "config": {"events": ["deployment_failed"]}}, step("page")],
+        "edges": [{"from": "failed", "to": "page"}]
+    });
+    let workflow = workflow(store.as_ref(), graph, 5);
+    let engine = Engine::new(store.clone(), Scripted::with(&[]));
+    let mut entry = crate::audit::Entry {
+        seq: 7,
+        at_unix_ms: 0,
+        actor: "system".into(),
+        kind: "deployment.failed".into(),
+        object: Uuid::nil().to_string(),
+        status: None,
+        detail: Some("exit 1".into()),
+        remote: None,
+        org_id: Some(workflow.org_id),
+        prev_hash: String::new(),
+        hash: String::new(),
+    };
+    assert_eq!(on_entry(&engine, store.as_ref(), &entry).expect("handled"), 1);
+    assert_eq!(on_entry(&engine, store.as_ref(), &entry).expect("handled"), 0, "the same event, again");
+    entry.seq = 8;
+    entry.kind = "deployment.applied".into();
+    assert_eq!(on_entry(&engine, store.as_ref(), &entry).expect("handled"), 0, "not an event it waits for");
+    entry.kind = "deployment.failed".into();
+    entry.org_id = Some(Uuid::now_v7());
+    assert_eq!(on_entry(&engine, store.as_ref(), &entry).expect("handled"), 0, "another organisation's event");
+    let run = &super::engine::runs_of(store.as_ref(), workflow.id).expect("runs")[0];
+    let payload = run.progress.step("failed").expect("the trigger").output.clone().expect("payload");
+    assert_eq!((payload["event"].as_str(), payload["detail"].as_str()), (Some("deployment_failed"), Some("exit 1")));
+}

@@ -510,6 +510,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/hooks/workflows/{id}/{node}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Starts a run from a webhook trigger. No bearer token: the body must be signed with the
+         *     workflow's webhook secret (`X-WindFlow-Signature: sha256=<hex HMAC-SHA256 of the body>`);
+         *     anything else is 401 and starts nothing. A delivery sent again with the same
+         *     `X-WindFlow-Delivery` id starts nothing more.
+         */
+        post: operations["workflows_webhook"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/migrations": {
         parameters: {
             query?: never;
@@ -1373,6 +1395,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/workflows/{id}/runs/{run_id}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A run as it changes, as Server-Sent Events: `run` events carrying the whole run (as
+         *     `GET …/runs/{run_id}` answers it), the first one at once, the last one when it is over.
+         */
+        get: operations["workflows_run_events"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/workflows/{id}/runs/{run_id}/logs": {
         parameters: {
             query?: never;
@@ -1401,6 +1443,23 @@ export interface paths {
         get: operations["workflows_versions"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/workflows/{id}/webhook-secret": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Makes (or replaces) the workflow's webhook secret; the old one stops working at once. */
+        post: operations["workflows_webhook_secret"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1784,6 +1843,13 @@ export interface components {
             command: string;
             /** @description The command that installs the agent into a Kubernetes cluster (run where `kubectl` works). */
             kubernetes_command: string;
+        };
+        /** @description What a webhook delivery started. */
+        Delivery: {
+            /** Format: uuid */
+            run_id: string;
+            /** @description The delivery (its `X-WindFlow-Delivery` id) had already started this run. */
+            duplicate: boolean;
         };
         DeployTemplate: {
             target_id: string;
@@ -3088,6 +3154,13 @@ export interface components {
             created_by: string;
             created_at: string;
         };
+        /** @description A webhook secret, shown once. */
+        WebhookSecret: {
+            /** @description Sign each delivery's body with it: `X-WindFlow-Signature: sha256=<hex HMAC-SHA256>`. */
+            secret: string;
+            /** @description Where to POST, with the webhook trigger's node id at the end. */
+            url: string;
+        };
         /** @description A workflow as it is written: its graph is JSON (see `docs/workflows.md`). */
         WorkflowBody: {
             name: string;
@@ -4180,6 +4253,61 @@ export interface operations {
                 };
                 content: {
                     "text/event-stream": string;
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    workflows_webhook: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+                node: string;
+            };
+            cookie?: never;
+        };
+        /** @description Any body: JSON reaches the run as JSON (`trigger.body`), anything else as text */
+        requestBody: {
+            content: {
+                "application/json": Record<string, never>;
+            };
+        };
+        responses: {
+            /** @description A delivery seen before */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Delivery"];
+                };
+            };
+            /** @description Accepted */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Delivery"];
+                };
+            };
+            /** @description No signature, or a wrong one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description An error; `error.code` says which (see the `Code` schema) */
@@ -6587,6 +6715,38 @@ export interface operations {
             };
         };
     };
+    workflows_run_events: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description text/event-stream of `run` events */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": unknown;
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     workflows_run_logs: {
         parameters: {
             query?: never;
@@ -6637,6 +6797,37 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Items_WorkflowVersionView"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    workflows_webhook_secret: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookSecret"];
                 };
             };
             /** @description An error; `error.code` says which (see the `Code` schema) */
