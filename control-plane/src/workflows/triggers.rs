@@ -103,13 +103,13 @@ pub fn on_entry(engine: &Arc<Engine>, store: &dyn Store, entry: &Entry) -> Resul
                 "detail": entry.detail,
                 "at": crate::api::rfc3339_ms(entry.at_unix_ms),
             });
-            if let Ok(id) = uuid::Uuid::try_parse(&entry.object) {
-                if let Some(deployment) = crate::deployments::get(store, id)? {
-                    payload["deployment_id"] = serde_json::json!(deployment.id);
-                    payload["stack_id"] = serde_json::json!(deployment.stack_id);
-                    payload["target_id"] = serde_json::json!(deployment.target_id);
-                    payload["project"] = serde_json::json!(deployment.project);
-                }
+            if let Ok(id) = uuid::Uuid::try_parse(&entry.object)
+                && let Some(deployment) = crate::deployments::get(store, id)?
+            {
+                payload["deployment_id"] = serde_json::json!(deployment.id);
+                payload["stack_id"] = serde_json::json!(deployment.stack_id);
+                payload["target_id"] = serde_json::json!(deployment.target_id);
+                payload["project"] = serde_json::json!(deployment.project);
             }
             match engine.start_once(&workflow, &node.id, payload, "event", &format!("event:{}", entry.seq)) {
                 Ok(Some(_)) => started += 1,
