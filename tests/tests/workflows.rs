@@ -237,7 +237,7 @@ async fn approvals_wait_for_an_operator_and_runs_can_be_cancelled() {
     // The stream ends by itself with the run.
     let streamed =
         tokio::time::timeout(Duration::from_secs(10), events.text()).await.expect("the stream ends").expect("text");
-    let last = streamed.lines().filter_map(|l| l.strip_prefix("data:")).last().expect("run events");
+    let last = streamed.lines().rev().find_map(|l| l.strip_prefix("data:")).expect("run events");
     let last: Value = serde_json::from_str(last.trim()).expect("a run");
     assert_eq!(last["status"], "cancelled", "{streamed}");
     let done = over(&mut cp, &workflow, &run_id).await;
