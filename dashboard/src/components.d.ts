@@ -82,6 +82,8 @@ declare module 'vue' {
     TemplateImportDialog: typeof import('./components/TemplateImportDialog.vue')['default']
     TemplateLogo: typeof import('./components/TemplateLogo.vue')['default']
     TokenSettings: typeof import('./components/TokenSettings.vue')['default']
+    WorkflowNode: typeof import('./components/WorkflowNode.vue')['default']
+    WorkflowNodeSettings: typeof import('./components/WorkflowNodeSettings.vue')['default']
     YamlEditor: typeof import('./components/YamlEditor.vue')['default']
   }
   export interface GlobalDirectives {

@@ -87,6 +87,20 @@ async fn an_invalid_workflow_is_refused_with_the_node_and_the_reason() {
     assert!(refused["problems"][0]["message"].as_str().is_some_and(|m| m.contains("teleport")), "{refused}");
     let (_, listed) = cp.api(Method::GET, "/workflows", None).await;
     assert_eq!(listed["total"], 0, "nothing was saved");
+
+    // The five shipped templates save as they are.
+    let (_, shipped) = cp.api(Method::GET, "/workflows/templates", None).await;
+    let shipped = shipped["items"].as_array().expect("templates").clone();
+    let slugs: Vec<&str> = shipped.iter().filter_map(|t| t["slug"].as_str()).collect();
+    assert_eq!(
+        slugs,
+        ["deploy-to-production", "auto-scaling", "backup-and-restore", "security-scan", "health-monitoring"]
+    );
+    for template in &shipped {
+        let body = json!({"name": template["name"], "graph": template["graph"], "enabled": false});
+        let (status, saved) = cp.api(Method::POST, "/workflows", Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{}: {saved}", template["slug"]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -33,6 +33,7 @@ const MAX_CONCURRENCY: u32 = 100;
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
+        .routes(routes!(templates))
         .routes(routes!(validate))
         .routes(routes!(show, update, remove))
         .routes(routes!(versions))
@@ -162,6 +163,15 @@ pub struct WorkflowGraphBody {
 pub struct WorkflowValidation {
     valid: bool,
     problems: Vec<Problem>,
+}
+
+/// The workflow templates shipped with WindFlow, ready to save as a workflow (edit the values
+/// marked `CHANGE-ME` and the example URLs first).
+#[utoipa::path(get, path = "/workflows/templates", tag = "workflows",
+    responses((status = 200, body = super::Items<crate::workflows::catalog::WorkflowTemplate>)))]
+async fn templates(caller: Caller) -> Json<super::Items<crate::workflows::catalog::WorkflowTemplate>> {
+    let _ = caller;
+    Json(super::Items { items: crate::workflows::catalog::templates().to_vec() })
 }
 
 /// Checks a graph without saving anything: every problem, with its node or edge.

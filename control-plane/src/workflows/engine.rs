@@ -27,6 +27,7 @@ use crate::store::{Check, Record, RecordStore, Store, StoreError, Table, Write};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = WorkflowRunStatus)]
 pub enum RunStatus {
     /// Waiting for one of the workflow's runs to end (its concurrency limit).
     Queued,

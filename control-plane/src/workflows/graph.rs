@@ -15,6 +15,7 @@ pub const FAILURE: &str = "failure";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = WorkflowGraph)]
 pub struct Graph {
     pub nodes: Vec<Node>,
     #[serde(default)]
@@ -22,6 +23,7 @@ pub struct Graph {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(as = WorkflowNode)]
 pub struct Node {
     /// Lowercase letters, digits and `_`: the node's name in expressions (`nodes.<id>.output`).
     pub id: String,
@@ -42,6 +44,7 @@ pub struct Node {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(as = NodePosition)]
 pub struct Position {
     pub x: f64,
     pub y: f64,
@@ -77,6 +80,7 @@ impl Default for RetryPolicy {
 /// An edge: when `from` leaves by `port`, `to` may run.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = WorkflowEdge)]
 pub struct Edge {
     pub from: String,
     #[serde(default = "default_port")]
@@ -91,6 +95,7 @@ fn default_port() -> String {
 /// What happens that starts a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = WorkflowEvent)]
 pub enum EventKind {
     DeploymentSucceeded,
     DeploymentFailed,
@@ -102,6 +107,7 @@ pub enum EventKind {
 /// Where a notification goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[schema(as = NotifyChannel)]
 pub enum Channel {
     /// A JSON POST of `{title, message, run}`.
     Webhook { url: String },
@@ -113,6 +119,7 @@ pub enum Channel {
 /// (`{{ nodes.deploy.output.state }}`, `{{ trigger.deployment_id }}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", content = "config", rename_all = "snake_case")]
+#[schema(as = WorkflowAction)]
 pub enum Action {
     /// A trigger: someone starts a run, in the dashboard or through the API.
     Manual {},
@@ -223,6 +230,7 @@ impl Action {
 
 /// A problem of a graph, and the node or edge it is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(as = WorkflowProblem)]
 pub struct Problem {
     /// The node's id (or `nodes[3]` when it has none).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -7,6 +7,7 @@
 //! What the action nodes do to the world is `api::workflow_actions`, through the API's own
 //! operations.
 
+pub mod catalog;
 pub mod engine;
 pub mod expr;
 pub mod graph;

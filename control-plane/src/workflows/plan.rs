@@ -16,6 +16,7 @@ use super::graph::{FAILURE, Graph, OUT};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = WorkflowStepStatus)]
 pub enum StepStatus {
     Pending,
     Running,
@@ -35,6 +36,7 @@ impl StepStatus {
 
 /// One node's part of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(as = WorkflowStep)]
 pub struct Step {
     pub status: StepStatus,
     /// Attempts started so far.

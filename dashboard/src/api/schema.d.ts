@@ -1290,6 +1290,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/workflows/templates": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The workflow templates shipped with WindFlow, ready to save as a workflow (edit the values
+         *     marked `CHANGE-ME` and the example URLs first).
+         */
+        get: operations["workflows_templates"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/workflows/validate": {
         parameters: {
             query?: never;
@@ -1470,136 +1490,6 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
-        /**
-         * @description A node's kind and its settings. Text settings are templates over the run so far
-         *     (`{{ nodes.deploy.output.state }}`, `{{ trigger.deployment_id }}`).
-         */
-        Action: {
-            /** @description A trigger: someone starts a run, in the dashboard or through the API. */
-            config: Record<string, never>;
-            /** @enum {string} */
-            type: "manual";
-        } | {
-            /** @description A trigger: a cron schedule (five fields, UTC), each occurrence once. */
-            config: {
-                schedule: string;
-            };
-            /** @enum {string} */
-            type: "cron";
-        } | {
-            /** @description A trigger: something happens in the organisation. */
-            config: {
-                events: components["schemas"]["EventKind"][];
-            };
-            /** @enum {string} */
-            type: "event";
-        } | {
-            /** @description A trigger: a POST to the workflow's webhook URL, signed with its secret. */
-            config: Record<string, never>;
-            /** @enum {string} */
-            type: "webhook";
-        } | {
-            /** @description Deploys a stack (by id or name) to a target (by id or name) and waits for it to settle. */
-            config: {
-                stack: string;
-                target: string;
-                version?: string | null;
-                platform?: string | null;
-            };
-            /** @enum {string} */
-            type: "deploy";
-        } | {
-            /** @description Rolls a deployment back to a version (the one before, by default). */
-            config: {
-                deployment: string;
-                version?: string | null;
-            };
-            /** @enum {string} */
-            type: "rollback";
-        } | {
-            /** @description Sets a service's replicas. */
-            config: {
-                deployment: string;
-                service: string;
-                replicas: string;
-            };
-            /** @enum {string} */
-            type: "scale";
-        } | {
-            /** @description Removes a deployment. */
-            config: {
-                deployment: string;
-                volumes?: boolean;
-            };
-            /** @enum {string} */
-            type: "remove";
-        } | {
-            /** @description Leaves by `true` or `false`, as its expression says. */
-            config: {
-                expression: string;
-            };
-            /** @enum {string} */
-            type: "condition";
-        } | {
-            /** @description Leaves by the first case equal to its expression's value, else by `default`. */
-            config: {
-                expression: string;
-                cases: string[];
-            };
-            /** @enum {string} */
-            type: "switch";
-        } | {
-            /** @description Waits, then goes on. */
-            config: {
-                /** Format: int64 */
-                seconds: number;
-            };
-            /** @enum {string} */
-            type: "wait";
-        } | {
-            /** @description Waits for a person to approve (port `approved`) or reject (port `rejected`). */
-            config: {
-                message: string;
-            };
-            /** @enum {string} */
-            type: "approval";
-        } | {
-            /** @description An HTTP request; its output is the status, headers and body (JSON when it is). */
-            config: {
-                method?: string;
-                url: string;
-                headers?: {
-                    [key: string]: string;
-                };
-                body?: string | null;
-            };
-            /** @enum {string} */
-            type: "http";
-        } | {
-            /** @description A jq filter (jaq) over its input (the previous node's output, by default). */
-            config: {
-                filter: string;
-                input?: string | null;
-            };
-            /** @enum {string} */
-            type: "transform";
-        } | {
-            /** @description A notification. */
-            config: {
-                channel: components["schemas"]["Channel"];
-                title?: string;
-                message: string;
-            };
-            /** @enum {string} */
-            type: "notify";
-        } | {
-            /** @description Asks a language model. */
-            config: {
-                prompt: string;
-            };
-            /** @enum {string} */
-            type: "llm";
-        };
         /** @description What the organisation's deployments did on one day (UTC). */
         ActivityDay: {
             /** @example 2026-11-25 */
@@ -1648,16 +1538,6 @@ export interface components {
             /** @description `YYYY-MM-DD`. */
             date: string;
             changes: string[];
-        };
-        /** @description Where a notification goes. */
-        Channel: {
-            url: string;
-            /** @enum {string} */
-            kind: "webhook";
-        } | {
-            url: string;
-            /** @enum {string} */
-            kind: "slack";
         };
         CloneStack: {
             name: string;
@@ -1922,12 +1802,6 @@ export interface components {
             swarm: string;
             swarm_node_id?: string | null;
         };
-        /** @description An edge: when `from` leaves by `port`, `to` may run. */
-        Edge: {
-            from: string;
-            port?: string;
-            to: string;
-        };
         EnrollRequest: {
             /** @description A join token (`wfj_…`). */
             token: string;
@@ -2000,11 +1874,6 @@ export interface components {
             /** @description Structured extras, e.g. every diagnostic of a refused Compose file. */
             details?: unknown;
         };
-        /**
-         * @description What happens that starts a run.
-         * @enum {string}
-         */
-        EventKind: "deployment_succeeded" | "deployment_failed" | "drift_repaired" | "agent_connected" | "agent_disconnected";
         /** @description A step of a deployment's history: progress, a drift repair, a failure. */
         EventView: {
             /** Format: int64 */
@@ -2068,10 +1937,6 @@ export interface components {
             /** @enum {string} */
             category: "cms" | "database" | "dev-tools" | "monitoring" | "storage" | "communication" | "security" | "automation" | "networking" | "messaging" | "search" | "web-stack";
             tags?: string[];
-        };
-        Graph: {
-            nodes: components["schemas"]["Node"][];
-            edges?: components["schemas"]["Edge"][];
         };
         GroupRole: {
             group: string;
@@ -2258,11 +2123,20 @@ export interface components {
             }[];
         };
         /** @description A whole list, not paged (short by nature: an organisation's members, a user's tokens). */
+        Items_WorkflowTemplate: {
+            items: {
+                slug: string;
+                name: string;
+                description: string;
+                graph: components["schemas"]["WorkflowGraph"];
+            }[];
+        };
+        /** @description A whole list, not paged (short by nature: an organisation's members, a user's tokens). */
         Items_WorkflowVersionView: {
             items: {
                 /** Format: int32 */
                 version: number;
-                graph: components["schemas"]["Graph"];
+                graph: components["schemas"]["WorkflowGraph"];
                 created_by: string;
                 created_at: string;
             }[];
@@ -2360,19 +2234,21 @@ export interface components {
             created_at: string;
             updated_at: string;
         };
-        Node: components["schemas"]["Action"] & {
-            /** @description Lowercase letters, digits and `_`: the node's name in expressions (`nodes.<id>.output`). */
-            id: string;
-            /** @description What the editor shows on the node. */
-            name?: string;
-            /** @description Where the editor draws it. */
-            position?: components["schemas"]["Position"];
-            retry?: components["schemas"]["RetryPolicy"] | null;
-            /**
-             * Format: int64
-             * @description How long one attempt may take.
-             */
-            timeout_seconds?: number | null;
+        NodePosition: {
+            /** Format: double */
+            x: number;
+            /** Format: double */
+            y: number;
+        };
+        /** @description Where a notification goes. */
+        NotifyChannel: {
+            url: string;
+            /** @enum {string} */
+            kind: "webhook";
+        } | {
+            url: string;
+            /** @enum {string} */
+            kind: "slack";
         };
         /** @description An organisation and a role there. */
         OrgRole: {
@@ -2604,12 +2480,12 @@ export interface components {
                 workflow_id: string;
                 /** Format: int32 */
                 version: number;
-                status: components["schemas"]["RunStatus"];
+                status: components["schemas"]["WorkflowRunStatus"];
                 trigger: string;
                 started_by: string;
                 /** @description Every node's step: status, attempts, port, output, error, times. */
                 steps: {
-                    [key: string]: components["schemas"]["Step"];
+                    [key: string]: components["schemas"]["WorkflowStep"];
                 };
                 /** @description Why it failed: the node, its attempts and its last error. */
                 error?: string | null;
@@ -2633,11 +2509,11 @@ export interface components {
                 /** Format: int32 */
                 concurrency: number;
                 enabled: boolean;
-                graph: components["schemas"]["Graph"];
+                graph: components["schemas"]["WorkflowGraph"];
                 created_by: string;
                 created_at: string;
                 updated_at: string;
-                last_run?: components["schemas"]["RunStatus"] | null;
+                last_run?: components["schemas"]["WorkflowRunStatus"] | null;
             }[];
             /** @description How many there are in all pages. */
             total: number;
@@ -2654,20 +2530,6 @@ export interface components {
              * @description The round trip through the agent.
              */
             latency_ms: number;
-        };
-        Position: {
-            /** Format: double */
-            x: number;
-            /** Format: double */
-            y: number;
-        };
-        /** @description A problem of a graph, and the node or edge it is about. */
-        Problem: {
-            /** @description The node's id (or `nodes[3]` when it has none). */
-            node?: string | null;
-            /** @description `from.port -> to`, for a problem of an edge. */
-            edge?: string | null;
-            message: string;
         };
         Rating: {
             /**
@@ -2754,8 +2616,6 @@ export interface components {
          * @enum {string}
          */
         Role: "viewer" | "operator" | "admin" | "owner";
-        /** @enum {string} */
-        RunStatus: "queued" | "running" | "succeeded" | "failed" | "cancelled";
         /**
          * @description How many replicas of one service should run.
          * @example {
@@ -2897,8 +2757,6 @@ export interface components {
         };
         /** @enum {string} */
         Step: "deploying" | "removing_source" | "compensating" | "done" | "failed";
-        /** @enum {string} */
-        StepStatus: "pending" | "running" | "waiting" | "succeeded" | "failed" | "skipped" | "cancelled";
         /** @description A host running an agent. */
         TargetView: {
             /** Format: uuid */
@@ -3161,6 +3019,136 @@ export interface components {
             /** @description Where to POST, with the webhook trigger's node id at the end. */
             url: string;
         };
+        /**
+         * @description A node's kind and its settings. Text settings are templates over the run so far
+         *     (`{{ nodes.deploy.output.state }}`, `{{ trigger.deployment_id }}`).
+         */
+        WorkflowAction: {
+            /** @description A trigger: someone starts a run, in the dashboard or through the API. */
+            config: Record<string, never>;
+            /** @enum {string} */
+            type: "manual";
+        } | {
+            /** @description A trigger: a cron schedule (five fields, UTC), each occurrence once. */
+            config: {
+                schedule: string;
+            };
+            /** @enum {string} */
+            type: "cron";
+        } | {
+            /** @description A trigger: something happens in the organisation. */
+            config: {
+                events: components["schemas"]["WorkflowEvent"][];
+            };
+            /** @enum {string} */
+            type: "event";
+        } | {
+            /** @description A trigger: a POST to the workflow's webhook URL, signed with its secret. */
+            config: Record<string, never>;
+            /** @enum {string} */
+            type: "webhook";
+        } | {
+            /** @description Deploys a stack (by id or name) to a target (by id or name) and waits for it to settle. */
+            config: {
+                stack: string;
+                target: string;
+                version?: string | null;
+                platform?: string | null;
+            };
+            /** @enum {string} */
+            type: "deploy";
+        } | {
+            /** @description Rolls a deployment back to a version (the one before, by default). */
+            config: {
+                deployment: string;
+                version?: string | null;
+            };
+            /** @enum {string} */
+            type: "rollback";
+        } | {
+            /** @description Sets a service's replicas. */
+            config: {
+                deployment: string;
+                service: string;
+                replicas: string;
+            };
+            /** @enum {string} */
+            type: "scale";
+        } | {
+            /** @description Removes a deployment. */
+            config: {
+                deployment: string;
+                volumes?: boolean;
+            };
+            /** @enum {string} */
+            type: "remove";
+        } | {
+            /** @description Leaves by `true` or `false`, as its expression says. */
+            config: {
+                expression: string;
+            };
+            /** @enum {string} */
+            type: "condition";
+        } | {
+            /** @description Leaves by the first case equal to its expression's value, else by `default`. */
+            config: {
+                expression: string;
+                cases: string[];
+            };
+            /** @enum {string} */
+            type: "switch";
+        } | {
+            /** @description Waits, then goes on. */
+            config: {
+                /** Format: int64 */
+                seconds: number;
+            };
+            /** @enum {string} */
+            type: "wait";
+        } | {
+            /** @description Waits for a person to approve (port `approved`) or reject (port `rejected`). */
+            config: {
+                message: string;
+            };
+            /** @enum {string} */
+            type: "approval";
+        } | {
+            /** @description An HTTP request; its output is the status, headers and body (JSON when it is). */
+            config: {
+                method?: string;
+                url: string;
+                headers?: {
+                    [key: string]: string;
+                };
+                body?: string | null;
+            };
+            /** @enum {string} */
+            type: "http";
+        } | {
+            /** @description A jq filter (jaq) over its input (the previous node's output, by default). */
+            config: {
+                filter: string;
+                input?: string | null;
+            };
+            /** @enum {string} */
+            type: "transform";
+        } | {
+            /** @description A notification. */
+            config: {
+                channel: components["schemas"]["NotifyChannel"];
+                title?: string;
+                message: string;
+            };
+            /** @enum {string} */
+            type: "notify";
+        } | {
+            /** @description Asks a language model. */
+            config: {
+                prompt: string;
+            };
+            /** @enum {string} */
+            type: "llm";
+        };
         /** @description A workflow as it is written: its graph is JSON (see `docs/workflows.md`). */
         WorkflowBody: {
             name: string;
@@ -3175,6 +3163,21 @@ export interface components {
             /** @description Whether its triggers fire (true by default). */
             enabled?: boolean | null;
         };
+        /** @description An edge: when `from` leaves by `port`, `to` may run. */
+        WorkflowEdge: {
+            from: string;
+            port?: string;
+            to: string;
+        };
+        /**
+         * @description What happens that starts a run.
+         * @enum {string}
+         */
+        WorkflowEvent: "deployment_succeeded" | "deployment_failed" | "drift_repaired" | "agent_connected" | "agent_disconnected";
+        WorkflowGraph: {
+            nodes: components["schemas"]["WorkflowNode"][];
+            edges?: components["schemas"]["WorkflowEdge"][];
+        };
         WorkflowGraphBody: {
             graph: Record<string, never>;
         };
@@ -3186,12 +3189,36 @@ export interface components {
             at_ms: number;
             message: string;
         };
+        WorkflowNode: components["schemas"]["WorkflowAction"] & {
+            /** @description Lowercase letters, digits and `_`: the node's name in expressions (`nodes.<id>.output`). */
+            id: string;
+            /** @description What the editor shows on the node. */
+            name?: string;
+            /** @description Where the editor draws it. */
+            position?: components["schemas"]["NodePosition"];
+            retry?: components["schemas"]["RetryPolicy"] | null;
+            /**
+             * Format: int64
+             * @description How long one attempt may take.
+             */
+            timeout_seconds?: number | null;
+        };
+        /** @description A problem of a graph, and the node or edge it is about. */
+        WorkflowProblem: {
+            /** @description The node's id (or `nodes[3]` when it has none). */
+            node?: string | null;
+            /** @description `from.port -> to`, for a problem of an edge. */
+            edge?: string | null;
+            message: string;
+        };
         WorkflowRunRequest: {
             /** @description The manual trigger to start from (the workflow's first, by default). */
             trigger?: string | null;
             /** @description What the trigger hands on, as `trigger` in expressions. */
             input?: Record<string, never>;
         };
+        /** @enum {string} */
+        WorkflowRunStatus: "queued" | "running" | "succeeded" | "failed" | "cancelled";
         WorkflowRunView: {
             /** Format: uuid */
             id: string;
@@ -3199,26 +3226,57 @@ export interface components {
             workflow_id: string;
             /** Format: int32 */
             version: number;
-            status: components["schemas"]["RunStatus"];
+            status: components["schemas"]["WorkflowRunStatus"];
             trigger: string;
             started_by: string;
             /** @description Every node's step: status, attempts, port, output, error, times. */
             steps: {
-                [key: string]: components["schemas"]["Step"];
+                [key: string]: components["schemas"]["WorkflowStep"];
             };
             /** @description Why it failed: the node, its attempts and its last error. */
             error?: string | null;
             created_at: string;
             finished_at?: string | null;
         };
+        /** @description One node's part of a run. */
+        WorkflowStep: {
+            status: components["schemas"]["WorkflowStepStatus"];
+            /**
+             * Format: int32
+             * @description Attempts started so far.
+             */
+            attempts: number;
+            /** @description The port it left by. */
+            port?: string | null;
+            output?: Record<string, never> | null;
+            /** @description The last attempt's error. */
+            error?: string | null;
+            /** Format: int64 */
+            started_at_ms?: number | null;
+            /** Format: int64 */
+            finished_at_ms?: number | null;
+            /**
+             * Format: int64
+             * @description When a waiting step goes on: the end of a wait, or the next attempt.
+             */
+            wake_at_ms?: number | null;
+        };
+        /** @enum {string} */
+        WorkflowStepStatus: "pending" | "running" | "waiting" | "succeeded" | "failed" | "skipped" | "cancelled";
+        WorkflowTemplate: {
+            slug: string;
+            name: string;
+            description: string;
+            graph: components["schemas"]["WorkflowGraph"];
+        };
         WorkflowValidation: {
             valid: boolean;
-            problems: components["schemas"]["Problem"][];
+            problems: components["schemas"]["WorkflowProblem"][];
         };
         WorkflowVersionView: {
             /** Format: int32 */
             version: number;
-            graph: components["schemas"]["Graph"];
+            graph: components["schemas"]["WorkflowGraph"];
             created_by: string;
             created_at: string;
         };
@@ -3232,11 +3290,11 @@ export interface components {
             /** Format: int32 */
             concurrency: number;
             enabled: boolean;
-            graph: components["schemas"]["Graph"];
+            graph: components["schemas"]["WorkflowGraph"];
             created_by: string;
             created_at: string;
             updated_at: string;
-            last_run?: components["schemas"]["RunStatus"] | null;
+            last_run?: components["schemas"]["WorkflowRunStatus"] | null;
         };
     };
     responses: never;
@@ -6395,6 +6453,35 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    workflows_templates: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Items_WorkflowTemplate"];
                 };
             };
             /** @description An error; `error.code` says which (see the `Code` schema) */

@@ -28,6 +28,9 @@ export const router = createRouter({
         { path: 'stacks/:id', name: 'stack', component: page(() => import('@/views/StackView.vue')), props: true },
         { path: 'marketplace', name: 'marketplace', component: page(() => import('@/views/MarketplaceView.vue')) },
         { path: 'marketplace/:id', name: 'template', component: page(() => import('@/views/TemplateView.vue')), props: true },
+        { path: 'workflows', name: 'workflows', component: page(() => import('@/views/WorkflowsView.vue')) },
+        { path: 'workflows/new', name: 'workflow-new', component: page(() => import('@/views/WorkflowView.vue')) },
+        { path: 'workflows/:id', name: 'workflow', component: page(() => import('@/views/WorkflowView.vue')), props: true },
         { path: 'deployments', name: 'deployments', component: page(() => import('@/views/DeploymentsView.vue')) },
         {
           path: 'deployments/:id',

@@ -37,7 +37,10 @@ export function stateType(state: string | null | undefined): TagType {
     case 'running':
     case 'connected':
     case 'healthy':
+    case 'succeeded':
       return 'success'
+    case 'queued':
+    case 'waiting':
     case 'pending':
     case 'deploying':
     case 'removing':
@@ -52,6 +55,8 @@ export function stateType(state: string | null | undefined): TagType {
       return 'danger'
     case 'removed':
     case 'disconnected':
+    case 'cancelled':
+    case 'skipped':
       return 'info'
     default:
       return 'primary'

@@ -1,9 +1,11 @@
 import { describe, expect, it } from 'vitest'
-import { mount } from '@vue/test-utils'
+import { flushPromises, mount } from '@vue/test-utils'
 import { createI18n } from 'vue-i18n'
 import en from '@/i18n/en'
 import DiffView from '@/components/DiffView.vue'
 import ActivityChart from '@/components/ActivityChart.vue'
+import WorkflowNodeSettings from '@/components/WorkflowNodeSettings.vue'
+import ElementPlus from 'element-plus'
 
 const i18n = createI18n({ legacy: false, locale: 'en', messages: { en } })
 
@@ -34,5 +36,18 @@ describe('ActivityChart', () => {
     expect(wrapper.find('table').text()).toContain('2026-11-25')
     const tallest = Math.max(...wrapper.findAll('rect').map((r) => Number(r.attributes('height'))))
     expect(tallest).toBeCloseTo(130 * 0.75)
+  })
+})
+
+describe('WorkflowNodeSettings', () => {
+  it("shows a form of the node type's settings, editing the canvas's node in place", async () => {
+    const node = { id: 'wait', type: 'wf' as const, position: { x: 0, y: 0 }, data: { type: 'wait', name: '', config: { seconds: 60 } as Record<string, unknown> } }
+    const wrapper = mount(WorkflowNodeSettings, { props: { node }, global: { plugins: [i18n, ElementPlus] } })
+    expect(wrapper.text()).toContain('Seconds')
+    expect(wrapper.text()).toContain("{{ trigger.name }}")
+    // Element Plus gives the inputs their ids once mounted.
+    await flushPromises()
+    await wrapper.find('#wf-node-name').setValue('Pause')
+    expect(node.data.name).toBe('Pause')
   })
 })

@@ -5,6 +5,7 @@ import { LogBuffer } from '@/utils/logBuffer'
 import { ago, bytes, labelList, parseLabels, stateType } from '@/utils/format'
 import { parseEvents } from '@/api/sse'
 import { initialValue, refuse, valuesToSend, type Variable } from '@/utils/templateVariables'
+import { freshId, ports, refuseConnection, toCanvas, toGraph } from '@/utils/workflowNodes'
 
 describe('CSV for bulk onboarding', () => {
   it('reads quoted fields, blank lines and both line endings', () => {
@@ -127,5 +128,40 @@ describe("a template's deploy form", () => {
   })
   it('sends only what was filled in', () => {
     expect(valuesToSend({ A: '1', B: '' })).toEqual({ A: '1' })
+  })
+})
+
+describe('the workflow editor', () => {
+  const graph = {
+    nodes: [
+      { id: 'start', type: 'manual', config: {}, position: { x: 0, y: 0 } },
+      { id: 'check', type: 'condition', config: { expression: 'true' }, position: { x: 200, y: 0 } },
+    ],
+    edges: [{ from: 'start', to: 'check' }],
+  }
+  it('turns a graph into canvas nodes and edges and back', () => {
+    const canvas = toCanvas(graph)
+    expect(canvas.edges[0]).toMatchObject({ source: 'start', sourceHandle: 'out', target: 'check', targetHandle: 'in' })
+    expect(toGraph(canvas.nodes, canvas.edges)).toEqual({
+      nodes: graph.nodes,
+      edges: [{ from: 'start', port: 'out', to: 'check' }],
+    })
+  })
+  it('gives each node kind its ports, and every action a failure port', () => {
+    expect(ports('manual', {})).toEqual(['out'])
+    expect(ports('condition', {})).toEqual(['true', 'false', 'failure'])
+    expect(ports('switch', { cases: ['a', 'b'] })).toEqual(['a', 'b', 'default', 'failure'])
+    expect(ports('approval', {})).toEqual(['approved', 'rejected', 'failure'])
+  })
+  it('refuses edges into a trigger, to the node itself, or twice', () => {
+    const { nodes, edges } = toCanvas(graph)
+    expect(refuseConnection({ source: 'check', sourceHandle: 'true', target: 'start' }, nodes, edges)).toBe('intoTrigger')
+    expect(refuseConnection({ source: 'check', sourceHandle: 'true', target: 'check' }, nodes, edges)).toBe('self')
+    expect(refuseConnection({ source: 'start', sourceHandle: 'out', target: 'check' }, nodes, edges)).toBe('twice')
+    expect(refuseConnection({ source: 'check', sourceHandle: 'failure', target: 'check' }, nodes, edges)).toBe('self')
+  })
+  it('names new nodes after their type', () => {
+    expect(freshId('wait', ['start'])).toBe('wait')
+    expect(freshId('wait', ['wait', 'wait_2'])).toBe('wait_3')
   })
 })
