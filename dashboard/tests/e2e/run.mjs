@@ -331,7 +331,6 @@ try {
     await page.mouse.move(a.x + a.width / 2, a.y + a.height / 2)
     await page.mouse.down()
     await page.mouse.move(b.x + b.width / 2, b.y + b.height / 2, { steps: 12 })
-    if (process.env.DEBUG_E2E) await page.screenshot({ path: join(results, 'wiring.png') })
     await page.mouse.up()
   }
   await wire(handle('start', 'out'), handle('wait', 'in'))
