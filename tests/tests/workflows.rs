@@ -349,3 +349,82 @@ async fn a_failed_deployment_starts_the_workflow_waiting_for_that_event() {
     assert_eq!((runs["total"].as_u64(), runs["items"][0]["started_by"].as_str()), (Some(1), Some("event")));
     drop(agent);
 }
+
+/// aiosmtpd (PyPI, in `WINDFLOW_VENV`), a real SMTP server, storing what it receives in a
+/// maildir.
+struct SmtpServer {
+    port: u16,
+    maildir: tempfile::TempDir,
+    process: std::process::Child,
+}
+
+impl SmtpServer {
+    fn start() -> Self {
+        let venv = std::env::var("WINDFLOW_VENV").unwrap_or_else(|_| "/var/cache/windflow/venv".into());
+        let port = free_tcp_port();
+        let maildir = tempfile::tempdir().expect("maildir");
+        let process = std::process::Command::new(format!("{venv}/bin/python"))
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(maildir.path().join("mail"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("aiosmtpd starts (scripts/bootstrap installs it)");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "aiosmtpd listens");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { port, maildir, process }
+    }
+
+    /// Every message received, as its raw text.
+    fn messages(&self) -> Vec<String> {
+        let new = self.maildir.path().join("mail/new");
+        std::fs::read_dir(new)
+            .map(|entries| entries.flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_email_notification_goes_through_an_smtp_relay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cp = ControlPlane::start(dir.path()).await;
+    let smtp = SmtpServer::start();
+    let relay = format!("smtp://127.0.0.1:{}", smtp.port);
+    let channel = json!({"kind": "email", "to": ["ops@example.com", "lead@example.com"], "relay": relay, "from": "windflow@example.com"});
+    let graph = json!({
+        "nodes": [
+            {"id": "start", "type": "manual", "config": {}},
+            {"id": "mail", "type": "notify", "config": {"channel": channel, "title": "Nightly report", "message": "All {{ trigger.count }} deployments run."}}
+        ],
+        "edges": [{"from": "start", "to": "mail"}]
+    });
+    let workflow = create(&mut cp, "mail", graph).await;
+    let run_id = run(&mut cp, &workflow, json!({"count": 12})).await;
+    let done = over(&mut cp, &workflow, &run_id).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    let messages = smtp.messages();
+    assert_eq!(messages.len(), 1, "one message, to both");
+    let message = &messages[0];
+    assert!(message.contains("Subject: Nightly report"), "{message}");
+    assert!(message.contains("All 12 deployments run."), "{message}");
+    assert!(message.contains("ops@example.com") && message.contains("lead@example.com"), "{message}");
+
+    // A relay URL with credentials is refused: they would be stored in clear.
+    let leaky = json!({"nodes": [
+        {"id": "start", "type": "manual", "config": {}},
+        {"id": "mail", "type": "notify", "config": {"channel": {"kind": "email", "to": ["a@b.c"], "relay": "smtps://me:secret@smtp.example.com", "from": "x@y.z"}, "message": "hi"}}
+    ], "edges": [{"from": "start", "to": "mail"}]});
+    let (status, refused) = cp.api(Method::POST, "/workflows", Some(json!({"name": "leaky", "graph": leaky}))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(refused["error"]["message"].as_str().is_some_and(|m| m.contains("credentials")), "{refused}");
+}

@@ -276,6 +276,7 @@ async fn notify(
             let text = if title.is_empty() { message.to_owned() } else { format!("*{title}*\n{message}") };
             (url, serde_json::json!({ "text": text }))
         }
+        Channel::Email { to, relay, from } => return mail(call, to, relay, from, title, message).await,
     };
     let response = client.post(url).json(&body).send().await.map_err(|e| format!("POST {url}: {e}"))?;
     let status = response.status();
@@ -284,4 +285,33 @@ async fn notify(
     }
     call.log.line(format!("notified {url} ({status})"));
     Ok(serde_json::json!({ "status": status.as_u16() }))
+}
+
+/// How long sending one email may take.
+const MAIL_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn mail(
+    call: &Call<'_>,
+    to: &[String],
+    relay: &str,
+    from: &str,
+    title: &str,
+    message: &str,
+) -> Result<serde_json::Value, String> {
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+    let mut email = Message::builder()
+        .from(from.parse().map_err(|e| format!("{from:?}: {e}"))?)
+        .subject(if title.is_empty() { "WindFlow" } else { title })
+        .header(lettre::message::header::ContentType::TEXT_PLAIN);
+    for address in to {
+        email = email.to(address.parse().map_err(|e| format!("{address:?}: {e}"))?);
+    }
+    let email = email.body(message.to_owned()).map_err(|e| e.to_string())?;
+    let mailer = AsyncSmtpTransport::<Tokio1Executor>::from_url(relay)
+        .map_err(|e| format!("the relay {relay}: {e}"))?
+        .timeout(Some(MAIL_TIMEOUT))
+        .build();
+    let answer = mailer.send(email).await.map_err(|e| format!("sending through {relay}: {e}"))?;
+    call.log.line(format!("mailed {} through {relay}", to.join(", ")));
+    Ok(serde_json::json!({ "to": to, "code": answer.code().to_string() }))
 }

@@ -536,7 +536,7 @@ fn webhook_context(workflow_id: Uuid) -> String {
 pub struct WebhookSecret {
     /// Sign each delivery's body with it: `X-WindFlow-Signature: sha256=<hex HMAC-SHA256>`.
     secret: String,
-    /// Where to POST, with the webhook trigger's node id at the end.
+    /// Where to POST, `NODE` standing for the webhook trigger's node id.
     url: String,
 }
 
@@ -558,7 +558,7 @@ async fn webhook_secret(
     }
     tracing::info!(workflow = %workflow.id, by = %caller.username, "workflow webhook secret made");
     let url =
-        format!("{}/api/v1/hooks/workflows/{}/<node>", state.settings.public_url.trim_end_matches('/'), workflow.id);
+        format!("{}/api/v1/hooks/workflows/{}/NODE", state.settings.public_url.trim_end_matches('/'), workflow.id);
     Ok((StatusCode::CREATED, Json(WebhookSecret { secret, url })))
 }
 

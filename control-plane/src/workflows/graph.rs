@@ -113,6 +113,9 @@ pub enum Channel {
     Webhook { url: String },
     /// A Slack incoming webhook (`{"text": …}`).
     Slack { url: String },
+    /// An email through an SMTP relay, without authentication: `smtp://host:port` (add
+    /// `?tls=required` for STARTTLS) or `smtps://host:port`.
+    Email { to: Vec<String>, relay: String, from: String },
 }
 
 /// A node's kind and its settings. Text settings are templates over the run so far
@@ -397,6 +400,32 @@ fn required(value: &str, field: &str) -> Option<String> {
     value.trim().is_empty().then(|| format!("`{field}` is required"))
 }
 
+fn is_address(text: &str) -> bool {
+    text.split_once('@').is_some_and(|(user, domain)| !user.is_empty() && !domain.is_empty() && !text.contains(' '))
+}
+
+fn check_email(to: &[String], relay: &str, from: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    if to.is_empty() {
+        problems.push("`channel.to` names at least one address".to_owned());
+    }
+    if let Some(bad) = to.iter().chain([&from.to_owned()]).find(|a| !is_address(a)) {
+        problems.push(format!("{bad:?} is not an email address"));
+    }
+    match relay.split_once("://") {
+        Some(("smtp" | "smtps", rest)) if !rest.is_empty() => {
+            if rest.split(['/', '?']).next().unwrap_or_default().contains('@') {
+                problems.push(
+                    "`channel.relay` carries credentials, which would be stored in clear: use a relay that needs none"
+                        .to_owned(),
+                );
+            }
+        }
+        _ => problems.push("`channel.relay` is smtp://host:port or smtps://host:port".to_owned()),
+    }
+    problems
+}
+
 /// A node's own problems, as messages.
 fn check_node(node: &Node, ids: &BTreeSet<&str>) -> Vec<String> {
     let mut problems = Vec::new();
@@ -486,9 +515,13 @@ fn check_node(node: &Node, ids: &BTreeSet<&str>) -> Vec<String> {
         Action::Notify { channel, title, message } => {
             problems.extend(required(message, "message"));
             templates.extend([("title", title.as_str()), ("message", message.as_str())]);
-            let (Channel::Webhook { url } | Channel::Slack { url }) = channel;
-            problems.extend(required(url, "channel.url"));
-            templates.push(("channel.url", url));
+            match channel {
+                Channel::Webhook { url } | Channel::Slack { url } => {
+                    problems.extend(required(url, "channel.url"));
+                    templates.push(("channel.url", url));
+                }
+                Channel::Email { to, relay, from } => problems.extend(check_email(to, relay, from)),
+            }
         }
         Action::Llm { .. } => problems
             .push("the LLM node needs WindFlow's AI provider layer, which this version does not have yet".to_owned()),

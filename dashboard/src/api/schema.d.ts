@@ -2249,6 +2249,12 @@ export interface components {
             url: string;
             /** @enum {string} */
             kind: "slack";
+        } | {
+            to: string[];
+            relay: string;
+            from: string;
+            /** @enum {string} */
+            kind: "email";
         };
         /** @description An organisation and a role there. */
         OrgRole: {
@@ -3016,7 +3022,7 @@ export interface components {
         WebhookSecret: {
             /** @description Sign each delivery's body with it: `X-WindFlow-Signature: sha256=<hex HMAC-SHA256>`. */
             secret: string;
-            /** @description Where to POST, with the webhook trigger's node id at the end. */
+            /** @description Where to POST, `NODE` standing for the webhook trigger's node id. */
             url: string;
         };
         /**
