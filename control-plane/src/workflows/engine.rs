@@ -456,10 +456,26 @@ impl Engine {
                 tracing::error!(run = %run_id, error = %e, "a workflow run could not be stored; it resumes at the next start");
             }
             engine.live.lock().expect("live runs").remove(&run_id);
+            engine.forget_if_orphaned(workflow_id, run_id);
             if let Err(e) = engine.admit_queued(workflow_id) {
                 tracing::error!(workflow = %workflow_id, error = %e, "queued workflow runs could not be started");
             }
         });
+    }
+
+    /// A run whose workflow was deleted while it ended (its last write came after the
+    /// deletion) is deleted too, with its log.
+    fn forget_if_orphaned(&self, workflow_id: Uuid, run_id: Uuid) {
+        if !matches!(super::get(self.store.as_ref(), workflow_id), Ok(None)) {
+            return;
+        }
+        let mut writes = vec![Write { table: Table::WorkflowRuns, key: run_key(workflow_id, run_id), value: None }];
+        if let Ok(lines) = self.store.scan_prefix(Table::WorkflowLogs, run_id.as_bytes()) {
+            writes.extend(lines.into_iter().map(|(key, _)| Write { table: Table::WorkflowLogs, key, value: None }));
+        }
+        if let Err(e) = self.store.atomic(&[], &writes) {
+            tracing::warn!(run = %run_id, error = %e, "the run of a deleted workflow could not be deleted");
+        }
     }
 
     async fn drive_run(

@@ -409,3 +409,23 @@ async fn an_event_starts_the_workflows_waiting_for_it_once() {
     let payload = run.progress.step("failed").expect("the trigger").output.clone().expect("payload");
     assert_eq!((payload["event"].as_str(), payload["detail"].as_str()), (Some("deployment_failed"), Some("exit 1")));
 }
+
+#[tokio::test(start_paused = true)]
+async fn deleting_a_workflow_leaves_none_of_its_runs_behind_even_one_ending_just_after() {
+    let (_dir, store) = store();
+    let workflow = workflow(store.as_ref(), chain(vec![step("stuck")]), 1);
+    let engine = Engine::new(store.clone(), Scripted::with(&[("stuck", Script::Hang)]));
+    let run = engine.start(&workflow, "start", json!({}), "ops").expect("starts");
+    until(store.as_ref(), &run, |r| {
+        r.progress.step("stuck").expect("a node of the graph").status == StepStatus::Running
+    })
+    .await;
+    // As the API does: cancel, then delete at once, before the run has written its end.
+    engine.cancel(workflow.id, run.id).expect("cancels");
+    super::delete(store.as_ref(), &workflow).expect("deleted");
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(super::engine::runs_of(store.as_ref(), workflow.id).expect("runs"), []);
+    assert_eq!(logs_of(store.as_ref(), run.id).expect("logs"), []);
+}
