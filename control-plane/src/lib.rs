@@ -6,6 +6,7 @@
 //! proves, and never write anything half: every multi-record change is one store transaction.
 
 pub mod agents;
+pub mod analyzer;
 pub mod api;
 pub mod api_tokens;
 pub mod audit;

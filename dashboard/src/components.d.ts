@@ -75,6 +75,7 @@ declare module 'vue' {
     RouterLink: typeof import('vue-router')['RouterLink']
     RouterView: typeof import('vue-router')['RouterView']
     SecuritySettings: typeof import('./components/SecuritySettings.vue')['default']
+    StackAnalysis: typeof import('./components/StackAnalysis.vue')['default']
     StateTag: typeof import('./components/StateTag.vue')['default']
     TemplateDeployDialog: typeof import('./components/TemplateDeployDialog.vue')['default']
     TemplateFileDialog: typeof import('./components/TemplateFileDialog.vue')['default']

@@ -106,3 +106,33 @@ async fn a_missing_image_fails_with_the_engines_message() {
     assert!(error.to_string().contains("windflow-test/does-not-exist:0"), "{error}");
     driver.remove(&project, true, &progress).await.expect("clean up");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn followed_logs_join_a_container_once_it_starts_even_if_it_was_created_long_before() {
+    let project = format!("wftest-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let driver = DockerDriver::connect().await.expect("docker engine");
+    let mut logs = driver.logs(&project, None, Some(10), None, true).await.expect("follows");
+    // Created, and seen by the follower's polls, well before it starts.
+    let name = format!("{project}-app-1");
+    let created = std::process::Command::new("docker")
+        .args(["create", "--name", &name, "--label"])
+        .arg(format!("com.docker.compose.project={project}"))
+        .args([
+            "--label",
+            "com.docker.compose.service=app",
+            &busybox_image(),
+            "sh",
+            "-c",
+            "echo started late; sleep 30",
+        ])
+        .output()
+        .expect("docker create");
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let started = std::process::Command::new("docker").args(["start", &name]).output().expect("docker start");
+    assert!(started.status.success());
+    let chunk =
+        tokio::time::timeout(Duration::from_secs(10), logs.recv()).await.expect("a line in time").expect("a line");
+    assert_eq!(String::from_utf8_lossy(&chunk.data).trim(), "started late");
+    let _ = std::process::Command::new("docker").args(["rm", "-f", &name]).output();
+}

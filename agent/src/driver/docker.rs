@@ -111,6 +111,8 @@ struct Existing {
     service: String,
     number: u32,
     config_hash: String,
+    /// Started at least once (running, or stopped since): it has logs to follow.
+    started: bool,
 }
 
 impl DockerDriver {
@@ -238,6 +240,13 @@ impl DockerDriver {
                     service: labels.get(LABEL_SERVICE)?.clone(),
                     number: labels.get(LABEL_NUMBER).and_then(|n| n.parse().ok()).unwrap_or(1),
                     config_hash: labels.get(LABEL_CONFIG_HASH).cloned().unwrap_or_default(),
+                    started: c.state.is_some_and(|s| {
+                        !matches!(
+                            s,
+                            bollard::models::ContainerSummaryStateEnum::CREATED
+                                | bollard::models::ContainerSummaryStateEnum::EMPTY
+                        )
+                    }),
                 })
             })
             .collect())
@@ -637,8 +646,11 @@ impl DockerDriver {
                 while !out.is_closed() {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     let Ok(containers) = driver.existing(&project).await else { continue };
-                    for container in
-                        containers.into_iter().filter(|c| service.as_deref().is_none_or(|s| c.service == s))
+                    // A container is joined once it has started: following one that is only
+                    // created ends at once, and it would never be joined again.
+                    for container in containers
+                        .into_iter()
+                        .filter(|c| c.started && service.as_deref().is_none_or(|s| c.service == s))
                     {
                         if attached.insert(container.id.clone()) {
                             // A newcomer: all of its lines, it started after the follow did.

@@ -65,8 +65,8 @@ pub fn access(method: &Method, path: &str) -> Access {
         (&Method::POST, ["templates", _, "reviews"]) | (&Method::PUT, ["templates", _, "reviews", "mine"]) => {
             Access { scope: Some(Scope::Deploy), role: Some(Role::Viewer) }
         }
-        // Checking a Compose file or a workflow saves nothing.
-        (&Method::POST, ["stacks" | "workflows", "validate"]) => {
+        // Checking a Compose file or a workflow, or analysing a stack, saves nothing.
+        (&Method::POST, ["stacks" | "workflows", "validate"]) | (&Method::POST, ["stacks", _, "analyze"]) => {
             Access { scope: Some(Scope::Read), role: Some(Role::Viewer) }
         }
         // Running a workflow, cancelling a run and answering its approvals operate; drawing one
@@ -579,6 +579,7 @@ mod tests {
             (Method::POST, "/api/v1/templates", org(Scope::Admin, Role::Admin)),
             (Method::POST, "/api/v1/workflows", org(Scope::Admin, Role::Admin)),
             (Method::POST, "/api/v1/workflows/validate", org(Scope::Read, Role::Viewer)),
+            (Method::POST, "/api/v1/stacks/x/analyze", org(Scope::Read, Role::Viewer)),
             (Method::POST, "/api/v1/workflows/x/runs", org(Scope::Deploy, Role::Operator)),
             (Method::POST, "/api/v1/workflows/x/runs/y/cancel", org(Scope::Deploy, Role::Operator)),
             (Method::POST, "/api/v1/workflows/x/runs/y/approvals/z", org(Scope::Deploy, Role::Operator)),

@@ -26,6 +26,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(versions))
         .routes(routes!(show_version))
         .routes(routes!(render))
+        .routes(routes!(analyze))
         .routes(routes!(clone))
 }
 
@@ -308,6 +309,47 @@ struct RenderQuery {
     /// A stack version; the current one when left out.
     #[param(minimum = 1)]
     version: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct AnalyzeQuery {
+    /// A stack version; the current one when left out.
+    #[param(minimum = 1)]
+    version: Option<u32>,
+}
+
+/// What the rule analyser found in a stack version, most severe first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Analysis {
+    version: u32,
+    findings: Vec<crate::analyzer::Finding>,
+    high: usize,
+    medium: usize,
+    low: usize,
+}
+
+/// Runs the rule analyser over a stack version (nothing is saved): unpinned images, no
+/// healthcheck, no resource limits, privileged containers, the Docker socket mounted, secrets
+/// written in the environment, ports on every interface, running as root, no restart policy.
+#[utoipa::path(post, path = "/stacks/{id}/analyze", tag = "stacks", params(("id" = String, Path), AnalyzeQuery),
+    responses((status = 200, body = Analysis)))]
+async fn analyze(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<AnalyzeQuery>,
+) -> Result<Json<Analysis>, ApiError> {
+    let stack = load(&state, &caller, &id)?;
+    let number = query.version.unwrap_or(stack.current_version);
+    let version = stacks::version(state.store.as_ref(), stack.id, number)?
+        .ok_or_else(|| ApiError::invalid("version", format!("stack version {number} does not exist")))?;
+    let parsed = stacks::parsed_of(&state.master_key, &stack, &version).map_err(ApiError::internal)?;
+    let findings = crate::analyzer::analyze(&version.compose, &parsed.spec);
+    let count = |severity| findings.iter().filter(|f| f.severity == severity).count();
+    use crate::analyzer::Severity;
+    let (high, medium, low) = (count(Severity::High), count(Severity::Medium), count(Severity::Low));
+    Ok(Json(Analysis { version: number, findings, high, medium, low }))
 }
 
 /// What a stack version becomes on a platform, before anything is applied.

@@ -208,3 +208,15 @@ fn a_template_written_back_as_a_file_reads_the_same() {
         assert!(file.contains("compose: |"), "the Compose file stays a block: {file}");
     }
 }
+
+#[test]
+fn the_rule_analyser_finds_nothing_severe_in_a_shipped_template() {
+    for template in catalog::certified() {
+        let parsed = parsed_with_defaults(template);
+        let severe: Vec<_> = crate::analyzer::analyze(&template.compose, &parsed.spec)
+            .into_iter()
+            .filter(|f| f.severity == crate::analyzer::Severity::High)
+            .collect();
+        assert_eq!(severe, [], "{}", template.slug);
+    }
+}

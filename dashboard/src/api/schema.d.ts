@@ -737,6 +737,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/stacks/{id}/analyze": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Runs the rule analyser over a stack version (nothing is saved): unpinned images, no
+         *     healthcheck, no resource limits, privileged containers, the Docker socket mounted, secrets
+         *     written in the environment, ports on every interface, running as root, no restart policy.
+         */
+        post: operations["stacks_analyze"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/stacks/{id}/clone": {
         parameters: {
             query?: never;
@@ -1507,6 +1528,24 @@ export interface components {
             username: string;
             role: components["schemas"]["Role"];
         };
+        /** @description What the rule analyser found in a stack version, most severe first. */
+        Analysis: {
+            /** Format: int32 */
+            version: number;
+            findings: components["schemas"]["AnalyzerFinding"][];
+            high: number;
+            medium: number;
+            low: number;
+        };
+        AnalyzerFinding: {
+            /** @description The rule's name, stable across versions: `unpinned-image`, `privileged`, … */
+            rule: string;
+            severity: components["schemas"]["FindingSeverity"];
+            /** @description Where in the Compose file: `services.web.image`. */
+            path: string;
+            message: string;
+            fix: string;
+        };
         ApprovalDecision: {
             approved: boolean;
         };
@@ -1921,6 +1960,8 @@ export interface components {
             /** @description Per target, in milliseconds. */
             latency_ms: components["schemas"]["Latency"];
         };
+        /** @enum {string} */
+        FindingSeverity: "high" | "medium" | "low";
         /** @description Something about a stack on a platform. */
         FindingView: {
             /** @description Where in the Compose model, e.g. `services.web.privileged`. */
@@ -5048,6 +5089,40 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    stacks_analyze: {
+        parameters: {
+            query?: {
+                /** @description A stack version; the current one when left out. */
+                version?: number;
+            };
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Analysis"];
+                };
             };
             /** @description An error; `error.code` says which (see the `Code` schema) */
             default: {

@@ -157,6 +157,13 @@ export default {
     deleteConfirm: 'Forget {name}? Its agent is revoked and the target removed from the list.',
   },
   stacks: {
+    analysis: 'Analysis',
+    analysisHelp: 'What the rule analyser finds in this version: unpinned images, missing healthchecks and limits, privileges, secrets in the file, exposed ports… No language model is involved.',
+    noFindings: 'Nothing to fix.',
+    where: 'Where',
+    problem: 'Problem',
+    fix: 'Fix',
+    severity: { label: 'Severity', high: 'High', medium: 'Medium', low: 'Low' },
     title: 'Stacks',
     new: 'New stack',
     none: 'No stacks yet.',

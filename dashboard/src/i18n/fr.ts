@@ -157,6 +157,13 @@ export default {
     deleteConfirm: 'Oublier {name} ? Son agent est révoqué et la cible retirée de la liste.',
   },
   stacks: {
+    analysis: 'Analyse',
+    analysisHelp: "Ce que l'analyseur de règles trouve dans cette version : images non figées, contrôles de santé et limites absents, privilèges, secrets dans le fichier, ports exposés… Sans modèle de langage.",
+    noFindings: 'Rien à corriger.',
+    where: 'Où',
+    problem: 'Problème',
+    fix: 'Correction',
+    severity: { label: 'Gravité', high: 'Haute', medium: 'Moyenne', low: 'Basse' },
     title: 'Stacks',
     new: 'Nouvelle stack',
     none: 'Aucune stack pour le moment.',

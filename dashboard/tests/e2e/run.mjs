@@ -189,6 +189,11 @@ try {
   await page.getByRole('tab', { name: 'On libvirt' }).click()
   await page.locator('[data-testid=libvirt-finding]', { hasText: 'Refused on libvirt: x-vms' }).waitFor()
 
+  step('what the rule analyser finds in it')
+  await page.getByRole('tab', { name: 'Analysis' }).click()
+  await page.locator('[data-testid=stack-analysis]', { hasText: 'has no memory limit' }).waitFor()
+  await scan(page, 'stack-analysis')
+
   step('deploy it, watch it run and read its logs')
   await page.getByRole('button', { name: 'Deploy', exact: true }).click()
   const dialog = page.getByRole('dialog', { name: `Deploy ${stackName}` })
