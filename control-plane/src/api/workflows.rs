@@ -169,8 +169,7 @@ pub struct WorkflowValidation {
 /// marked `CHANGE-ME` and the example URLs first).
 #[utoipa::path(get, path = "/workflows/templates", tag = "workflows",
     responses((status = 200, body = super::Items<crate::workflows::catalog::WorkflowTemplate>)))]
-async fn templates(caller: Caller) -> Json<super::Items<crate::workflows::catalog::WorkflowTemplate>> {
-    let _ = caller;
+async fn templates(_caller: Caller) -> Json<super::Items<crate::workflows::catalog::WorkflowTemplate>> {
     Json(super::Items { items: crate::workflows::catalog::templates().to_vec() })
 }
 
@@ -178,10 +177,9 @@ async fn templates(caller: Caller) -> Json<super::Items<crate::workflows::catalo
 #[utoipa::path(post, path = "/workflows/validate", tag = "workflows", request_body = WorkflowGraphBody,
     responses((status = 200, body = WorkflowValidation)))]
 async fn validate(
-    caller: Caller,
+    _caller: Caller,
     ApiJson(body): ApiJson<WorkflowGraphBody>,
 ) -> Result<Json<WorkflowValidation>, ApiError> {
-    let _ = caller;
     let problems = match graph::parse(&serde_json::Value::Object(body.graph)) {
         Ok(graph) => graph::check(&graph),
         Err(problems) => problems,

@@ -125,6 +125,11 @@ async fn until(store: &dyn Store, run: &Run, done: impl Fn(&Run) -> bool) -> Run
     panic!("the run never got there: {now:#?}");
 }
 
+/// The run once one of its nodes is in `status`.
+async fn until_step(store: &dyn Store, run: &Run, node: &str, status: StepStatus) -> Run {
+    until(store, run, |r| r.progress.step(node).expect("a node of the graph").status == status).await
+}
+
 async fn over(store: &dyn Store, run: &Run) -> Run {
     until(store, run, |r| r.status.is_over()).await
 }
@@ -223,10 +228,7 @@ async fn a_cancelled_run_stops_its_running_nodes_and_cancels_the_rest() {
     let workflow = workflow(store.as_ref(), chain(vec![step("stuck"), step("after")]), 1);
     let engine = Engine::new(store.clone(), Scripted::with(&[("stuck", Script::Hang)]));
     let run = engine.start(&workflow, "start", json!({}), "ops").expect("starts");
-    until(store.as_ref(), &run, |r| {
-        r.progress.step("stuck").expect("a node of the graph").status == StepStatus::Running
-    })
-    .await;
+    until_step(store.as_ref(), &run, "stuck", StepStatus::Running).await;
     engine.cancel(workflow.id, run.id).expect("cancels");
     let run = over(store.as_ref(), &run).await;
     assert_eq!(run.status, RunStatus::Cancelled);
@@ -257,10 +259,7 @@ async fn conditions_choose_a_branch_and_approvals_wait_for_a_person() {
     let runner = Scripted::with(&[]);
     let engine = Engine::new(store.clone(), runner.clone());
     let run = engine.start(&workflow, "start", json!({"env": "production"}), "ops").expect("starts");
-    until(store.as_ref(), &run, |r| {
-        r.progress.step("approve").expect("a node of the graph").status == StepStatus::Waiting
-    })
-    .await;
+    until_step(store.as_ref(), &run, "approve", StepStatus::Waiting).await;
     assert!(engine.decide(workflow.id, run.id, "deploy", true, "boss").is_err(), "only a waiting approval is decided");
     engine.decide(workflow.id, run.id, "approve", true, "boss").expect("decides");
     let run = over(store.as_ref(), &run).await;
@@ -308,10 +307,7 @@ fn a_restart_in_the_middle_of_a_run_resumes_it_without_repeating_a_finished_node
     let run = paused().block_on(async {
         let engine = Engine::new(store.clone(), before.clone());
         let run = engine.start(&workflow, "start", json!({"n": 1}), "ops").expect("starts");
-        until(store.as_ref(), &run, |r| {
-            r.progress.step("second").expect("a node of the graph").status == StepStatus::Running
-        })
-        .await
+        until_step(store.as_ref(), &run, "second", StepStatus::Running).await
     });
     assert_eq!(run.progress.step("first").expect("a node of the graph").status, StepStatus::Succeeded);
 
@@ -336,10 +332,7 @@ async fn a_wait_node_goes_on_at_the_wake_time_it_stored() {
     let workflow = workflow(store.as_ref(), graph, 1);
     let engine = Engine::new(store.clone(), Scripted::with(&[]));
     let run = engine.start(&workflow, "start", json!({}), "ops").expect("starts");
-    let waiting = until(store.as_ref(), &run, |r| {
-        r.progress.step("pause").expect("a node of the graph").status == StepStatus::Waiting
-    })
-    .await;
+    let waiting = until_step(store.as_ref(), &run, "pause", StepStatus::Waiting).await;
     let wake = waiting.progress.step("pause").expect("a node of the graph").wake_at_ms.expect("a wake time");
     assert!(wake >= waiting.created_at_ms + 60_000);
     let run = over(store.as_ref(), &run).await;
@@ -416,10 +409,7 @@ async fn deleting_a_workflow_leaves_none_of_its_runs_behind_even_one_ending_just
     let workflow = workflow(store.as_ref(), chain(vec![step("stuck")]), 1);
     let engine = Engine::new(store.clone(), Scripted::with(&[("stuck", Script::Hang)]));
     let run = engine.start(&workflow, "start", json!({}), "ops").expect("starts");
-    until(store.as_ref(), &run, |r| {
-        r.progress.step("stuck").expect("a node of the graph").status == StepStatus::Running
-    })
-    .await;
+    until_step(store.as_ref(), &run, "stuck", StepStatus::Running).await;
     // As the API does: cancel, then delete at once, before the run has written its end.
     engine.cancel(workflow.id, run.id).expect("cancels");
     super::delete(store.as_ref(), &workflow).expect("deleted");
