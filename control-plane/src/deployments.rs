@@ -398,14 +398,17 @@ impl Reconciler {
     }
 
     fn pass(self: &Arc<Self>) -> Result<(), StoreError> {
-        for deployment in list(self.store.as_ref())? {
-            if self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).contains(&deployment.id) {
+        for listed in list(self.store.as_ref())? {
+            if !self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(listed.id) {
                 continue;
             }
-            if !self.needs_work(&deployment) || !self.hub.is_connected(deployment.target_id) {
+            // Read again once claimed: a task that finished since the list was read may have
+            // settled this deployment, and working from the stale copy would deploy it twice.
+            let current = get(self.store.as_ref(), listed.id)?;
+            let Some(deployment) = current.filter(|d| self.needs_work(d) && self.hub.is_connected(d.target_id)) else {
+                self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&listed.id);
                 continue;
-            }
-            self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(deployment.id);
+            };
             let this = self.clone();
             tokio::spawn(async move {
                 let id = deployment.id;
@@ -485,12 +488,12 @@ impl Reconciler {
         let parsed = match self.spec(&deployment, deployment.version) {
             Ok(parsed) => parsed,
             Err(reason) => {
-                self.events.finish(id, Level::Error, format!("cannot deploy: {reason}"), State::Failed);
                 self.set(id, |d| {
                     d.state = State::Failed;
                     d.reason = Some(reason.clone());
                     d.settled_generation = d.settled_generation.max(generation);
                 });
+                self.events.finish(id, Level::Error, format!("cannot deploy: {reason}"), State::Failed);
                 return;
             }
         };
@@ -518,40 +521,37 @@ impl Reconciler {
                     &deployment,
                     message.clone(),
                 );
-                self.events.finish(id, Level::Info, message, State::Running);
                 self.set(id, |d| {
                     d.state = State::Running;
                     d.reason = None;
                     d.running_version = Some(deployment.version);
                     d.settled_generation = d.settled_generation.max(generation);
                 });
+                self.events.finish(id, Level::Info, message, State::Running);
             }
             Err(HubError::Link(_) | HubError::NotConnected | HubError::Timeout) if !repairing => {
                 let reason = "the target disconnected; the deployment resumes when it is back".to_owned();
-                self.events.finish(id, Level::Warning, reason.clone(), State::Pending);
                 self.set(id, |d| {
                     d.state = State::Pending;
                     d.reason = Some(reason.clone());
                 });
+                self.events.finish(id, Level::Warning, reason.clone(), State::Pending);
             }
             Err(error) => {
                 let reason = error.to_string();
                 let failure = format!("version {} failed: {reason}", deployment.version);
                 self.audit("deployment.failed", &deployment, failure.clone());
-                let previous = deployment.running_version.filter(|v| *v != deployment.version);
-                match previous {
-                    Some(_) => {
-                        self.events.append(id, Level::Error, failure, None);
-                    }
-                    None => self.events.finish(id, Level::Error, failure, State::Failed),
-                }
                 self.set(id, |d| {
                     d.state = State::Failed;
                     d.reason = Some(reason.clone());
                     d.settled_generation = d.settled_generation.max(generation);
                 });
-                if let Some(previous) = previous {
-                    self.roll_back(&deployment, previous).await;
+                match deployment.running_version.filter(|v| *v != deployment.version) {
+                    Some(previous) => {
+                        self.events.append(id, Level::Error, failure, None);
+                        self.roll_back(&deployment, previous).await;
+                    }
+                    None => self.events.finish(id, Level::Error, failure, State::Failed),
                 }
             }
         }
@@ -629,19 +629,19 @@ impl Reconciler {
                     &deployment,
                     if volumes { "with volumes".into() } else { "volumes kept".into() },
                 );
-                self.events.finish(id, Level::Info, "removed", State::Removed);
                 self.set(id, |d| {
                     d.state = State::Removed;
                     d.reason = None;
                     d.settled_generation = d.generation;
                 });
+                self.events.finish(id, Level::Info, "removed", State::Removed);
             }
             Ok(JobOutcome::Failed { message }) => {
-                self.events.finish(id, Level::Error, format!("removal failed: {message}"), State::Failed);
                 self.set(id, |d| {
                     d.state = State::Failed;
                     d.reason = Some(message.clone());
                 });
+                self.events.finish(id, Level::Error, format!("removal failed: {message}"), State::Failed);
             }
             Err(error) => {
                 self.events.append(
