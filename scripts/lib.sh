@@ -13,6 +13,8 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export MEMORY_SERVE_QUIET=1
 # Python tools for the tests (schemathesis) live in a virtualenv outside the clone too.
 export WINDFLOW_VENV="${WINDFLOW_VENV:-/var/cache/windflow/venv}"
+# LiteLLM's proxy for the AI tests, in a virtualenv of its own.
+export WINDFLOW_LITELLM_VENV="${WINDFLOW_LITELLM_VENV:-/var/cache/windflow/litellm}"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 fail() { printf 'error: %s\n' "$*" >&2; exit 1; }

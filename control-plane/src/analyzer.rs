@@ -38,6 +38,11 @@ static SECRET_NAME: LazyLock<regex::Regex> = LazyLock::new(|| {
         .expect("a valid pattern")
 });
 
+/// Whether an environment or variable name says it holds a secret.
+pub fn is_secret_name(name: &str) -> bool {
+    SECRET_NAME.is_match(name)
+}
+
 /// Every finding of a stack: `compose` is the file as written (to tell a literal value from a
 /// `${VARIABLE}`), `spec` what it means.
 pub fn analyze(compose: &str, spec: &StackSpec) -> Vec<Finding> {

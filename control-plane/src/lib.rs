@@ -6,11 +6,13 @@
 //! proves, and never write anything half: every multi-record change is one store transaction.
 
 pub mod agents;
+pub mod ai;
 pub mod analyzer;
 pub mod api;
 pub mod api_tokens;
 pub mod audit;
 pub mod auth;
+pub mod breaker;
 pub mod cli;
 pub mod compose;
 pub mod deployments;

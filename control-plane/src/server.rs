@@ -141,6 +141,8 @@ pub async fn serve(
         crate::api::outbound_http(std::time::Duration::from_secs(60)).map_err(|e| anyhow::anyhow!(e))?,
     ));
     let workflows = crate::workflows::engine::Engine::new(store.clone(), runner.clone());
+    let assistant =
+        Arc::new(crate::ai::Assistant::new(store.clone(), master_key.clone(), crate::ai::Resilience::default()));
     let state = AppState {
         store: store.clone(),
         pki: pki.clone(),
@@ -158,6 +160,7 @@ pub async fn serve(
         ),
         settings: Arc::new(settings.clone()),
         workflows: workflows.clone(),
+        assistant,
     };
     runner.attach(state.clone());
     let resumed = workflows.resume_all()?;

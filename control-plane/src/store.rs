@@ -64,10 +64,14 @@ pub enum Table {
     WorkflowLogs,
     /// Each trigger occurrence that started a run. Key: workflow id, node id, 0, occurrence.
     WorkflowFirings,
+    /// An organisation's language-model provider, by organisation id.
+    AiConfigs,
+    /// Tokens and cost of an organisation's model: organisation id (16 bytes) + month.
+    AiUsage,
 }
 
 impl Table {
-    const ALL: [Table; 23] = [
+    const ALL: [Table; 25] = [
         Table::Users,
         Table::Sessions,
         Table::JoinTokens,
@@ -91,6 +95,8 @@ impl Table {
         Table::WorkflowRuns,
         Table::WorkflowLogs,
         Table::WorkflowFirings,
+        Table::AiConfigs,
+        Table::AiUsage,
     ];
 
     fn name(self) -> &'static str {
@@ -118,6 +124,8 @@ impl Table {
             Table::WorkflowRuns => "workflow_runs",
             Table::WorkflowLogs => "workflow_logs",
             Table::WorkflowFirings => "workflow_firings",
+            Table::AiConfigs => "ai_configs",
+            Table::AiUsage => "ai_usage",
         }
     }
 

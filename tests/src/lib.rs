@@ -4,6 +4,7 @@
 
 pub mod fake_kube;
 pub mod isolated_browser;
+pub mod model_server;
 pub mod recorder;
 
 use std::path::{Path, PathBuf};

@@ -76,6 +76,10 @@ pub fn access(method: &Method, path: &str) -> Access {
         | (&Method::POST, ["workflows", _, "runs", _, "approvals", _]) => {
             Access { scope: Some(Scope::Deploy), role: Some(Role::Operator) }
         }
+        // Asking the organisation's model spends its money: operators may.
+        (&Method::POST, ["ai", "generate"]) | (&Method::POST, ["deployments", _, "diagnose"]) => {
+            Access { scope: Some(Scope::Deploy), role: Some(Role::Operator) }
+        }
         (_, ["stacks", _, "deploy", _])
         | (_, ["deployments", _, "rollback" | "scale"])
         | (_, ["deployments", _, "migrate", _])

@@ -58,8 +58,9 @@ pub struct ContainerView {
     restart_count: u32,
 }
 
-fn container_view(c: &windflow_protocol::messages::ContainerStatus) -> ContainerView {
-    let (state, exit_code) = match &c.state {
+/// A container's state in words, and its exit code when it exited.
+pub(super) fn state_and_exit(state: &ContainerState) -> (String, Option<i64>) {
+    match state {
         ContainerState::Created => ("created".to_owned(), None),
         ContainerState::Running => ("running".to_owned(), None),
         ContainerState::Restarting => ("restarting".to_owned(), None),
@@ -67,12 +68,20 @@ fn container_view(c: &windflow_protocol::messages::ContainerStatus) -> Container
         ContainerState::Exited { code } => ("exited".to_owned(), Some(*code)),
         ContainerState::Dead => ("dead".to_owned(), None),
         ContainerState::Other(other) => (other.clone(), None),
-    };
-    let health = c.health.map(|h| match h {
+    }
+}
+
+pub(super) fn health_word(health: HealthState) -> &'static str {
+    match health {
         HealthState::Starting => "starting",
         HealthState::Healthy => "healthy",
         HealthState::Unhealthy => "unhealthy",
-    });
+    }
+}
+
+fn container_view(c: &windflow_protocol::messages::ContainerStatus) -> ContainerView {
+    let (state, exit_code) = state_and_exit(&c.state);
+    let health = c.health.map(health_word);
     ContainerView { name: c.name.clone(), id: c.id.clone(), state, exit_code, health, restart_count: c.restart_count }
 }
 

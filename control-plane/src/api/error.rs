@@ -47,6 +47,7 @@ codes! {
     InvalidQuery = BAD_REQUEST, "invalid_query", "A query parameter has the wrong type.";
     InvalidField = UNPROCESSABLE_ENTITY, "invalid_field", "A field has a value this route refuses; `field` names it.";
     InvalidCompose = UNPROCESSABLE_ENTITY, "invalid_compose", "The Compose file does not validate; `details.errors` say where (path, or line and column).";
+    AiAnswerInvalid = UNPROCESSABLE_ENTITY, "ai_answer_invalid", "The model's answers never passed the stack pipeline; `details.errors` are the last round's, `details.last_answer` its answer. Nothing was saved.";
     InvalidTemplate = UNPROCESSABLE_ENTITY, "invalid_template", "The template does not pass its checks; `details.errors` say where (path, or line and column).";
     InvalidWorkflow = UNPROCESSABLE_ENTITY, "invalid_workflow", "The workflow does not pass its checks; `details.problems` name the node or edge of each.";
     IncompatibleStack = UNPROCESSABLE_ENTITY, "incompatible_stack", "The stack uses what the target's platform cannot do; `details.findings` list each (path, message, blocking).";
@@ -83,6 +84,7 @@ codes! {
     TotpAlreadyEnabled = CONFLICT, "totp_already_enabled", "Two-factor authentication is already enabled.";
     TotpNotEnrolled = CONFLICT, "totp_not_enrolled", "Two-factor authentication is not set up for this account.";
     SsoNotConfigured = CONFLICT, "sso_not_configured", "The organisation has no single sign-on configured.";
+    AiNotConfigured = CONFLICT, "ai_not_configured", "The organisation has no language model configured; the rule analyser works without one.";
     AgentNotConnected = CONFLICT, "agent_not_connected", "The target's agent is not connected.";
     TooManyAttempts = TOO_MANY_REQUESTS, "too_many_attempts", "Too many failed sign-ins for this account or address; wait `Retry-After` seconds.";
     RateLimited = TOO_MANY_REQUESTS, "rate_limited", "Too many requests from this address or token; wait `Retry-After` seconds.";
@@ -91,6 +93,8 @@ codes! {
     JobRefused = BAD_GATEWAY, "job_refused", "The agent refused the job.";
     JobFailed = BAD_GATEWAY, "job_failed", "The agent ran the job and it failed.";
     SsoProviderUnavailable = BAD_GATEWAY, "sso_provider_unavailable", "The identity provider did not answer as expected.";
+    AiProviderFailed = BAD_GATEWAY, "ai_provider_failed", "The language-model provider refused or failed the request; the message is the provider's.";
+    AiCircuitOpen = SERVICE_UNAVAILABLE, "ai_circuit_open", "The language-model provider failed repeatedly; calls to it are paused (`details.retry_in_s`).";
     AgentBinaryMissing = SERVICE_UNAVAILABLE, "agent_binary_missing", "This control plane has no agent binary to serve.";
     AgentTimeout = GATEWAY_TIMEOUT, "agent_timeout", "The agent did not answer in time.";
     Timeout = REQUEST_TIMEOUT, "timeout", "The request took longer than the control plane allows.";
@@ -182,13 +186,21 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The error as the API writes it, for answers that are not a response of their own (an
+    /// `error` event of a stream).
+    pub fn into_body(self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail { code: self.code, message: self.message, field: self.field, details: self.details },
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail { code: self.code, message: self.message, field: self.field, details: self.details },
-        };
-        let mut response = (self.status, Json(body)).into_response();
-        if let Some(seconds) = self.retry_after_s {
+        let (status, retry_after_s) = (self.status, self.retry_after_s);
+        let mut response = (status, Json(self.into_body())).into_response();
+        if let Some(seconds) = retry_after_s {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
         }
         response

@@ -4,6 +4,7 @@
 //! JSON DTOs live only here; domain modules never see a request or a response. Every error
 //! has the same JSON shape (see [`error`]).
 
+pub mod ai;
 pub mod audit;
 pub mod auth;
 pub mod deployments;
@@ -78,6 +79,7 @@ pub struct AppState {
     pub credential_limiter: Option<Arc<hardening::CredentialLimiter>>,
     pub settings: Arc<Settings>,
     pub workflows: Arc<crate::workflows::engine::Engine>,
+    pub assistant: Arc<crate::ai::Assistant>,
 }
 
 /// Every route under `/api/v1`, each documented in the OpenAPI document as it is registered.
@@ -92,6 +94,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(migrations::routes())
         .merge(templates::routes())
         .merge(workflows::routes())
+        .merge(ai::routes())
         .merge(audit::routes())
         .merge(orgs::routes())
         .merge(users::routes())

@@ -36,6 +36,7 @@ pub const SECURITY_SCHEME: &str = "bearer";
         (name = "stacks", description = "Compose stacks and their immutable versions"),
         (name = "templates", description = "The marketplace: certified and private templates, reviews, one-click deploy"),
         (name = "deployments", description = "A stack version on a target: desired state, observed state, events and logs"),
+        (name = "ai", description = "AI assistance: an organisation's language model, generating stacks, diagnosing deployments"),
         (name = "orgs", description = "Organisations (tenants) and their members"),
         (name = "users", description = "Accounts of the installation"),
         (name = "audit", description = "The tamper-evident audit trail"),

@@ -189,7 +189,7 @@ async fn update(
 }
 
 /// Deletes an organisation that holds nothing any more (no targets, stacks or deployments),
-/// with its members, join tokens and API tokens.
+/// with its members, join tokens, API tokens, single sign-on and AI settings and usage.
 #[utoipa::path(delete, path = "/orgs/{id}", tag = "orgs", params(("id" = String, Path)),
     responses((status = 204, description = "Deleted")))]
 async fn remove(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
@@ -216,7 +216,12 @@ async fn remove(State(state): State<AppState>, caller: Caller, Path(id): Path<St
     for token in store.load_all::<crate::api_tokens::ApiToken>()?.into_iter().filter(|t| t.org_id == org.id) {
         writes.push(Write { table: Table::ApiTokens, key: token.id.as_bytes().to_vec(), value: None });
     }
-    writes.push(Write { table: Table::Orgs, key: org.id.as_bytes().to_vec(), value: None });
+    for table in [Table::SsoConfigs, Table::AiConfigs, Table::Orgs] {
+        writes.push(Write { table, key: org.id.as_bytes().to_vec(), value: None });
+    }
+    for (key, _) in store.scan_prefix(Table::AiUsage, org.id.as_bytes())? {
+        writes.push(Write { table: Table::AiUsage, key, value: None });
+    }
     store.atomic(&[], &writes)?;
     tracing::warn!(org_id = %org.id, name = %org.name, by = %caller.username, "organisation deleted");
     Ok(StatusCode::NO_CONTENT)

@@ -21,6 +21,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/ai/generate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Writes a Compose file for a description with the organisation's model; what the stack
+         *     pipeline refuses goes back to the model with the errors, for a few rounds. Nothing is saved.
+         *     With `Accept: text/event-stream` the answer streams: `round` (`{round}`), `delta`
+         *     (`{text}`), `rejected` (`{errors}`), then `result` (a `Generated`) or `error` (an error body).
+         */
+        post: operations["ai_generate_stack"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/audit/verify": {
         parameters: {
             query?: never;
@@ -350,6 +372,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/deployments/{id}/diagnose": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Why a deployment failed or is unhealthy: its events, each container's state, exit code and
+         *     health, and its last log lines, read by rules, and by the organisation's model when it has
+         *     one (secret values never leave the control plane). The answer names the probable cause,
+         *     the evidence and a fix, with a corrected Compose file when that is the fix.
+         */
+        post: operations["ai_diagnose_deployment"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/deployments/{id}/events": {
         parameters: {
             query?: never;
@@ -596,7 +640,7 @@ export interface paths {
         post?: never;
         /**
          * Deletes an organisation that holds nothing any more (no targets, stacks or deployments),
-         *     with its members, join tokens and API tokens.
+         *     with its members, join tokens, API tokens, single sign-on and AI settings and usage.
          */
         delete: operations["orgs_remove"];
         options?: never;
@@ -606,6 +650,62 @@ export interface paths {
          *     (admins).
          */
         patch: operations["orgs_update"];
+        trace?: never;
+    };
+    "/api/v1/orgs/{id}/ai": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The organisation's language model (admins). */
+        get: operations["ai_show_ai"];
+        /** Sets the organisation's language model (admins). The key is sealed at rest and never shown. */
+        put: operations["ai_save_ai"];
+        post?: never;
+        /** Removes the organisation's language model; the analyser and the rules stay. */
+        delete: operations["ai_remove_ai"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/orgs/{id}/ai/test": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Asks the provider a one-word question; a provider that fails is a result (`ok: false` and its
+         *     message), not an error of this request.
+         */
+        post: operations["ai_test_ai"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/orgs/{id}/ai/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The organisation's tokens and cost, month by month (admins). */
+        get: operations["ai_ai_usage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
         trace?: never;
     };
     "/api/v1/orgs/{id}/members": {
@@ -1528,6 +1628,95 @@ export interface components {
             username: string;
             role: components["schemas"]["Role"];
         };
+        /**
+         * @example {
+         *       "api_key": "sk-…",
+         *       "base_url": "https://api.openai.com/v1",
+         *       "kind": "openai",
+         *       "model": "gpt-4o-mini"
+         *     }
+         */
+        AiConfigInput: {
+            kind: components["schemas"]["AiProviderKind"];
+            /**
+             * @description `https://api.openai.com/v1` (or a LiteLLM, vLLM or Ollama `/v1` URL) for `openai`,
+             *     `https://api.anthropic.com` for `anthropic`, `http://host:11434` for `ollama`.
+             */
+            base_url: string;
+            model: string;
+            /** @description Left out, the current key is kept; empty, it is removed (a local Ollama needs none). */
+            api_key?: string | null;
+            /**
+             * Format: int64
+             * @description How long one answer may take, 1 to 600 seconds (default 120).
+             */
+            timeout_s?: number | null;
+            /**
+             * Format: int32
+             * @description The longest answer asked for, 64 to 65536 tokens (default 4096).
+             */
+            max_tokens?: number | null;
+            /**
+             * Format: double
+             * @description US dollars per million input tokens, for the cost figures (default 0).
+             */
+            input_price_per_mtok?: number | null;
+            /** Format: double */
+            output_price_per_mtok?: number | null;
+        };
+        /** @description An organisation's language model, without its key. */
+        AiConfigView: {
+            kind: components["schemas"]["AiProviderKind"];
+            base_url: string;
+            model: string;
+            has_api_key: boolean;
+            /** Format: int64 */
+            timeout_s: number;
+            /** Format: int32 */
+            max_tokens: number;
+            /** Format: double */
+            input_price_per_mtok: number;
+            /** Format: double */
+            output_price_per_mtok: number;
+            /** @description The provider's circuit breaker, as it stands. */
+            circuit: components["schemas"]["BreakerView"];
+            updated_by: string;
+            updated_at: string;
+        };
+        /** @enum {string} */
+        AiProviderKind: "openai" | "anthropic" | "ollama";
+        /** @description What the provider answered to a short question. */
+        AiTest: {
+            ok: boolean;
+            /** @description The provider's message, when it failed. */
+            error?: string | null;
+            answer?: string | null;
+            /** Format: int64 */
+            latency_ms: number;
+        };
+        /** @description What an organisation's model cost in a month. */
+        AiUsageMonth: {
+            /** Format: uuid */
+            org_id: string;
+            /** @description `2026-11`. */
+            month: string;
+            /** Format: int64 */
+            requests: number;
+            /**
+             * Format: int64
+             * @description Requests that failed after their retries.
+             */
+            failures: number;
+            /** Format: int64 */
+            input_tokens: number;
+            /** Format: int64 */
+            output_tokens: number;
+            /**
+             * Format: double
+             * @description US dollars, at the prices configured when each request was made.
+             */
+            cost_usd: number;
+        };
         /** @description What the rule analyser found in a stack version, most severe first. */
         Analysis: {
             /** Format: int32 */
@@ -1551,6 +1740,25 @@ export interface components {
         };
         BTreeMap: {
             [key: string]: string;
+        };
+        /** @description A snapshot for the API and the metrics. */
+        BreakerView: {
+            state: components["schemas"]["CircuitState"];
+            /**
+             * Format: int32
+             * @description Failures in a row (while closed).
+             */
+            consecutive_failures: number;
+            /**
+             * Format: int64
+             * @description How many times the circuit opened since the control plane started.
+             */
+            times_opened: number;
+            /**
+             * Format: int64
+             * @description Seconds until a probe may go (while open).
+             */
+            retry_in_s?: number | null;
         };
         /** @description A platform the agent can or cannot drive, and why. */
         CapabilityView: {
@@ -1578,6 +1786,8 @@ export interface components {
             date: string;
             changes: string[];
         };
+        /** @enum {string} */
+        CircuitState: "closed" | "open" | "half_open";
         CloneStack: {
             name: string;
         };
@@ -1587,6 +1797,7 @@ export interface components {
          *     - `invalid_query` (400): A query parameter has the wrong type.
          *     - `invalid_field` (422): A field has a value this route refuses; `field` names it.
          *     - `invalid_compose` (422): The Compose file does not validate; `details.errors` say where (path, or line and column).
+         *     - `ai_answer_invalid` (422): The model's answers never passed the stack pipeline; `details.errors` are the last round's, `details.last_answer` its answer. Nothing was saved.
          *     - `invalid_template` (422): The template does not pass its checks; `details.errors` say where (path, or line and column).
          *     - `invalid_workflow` (422): The workflow does not pass its checks; `details.problems` name the node or edge of each.
          *     - `incompatible_stack` (422): The stack uses what the target's platform cannot do; `details.findings` list each (path, message, blocking).
@@ -1623,6 +1834,7 @@ export interface components {
          *     - `totp_already_enabled` (409): Two-factor authentication is already enabled.
          *     - `totp_not_enrolled` (409): Two-factor authentication is not set up for this account.
          *     - `sso_not_configured` (409): The organisation has no single sign-on configured.
+         *     - `ai_not_configured` (409): The organisation has no language model configured; the rule analyser works without one.
          *     - `agent_not_connected` (409): The target's agent is not connected.
          *     - `too_many_attempts` (429): Too many failed sign-ins for this account or address; wait `Retry-After` seconds.
          *     - `rate_limited` (429): Too many requests from this address or token; wait `Retry-After` seconds.
@@ -1631,13 +1843,15 @@ export interface components {
          *     - `job_refused` (502): The agent refused the job.
          *     - `job_failed` (502): The agent ran the job and it failed.
          *     - `sso_provider_unavailable` (502): The identity provider did not answer as expected.
+         *     - `ai_provider_failed` (502): The language-model provider refused or failed the request; the message is the provider's.
+         *     - `ai_circuit_open` (503): The language-model provider failed repeatedly; calls to it are paused (`details.retry_in_s`).
          *     - `agent_binary_missing` (503): This control plane has no agent binary to serve.
          *     - `agent_timeout` (504): The agent did not answer in time.
          *     - `timeout` (408): The request took longer than the control plane allows.
          *     - `internal` (500): An internal error; the control plane's log says more.
          * @enum {string}
          */
-        Code: "invalid_body" | "invalid_query" | "invalid_field" | "invalid_compose" | "invalid_template" | "invalid_workflow" | "incompatible_stack" | "platform_unavailable" | "weak_password" | "unauthenticated" | "bad_credentials" | "bad_refresh_token" | "second_factor_required" | "bad_second_factor" | "bad_mfa_token" | "sso_failed" | "join_token_invalid" | "forbidden" | "insufficient_scope" | "session_required" | "org_requires_second_factor" | "account_disabled" | "join_token_revoked" | "join_token_expired" | "join_token_used_up" | "join_token_malformed" | "not_found" | "conflict" | "name_taken" | "user_exists" | "already_member" | "last_owner" | "org_not_empty" | "self_change" | "stack_in_use" | "target_revoked" | "no_previous_version" | "totp_already_enabled" | "totp_not_enrolled" | "sso_not_configured" | "agent_not_connected" | "too_many_attempts" | "rate_limited" | "payload_too_large" | "agent_link_failed" | "job_refused" | "job_failed" | "sso_provider_unavailable" | "agent_binary_missing" | "agent_timeout" | "timeout" | "internal";
+        Code: "invalid_body" | "invalid_query" | "invalid_field" | "invalid_compose" | "ai_answer_invalid" | "invalid_template" | "invalid_workflow" | "incompatible_stack" | "platform_unavailable" | "weak_password" | "unauthenticated" | "bad_credentials" | "bad_refresh_token" | "second_factor_required" | "bad_second_factor" | "bad_mfa_token" | "sso_failed" | "join_token_invalid" | "forbidden" | "insufficient_scope" | "session_required" | "org_requires_second_factor" | "account_disabled" | "join_token_revoked" | "join_token_expired" | "join_token_used_up" | "join_token_malformed" | "not_found" | "conflict" | "name_taken" | "user_exists" | "already_member" | "last_owner" | "org_not_empty" | "self_change" | "stack_in_use" | "target_revoked" | "no_previous_version" | "totp_already_enabled" | "totp_not_enrolled" | "sso_not_configured" | "ai_not_configured" | "agent_not_connected" | "too_many_attempts" | "rate_limited" | "payload_too_large" | "agent_link_failed" | "job_refused" | "job_failed" | "sso_provider_unavailable" | "ai_provider_failed" | "ai_circuit_open" | "agent_binary_missing" | "agent_timeout" | "timeout" | "internal";
         CodeRequest: {
             /**
              * @description Six digits from the authenticator app.
@@ -1827,6 +2041,26 @@ export interface components {
              */
             events_from?: number | null;
         };
+        Diagnosis: {
+            source: components["schemas"]["DiagnosisSource"];
+            /** @description The probable cause, in a sentence or two. */
+            cause: string;
+            /** @description The facts it rests on: states, exit codes, log lines. */
+            evidence: string[];
+            /** @description What to do about it. */
+            fix: string;
+            /** @description A corrected Compose file, checked by the stack pipeline, when changing the stack is the fix. */
+            proposed_compose?: string | null;
+            /** @description Why the model's proposed file was not offered, when it was not. */
+            proposal_refused?: string | null;
+            /** @description What the rule analyser finds in the stack. */
+            findings: components["schemas"]["AnalyzerFinding"][];
+            usage?: components["schemas"]["Usage"] | null;
+            /** @description Why the model could not be asked, when it failed: the answer is then the rules'. */
+            model_error?: string | null;
+        };
+        /** @enum {string} */
+        DiagnosisSource: "rules" | "model";
         /** @description A finding: an error or a warning, with where it is. */
         Diagnostic: {
             path?: string | null;
@@ -1979,6 +2213,38 @@ export interface components {
             category: "cms" | "database" | "dev-tools" | "monitoring" | "storage" | "communication" | "security" | "automation" | "networking" | "messaging" | "search" | "web-stack";
             tags?: string[];
         };
+        /**
+         * @example {
+         *       "description": "WordPress with MySQL and a Redis cache"
+         *     }
+         */
+        GenerateRequest: {
+            /** @description What the stack should run, in a few words or a paragraph. */
+            description: string;
+            /**
+             * Format: int32
+             * @description Rounds of asking the model, the first included: 1 to 5 (default 3).
+             */
+            rounds?: number | null;
+        };
+        Generated: {
+            /** @description The Compose file, as the pipeline accepted it. */
+            compose: string;
+            /**
+             * Format: int32
+             * @description Rounds it took.
+             */
+            rounds: number;
+            /** @description Variables the file references that hold secrets: generated when a stack is made from it. */
+            secrets: string[];
+            /** @description The other variables it references (each has a default in the file). */
+            variables: string[];
+            /** @description What the pipeline warned about. */
+            warnings: components["schemas"]["Diagnostic"][];
+            /** @description What the rule analyser finds in it. */
+            findings: components["schemas"]["AnalyzerFinding"][];
+            usage: components["schemas"]["Usage"];
+        };
         GroupRole: {
             group: string;
             role: components["schemas"]["Role"];
@@ -2022,6 +2288,31 @@ export interface components {
                 drift_repaired: number;
                 /** Format: int64 */
                 removed: number;
+            }[];
+        };
+        /** @description A whole list, not paged (short by nature: an organisation's members, a user's tokens). */
+        Items_AiUsageMonth: {
+            items: {
+                /** Format: uuid */
+                org_id: string;
+                /** @description `2026-11`. */
+                month: string;
+                /** Format: int64 */
+                requests: number;
+                /**
+                 * Format: int64
+                 * @description Requests that failed after their retries.
+                 */
+                failures: number;
+                /** Format: int64 */
+                input_tokens: number;
+                /** Format: int64 */
+                output_tokens: number;
+                /**
+                 * Format: double
+                 * @description US dollars, at the prices configured when each request was made.
+                 */
+                cost_usd: number;
             }[];
         };
         /** @description A whole list, not paged (short by nature: an organisation's members, a user's tokens). */
@@ -2979,6 +3270,12 @@ export interface components {
             disabled?: boolean | null;
             is_admin?: boolean | null;
         };
+        Usage: {
+            /** Format: int64 */
+            input_tokens: number;
+            /** Format: int64 */
+            output_tokens: number;
+        };
         UserView: {
             /** Format: uuid */
             id: string;
@@ -3372,6 +3669,49 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["EnrollResponse"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    ai_generate_stack: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["GenerateRequest"];
+            };
+        };
+        responses: {
+            /** @description The accepted file; events with `Accept: text/event-stream` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Generated"];
+                    "text/event-stream": string;
+                };
+            };
+            /** @description The model never wrote a valid stack (`ai_answer_invalid`) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description An error; `error.code` says which (see the `Code` schema) */
@@ -4049,6 +4389,37 @@ export interface operations {
             };
         };
     };
+    ai_diagnose_deployment: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Diagnosis"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     deployments_events: {
         parameters: {
             query?: {
@@ -4635,6 +5006,163 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["OrgView"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    ai_show_ai: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AiConfigView"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    ai_save_ai: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AiConfigInput"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AiConfigView"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    ai_remove_ai: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Removed */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    ai_test_ai: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AiTest"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    ai_ai_usage: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Items_AiUsageMonth"];
                 };
             };
             /** @description An error; `error.code` says which (see the `Code` schema) */
