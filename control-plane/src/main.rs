@@ -504,7 +504,8 @@ enum TargetsCommand {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("WINDFLOW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // rmcp logs MCP session ids at info: they stay out of the log unless asked for.
+    let filter = EnvFilter::try_from_env("WINDFLOW_LOG").unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn"));
     let json = std::env::var("WINDFLOW_LOG_FORMAT").is_ok_and(|f| f == "json");
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json { builder.json().init() } else { builder.init() }

@@ -76,7 +76,10 @@ pub fn check(answer: &str) -> Result<Generated, Vec<String>> {
     if let Ok((_, unset)) = compose::interpolate::interpolate(compose, &values)
         && !unset.is_empty()
     {
-        return Err(unset.iter().map(|name| format!("variable {name} has no default: write ${{{name}:-value}}")).collect());
+        return Err(unset
+            .iter()
+            .map(|name| format!("variable {name} has no default: write ${{{name}:-value}}"))
+            .collect());
     }
     let parsed = compose::parse(compose, "generated", &values)
         .map_err(|invalid| invalid.errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;

@@ -366,6 +366,15 @@ async fn diagnose_deployment(
     Path(id): Path<String>,
 ) -> Result<Json<Diagnosis>, ApiError> {
     let deployment = super::deployments::load(&state, &caller, &id)?;
+    Ok(Json(diagnose(&state, &caller, &deployment).await?))
+}
+
+/// The diagnosis of a deployment of the caller's organisation (also an MCP tool).
+pub(super) async fn diagnose(
+    state: &AppState,
+    caller: &Caller,
+    deployment: &crate::deployments::Deployment,
+) -> Result<Diagnosis, ApiError> {
     let store = state.store.as_ref();
     let stack = stacks::get(store, deployment.stack_id)?.ok_or_else(|| ApiError::not_found("stack"))?;
     let version = stacks::version(store, stack.id, deployment.version)?
@@ -397,13 +406,7 @@ async fn diagnose_deployment(
                 .collect()
         })
         .unwrap_or_default();
-    let source = crate::logs::Source {
-        deployment_id: deployment.id,
-        target_id: deployment.target_id,
-        project: deployment.project.clone(),
-        platform: deployment.platform,
-        service: None,
-    };
+    let source = super::deployments::log_source(deployment, None);
     let (logs, logs_unavailable) =
         match tokio::time::timeout(Duration::from_secs(15), state.logs.fetch(&source, Some(DIAGNOSIS_LOG_LINES), None))
             .await
@@ -412,9 +415,9 @@ async fn diagnose_deployment(
             Ok(Err(error)) => (Vec::new(), Some(error.to_string())),
             Err(_) => (Vec::new(), Some("the agent did not send them in time".to_owned())),
         };
-    let events = state.reconciler.events.history(deployment.id, 0)?;
+    let history = state.reconciler.events.history(deployment.id, 0)?;
     let events =
-        events.iter().rev().take(30).rev().map(|e| format!("{:?}: {}", e.level, e.message).to_lowercase()).collect();
+        history.iter().rev().take(30).rev().map(|e| format!("{:?}: {}", e.level, e.message).to_lowercase()).collect();
     let evidence = Evidence {
         stack: stack.name.clone(),
         state: deployment.state.as_str().to_owned(),
@@ -435,7 +438,5 @@ async fn diagnose_deployment(
         let proposed = stacks::Content { compose: compose.to_owned(), ..content.clone() };
         stacks::validate(&stack.name, &proposed).map(drop).map_err(|e| e.to_string())
     };
-    let diagnosis =
-        crate::ai::diagnose::diagnose(model.as_ref().map(|m| m as &dyn Model), evidence, &redactor, check).await?;
-    Ok(Json(diagnosis))
+    Ok(crate::ai::diagnose::diagnose(model.as_ref().map(|m| m as &dyn Model), evidence, &redactor, check).await?)
 }

@@ -76,6 +76,8 @@ pub fn access(method: &Method, path: &str) -> Access {
         | (&Method::POST, ["workflows", _, "runs", _, "approvals", _]) => {
             Access { scope: Some(Scope::Deploy), role: Some(Role::Operator) }
         }
+        // The MCP server: any member may connect; each tool asks what its REST route asks.
+        (_, ["mcp", ..]) => Access { scope: Some(Scope::Read), role: Some(Role::Viewer) },
         // Asking the organisation's model spends its money: operators may.
         (&Method::POST, ["ai", "generate"]) | (&Method::POST, ["deployments", _, "diagnose"]) => {
             Access { scope: Some(Scope::Deploy), role: Some(Role::Operator) }

@@ -427,7 +427,7 @@ pub(super) fn deploy_stack(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-struct ListQuery {
+pub(super) struct ListQuery {
     /// A stack id or name.
     stack: Option<String>,
     /// A target id.
@@ -444,7 +444,7 @@ struct ListQuery {
 /// The organisation's deployments, with filters.
 #[utoipa::path(get, path = "/deployments", tag = "deployments", params(ListQuery),
     responses((status = 200, body = Page<DeploymentView>)))]
-async fn list(
+pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
@@ -976,6 +976,17 @@ fn line_view(line: &crate::logs::LogLine, timestamps: bool) -> LogLineView {
     }
 }
 
+/// Where a deployment's logs come from: all its services, or one.
+pub(super) fn log_source(deployment: &Deployment, service: Option<String>) -> crate::logs::Source {
+    crate::logs::Source {
+        deployment_id: deployment.id,
+        target_id: deployment.target_id,
+        project: deployment.project.clone(),
+        platform: deployment.platform,
+        service,
+    }
+}
+
 /// Logs of a deployment's containers: the last lines as JSON, or with `follow=true` those
 /// lines and then new ones as Server-Sent Events: `log` (one `LogLineView`), `logs` (an array
 /// of lines that were waiting together), and `skipped` when this follower fell behind.
@@ -1004,13 +1015,7 @@ async fn logs(
             return Err(ApiError::invalid("service", format!("the deployment has no service {service:?}")));
         }
     }
-    let source = crate::logs::Source {
-        deployment_id: deployment.id,
-        target_id: deployment.target_id,
-        project: deployment.project.clone(),
-        platform: deployment.platform,
-        service: query.service.clone(),
-    };
+    let source = log_source(&deployment, query.service.clone());
     let timestamps = query.timestamps;
     if !query.follow {
         let lines = state.logs.fetch(&source, Some(query.tail.unwrap_or(1000)), since).await?;

@@ -12,6 +12,7 @@ pub mod enroll;
 pub mod error;
 pub mod hardening;
 pub mod health;
+pub mod mcp;
 pub mod migrations;
 pub mod openapi;
 pub mod orgs;
@@ -121,6 +122,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::docs(document))
         .merge(health::routes())
         .merge(enroll::file_routes())
+        .merge(mcp::routes(state.clone()))
         // Unknown API paths answer in the API's error shape; every other path is the dashboard's
         // (its own routes are the browser's, so deep links load the app).
         .route("/api/{*rest}", axum::routing::any(|| async { ApiError::not_found("route") }))

@@ -118,7 +118,7 @@ fn current_version(state: &AppState, stack: &Stack) -> Result<StackVersion, ApiE
 /// The organisation's stacks.
 #[utoipa::path(get, path = "/stacks", tag = "stacks", params(PageQuery),
     responses((status = 200, body = Page<StackSummary>)))]
-async fn list(
+pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<PageQuery>,
@@ -341,10 +341,15 @@ async fn analyze(
     ApiQuery(query): ApiQuery<AnalyzeQuery>,
 ) -> Result<Json<Analysis>, ApiError> {
     let stack = load(&state, &caller, &id)?;
-    let number = query.version.unwrap_or(stack.current_version);
+    analysis(&state, &stack, query.version)
+}
+
+/// The analyser's findings on a version of `stack` (the current one by default).
+pub(super) fn analysis(state: &AppState, stack: &Stack, version: Option<u32>) -> Result<Json<Analysis>, ApiError> {
+    let number = version.unwrap_or(stack.current_version);
     let version = stacks::version(state.store.as_ref(), stack.id, number)?
         .ok_or_else(|| ApiError::invalid("version", format!("stack version {number} does not exist")))?;
-    let parsed = stacks::parsed_of(&state.master_key, &stack, &version).map_err(ApiError::internal)?;
+    let parsed = stacks::parsed_of(&state.master_key, stack, &version).map_err(ApiError::internal)?;
     let findings = crate::analyzer::analyze(&version.compose, &parsed.spec);
     let count = |severity| findings.iter().filter(|f| f.severity == severity).count();
     use crate::analyzer::Severity;

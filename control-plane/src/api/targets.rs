@@ -172,7 +172,7 @@ fn view(state: &AppState, agent: Agent) -> TargetView {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-struct ListQuery {
+pub(super) struct ListQuery {
     /// Targets whose name or host name contains this (any case).
     q: Option<String>,
     /// `connected`, `disconnected` or `revoked`.
@@ -190,7 +190,7 @@ struct ListQuery {
 /// The organisation's targets, with optional filters.
 #[utoipa::path(get, path = "/targets", tag = "targets", params(ListQuery),
     responses((status = 200, body = Page<TargetView>)))]
-async fn list(
+pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,

@@ -143,7 +143,7 @@ fn previous_output(call: &Call<'_>) -> serde_json::Value {
 }
 
 /// A stack by id or name, in the organisation.
-fn find_stack(state: &AppState, caller: &Caller, wanted: &str) -> Result<crate::stacks::Stack, String> {
+pub(super) fn find_stack(state: &AppState, caller: &Caller, wanted: &str) -> Result<crate::stacks::Stack, String> {
     if let Ok(stack) = super::stacks::load(state, caller, wanted) {
         return Ok(stack);
     }
@@ -155,7 +155,7 @@ fn find_stack(state: &AppState, caller: &Caller, wanted: &str) -> Result<crate::
 }
 
 /// A target by id or name, in the organisation.
-fn find_target(state: &AppState, caller: &Caller, wanted: &str) -> Result<crate::agents::Agent, String> {
+pub(super) fn find_target(state: &AppState, caller: &Caller, wanted: &str) -> Result<crate::agents::Agent, String> {
     if let Ok(target) = super::targets::load(state, caller, wanted) {
         return Ok(target);
     }
