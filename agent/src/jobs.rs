@@ -147,6 +147,13 @@ impl Executor {
                 };
                 acted.await.map(|status| JobOutcome::Succeeded(JobOutput::Stack(status)))
             }
+            JobPayload::SampleUsage { project, samples, interval_ms } => {
+                let interval = std::time::Duration::from_millis(u64::from(*interval_ms).min(60_000));
+                // Bounded, so that a job cannot keep the agent sampling for long.
+                let samples = (*samples).clamp(1, 60);
+                let usage = async { DockerDriver::connect().await?.usage(project, samples, interval).await };
+                usage.await.map(|usage| JobOutcome::Succeeded(JobOutput::Usage(usage)))
+            }
             JobPayload::RemoveStack { deployment_id, project, remove_volumes } => {
                 self.remove(*deployment_id, project, Platform::Docker, *remove_volumes, progress).await
             }

@@ -45,6 +45,9 @@ pub enum JobPayload {
     },
     /// Starts, stops (gracefully), reboots or powers off one VM of a libvirt deployment.
     VmAction { project: String, vm: String, action: VmAction },
+    /// Measures the CPU and memory the project's running containers use: `samples` readings,
+    /// `interval_ms` apart, answered as `JobOutput::Usage`.
+    SampleUsage { project: String, samples: u32, interval_ms: u32 },
 }
 
 /// What can be done to a running VM.
@@ -138,6 +141,7 @@ impl JobPayload {
             JobPayload::RemoveWorkload { .. } => "remove_workload",
             JobPayload::StreamWorkloadLogs { .. } => "stream_workload_logs",
             JobPayload::VmAction { .. } => "vm_action",
+            JobPayload::SampleUsage { .. } => "sample_usage",
         }
     }
 }

@@ -251,6 +251,25 @@ pub enum JobOutput {
     None,
     Facts(HostFacts),
     Stack(StackStatus),
+    /// What each running container of a project used while it was watched.
+    Usage(Vec<ContainerUsage>),
+}
+
+/// A container's CPU and memory over a sampling window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerUsage {
+    pub container: String,
+    pub service: String,
+    /// Readings taken.
+    pub samples: u32,
+    /// Thousandths of a CPU core, on average and at the busiest interval.
+    pub cpu_millicores_avg: u32,
+    pub cpu_millicores_peak: u32,
+    /// The working set (page cache that can be dropped left out).
+    pub memory_bytes_avg: u64,
+    pub memory_bytes_peak: u64,
+    /// The limit the engine enforces, if any.
+    pub memory_limit_bytes: Option<u64>,
 }
 
 /// What runs of a deployed stack, as the agent sees it.

@@ -444,3 +444,86 @@ async fn real_providers_answer_when_their_credentials_are_set() {
         assert_eq!(status, StatusCode::OK, "{}: {generated}", settings["kind"]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn optimising_measures_the_containers_and_proposes_limits_as_a_valid_file() {
+    let image = busybox_image();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cp = ControlPlane::start(dir.path()).await;
+    let agent = cp.start_agent(dir.path(), "measured-host").await;
+    // A little work every 200 ms, and no limits or restart policy yet.
+    let compose = format!(
+        "services:\n  app:\n    image: {image}\n    command: [\"sh\", \"-c\", \"while true; do i=0; while [ $$i -lt 3000 ]; do i=$$((i+1)); done; sleep 0.2; done\"]\n"
+    );
+    let (_, stack) = cp.api(Method::POST, "/stacks", Some(json!({"name": "measured", "compose": compose}))).await;
+    let stack_id = stack["id"].as_str().expect("id").to_owned();
+    let (_, accepted) = cp.api(Method::POST, &format!("/stacks/{stack_id}/deploy/{}", agent.id()), None).await;
+    assert_eq!(cp.settled(&accepted).await["state"], "running");
+    let id = accepted["id"].as_str().expect("id").to_owned();
+
+    let (status, body) = cp.api(Method::POST, &format!("/deployments/{id}/optimize?samples=1"), None).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("samples")));
+
+    let (status, optimization) =
+        cp.api(Method::POST, &format!("/deployments/{id}/optimize?samples=3&interval_ms=300"), None).await;
+    assert_eq!(status, StatusCode::OK, "{optimization}");
+    let app = &optimization["services"][0];
+    assert_eq!((app["service"].as_str(), app["containers"].as_u64()), (Some("app"), Some(1)), "{optimization:#}");
+    assert!(app["memory_bytes_peak"].as_u64().is_some_and(|m| m > 0), "{optimization:#}");
+    assert!(app["cpu_millicores_peak"].as_u64().is_some_and(|c| c > 0), "the loop shows: {optimization:#}");
+    assert!(app["suggested_memory_limit_bytes"].as_u64().is_some_and(|m| m >= 32_000_000));
+    assert_eq!(app["change"], true);
+    let proposed = optimization["proposed_compose"].as_str().expect("a proposal").to_owned();
+    assert!(proposed.contains("memory:") && proposed.contains("restart: unless-stopped"), "{proposed}");
+    assert!(optimization["findings"].as_array().is_some_and(|f| !f.is_empty()));
+
+    // The proposal is a stack the API takes as the next version.
+    let (status, saved) = cp.api(Method::PUT, &format!("/stacks/{stack_id}"), Some(json!({"compose": proposed}))).await;
+    assert_eq!(status, StatusCode::OK, "{saved}");
+    assert_eq!(saved["version"], 2);
+
+    let (_, removed) = cp.api(Method::DELETE, &format!("/deployments/{id}"), None).await;
+    cp.settled(&removed).await;
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workflows_llm_node_asks_the_organisations_model_and_later_nodes_use_its_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cp = ControlPlane::start(dir.path()).await;
+    let org = org_id(&mut cp).await;
+    let server = ModelServer::start().await;
+    configure(&mut cp, &org, json!({"kind": "openai", "base_url": server.url("/v1"), "model": "m", "api_key": "k"}))
+        .await;
+    server.text(r#"{"severity": "high"}"#);
+    let graph = json!({
+        "nodes": [
+            {"id": "start", "type": "manual", "config": {}},
+            {"id": "ask", "type": "llm", "config": {"prompt": "How bad is {{ trigger.event }}? Answer in JSON.", "system": "You triage incidents."}},
+            {"id": "check", "type": "condition", "config": {"expression": "nodes.ask.output.json.severity == 'high'"}},
+            {"id": "page", "type": "wait", "config": {"seconds": 1}}
+        ],
+        "edges": [{"from": "start", "to": "ask"}, {"from": "ask", "to": "check"}, {"from": "check", "port": "true", "to": "page"}]
+    });
+    let (status, made) = cp.api(Method::POST, "/workflows", Some(json!({"name": "triage", "graph": graph}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let workflow = made["id"].as_str().expect("id").to_owned();
+    let (_, started) = cp
+        .api(Method::POST, &format!("/workflows/{workflow}/runs"), Some(json!({"input": {"event": "a full disk"}})))
+        .await;
+    let run = started["id"].as_str().expect("run").to_owned();
+    let mut finished = Value::Null;
+    for _ in 0..100 {
+        let (_, now) = cp.api(Method::GET, &format!("/workflows/{workflow}/runs/{run}"), None).await;
+        if matches!(now["status"].as_str(), Some("succeeded" | "failed")) {
+            finished = now;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(finished["status"], "succeeded", "{finished:#}");
+    assert_eq!(finished["steps"]["page"]["status"], "succeeded", "the condition read the model's JSON: {finished:#}");
+    let sent = server.requests().pop().expect("asked");
+    assert_eq!(sent.body["messages"][0]["content"], "You triage incidents.");
+    assert_eq!(sent.body["messages"][1]["content"], "How bad is a full disk? Answer in JSON.");
+}

@@ -41,6 +41,13 @@ async fn people_sign_in_add_a_server_write_deploy_watch_roll_back_and_delete_a_s
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // The organisation's language model, for the AI steps: a test answer, then a file the
+    // pipeline refuses, then one it accepts.
+    let model = windflow_tests::model_server::ModelServer::start().await;
+    model.text("OK");
+    model.text("```yaml\nservices:\n  web: [oops\n```");
+    model.text("```yaml\nservices:\n  web:\n    image: nginx:1.27\n    environment:\n      ADMIN_PASSWORD: ${ADMIN_PASSWORD}\n    restart: unless-stopped\n```");
+
     // The browser in a network namespace of its own: the containers this test starts and stops
     // change the host's interfaces, which would abort the browser's requests.
     let browser =
@@ -53,6 +60,7 @@ async fn people_sign_in_add_a_server_write_deploy_watch_roll_back_and_delete_a_s
         .env("WINDFLOW_PASSWORD", ADMIN_PASSWORD)
         .env("WINDFLOW_IMAGE", &image)
         .env("WINDFLOW_TARGET", "e2e-host")
+        .env("WINDFLOW_MODEL_URL", model.url(""))
         .env("WINDFLOW_RESULTS", dashboard.join("test-results"))
         .output()
         .expect("node runs");

@@ -46,7 +46,7 @@ async fn an_invalid_workflow_is_refused_with_the_node_and_the_reason() {
             {"id": "a", "type": "wait", "config": {"seconds": 1}},
             {"id": "b", "type": "wait", "config": {"seconds": 1}},
             {"id": "call", "type": "http", "config": {"url": ""}},
-            {"id": "ask", "type": "llm", "config": {"prompt": "hi"}}
+            {"id": "ask", "type": "llm", "config": {"prompt": ""}}
         ],
         "edges": [
             {"from": "start", "to": "check"},
@@ -79,7 +79,7 @@ async fn an_invalid_workflow_is_refused_with_the_node_and_the_reason() {
     assert!(message("a").contains("cycle") && message("b").contains("cycle"), "{problems:#?}");
     assert!(message("check").contains("there is no node `nowhere`"), "{problems:#?}");
     assert!(message("call").contains("`url` is required"), "{problems:#?}");
-    assert!(message("ask").contains("AI provider layer"), "{problems:#?}");
+    assert!(message("ask").contains("`prompt` is required"), "{problems:#?}");
     // A node of an unknown type is named too.
     let unknown = json!({"nodes": [{"id": "start", "type": "manual", "config": {}}, {"id": "x", "type": "teleport", "config": {}}]});
     let (_, refused) = cp.api(Method::POST, "/workflows/validate", Some(json!({"graph": unknown}))).await;

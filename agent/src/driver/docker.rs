@@ -17,17 +17,18 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions, ListNetworksOptions,
-    ListVolumesOptions, LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions,
+    ListVolumesOptions, LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StatsOptions, StopContainerOptions,
 };
 use futures_util::StreamExt;
 use uuid::Uuid;
 use windflow_protocol::messages::{
-    ContainerState, ContainerStatus, HealthState, LogChunk, LogStream, ServiceStatus, StackStatus,
+    ContainerState, ContainerStatus, ContainerUsage, HealthState, LogChunk, LogStream, ServiceStatus, StackStatus,
 };
 use windflow_protocol::stack::{
     DependencyCondition, MountSource, Protocol, PullPolicy, RestartPolicy, ServiceSpec, StackSpec,
 };
 
+use super::usage::{Reading, summarise};
 use super::{DriverError, ProgressSender, report};
 
 pub const LABEL_PROJECT: &str = "com.docker.compose.project";
@@ -661,6 +662,51 @@ impl DockerDriver {
             });
         }
         Ok(chunks)
+    }
+
+    /// What each running container of the project uses: `samples` readings, `interval` apart.
+    pub async fn usage(
+        &self,
+        project: &str,
+        samples: u32,
+        interval: Duration,
+    ) -> Result<Vec<ContainerUsage>, DriverError> {
+        let containers: Vec<Existing> = self.existing(project).await?;
+        let mut readings: Vec<Vec<Reading>> = vec![Vec::new(); containers.len()];
+        for round in 0..samples.max(1) {
+            if round > 0 {
+                tokio::time::sleep(interval).await;
+            }
+            for (container, taken) in containers.iter().zip(readings.iter_mut()) {
+                let options = StatsOptions { stream: false, one_shot: true };
+                let mut stats = self.docker.stats(&container.id, Some(options));
+                match stats.next().await {
+                    Some(Ok(stats)) => taken.extend(Reading::from_stats(&stats)),
+                    Some(Err(e)) if is_not_found(&e) => {}
+                    Some(Err(e)) => return Err(engine(format!("reading the usage of {}", container.name))(e)),
+                    None => {}
+                }
+            }
+        }
+        Ok(containers
+            .iter()
+            .zip(readings)
+            // A stopped container reports nothing worth keeping.
+            .filter(|(_, taken)| taken.iter().any(|r| r.cpu_total_ns > 0))
+            .map(|(container, taken)| {
+                let ((cpu_avg, cpu_peak), (memory_avg, memory_peak)) = summarise(&taken);
+                ContainerUsage {
+                    container: container.name.clone(),
+                    service: container.service.clone(),
+                    samples: u32::try_from(taken.len()).unwrap_or(u32::MAX),
+                    cpu_millicores_avg: cpu_avg,
+                    cpu_millicores_peak: cpu_peak,
+                    memory_bytes_avg: memory_avg,
+                    memory_bytes_peak: memory_peak,
+                    memory_limit_bytes: taken.last().and_then(|r| r.limit_bytes),
+                }
+            })
+            .collect())
     }
 
     /// Deployments this engine runs for WindFlow (id → project), found by their labels on

@@ -7,6 +7,7 @@ pub mod helm;
 pub mod kubernetes;
 pub mod libvirt;
 pub mod swarm;
+pub mod usage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {

@@ -1,13 +1,15 @@
 //! AI assistance: each organisation's language-model provider (its key sealed at rest), the
 //! guard every call goes through (redaction, retries with backoff, a circuit breaker per
 //! provider, token and cost accounting), and the features built on it: generating a stack
-//! ([`generate`]) and diagnosing a deployment ([`diagnose`]).
+//! ([`generate`]) and diagnosing a deployment ([`diagnose`]). [`optimize`] needs no model: it
+//! sizes limits from measured usage.
 //!
 //! The rule analyser ([`crate::analyzer`]) needs no model and is what the features fall back on
 //! when an organisation has none.
 
 pub mod diagnose;
 pub mod generate;
+pub mod optimize;
 pub mod provider;
 pub mod redact;
 pub mod wire;

@@ -13,12 +13,12 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::error::{ApiError, ApiJson, Code, ErrorBody};
+use super::error::{ApiError, ApiJson, ApiQuery, Code, ErrorBody};
 use super::{AppState, Items, rfc3339_s};
 use crate::ai::diagnose::{ContainerFacts, Diagnosis, Evidence};
 use crate::ai::generate::{self, Generated, Progress};
@@ -37,6 +37,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ai_usage))
         .routes(routes!(generate_stack))
         .routes(routes!(diagnose_deployment))
+        .routes(routes!(optimize_deployment))
 }
 
 impl From<AiError> for ApiError {
@@ -439,4 +440,58 @@ pub(super) async fn diagnose(
         stacks::validate(&stack.name, &proposed).map(drop).map_err(|e| e.to_string())
     };
     Ok(crate::ai::diagnose::diagnose(model.as_ref().map(|m| m as &dyn Model), evidence, &redactor, check).await?)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct OptimizeQuery {
+    /// Readings of each container: 2 to 30 (default 5).
+    #[param(minimum = 2, maximum = 30)]
+    samples: Option<u32>,
+    /// Time between readings: 200 to 10000 ms (default 1000).
+    #[param(minimum = 200, maximum = 10000)]
+    interval_ms: Option<u32>,
+}
+
+/// Measures what a deployment's containers use (CPU and memory, a few readings apart) and
+/// proposes limits from it, with headroom, and the mechanical fixes of the analyser's findings,
+/// as a Compose file to review. Nothing is saved. Docker deployments only.
+#[utoipa::path(post, path = "/deployments/{id}/optimize", tag = "ai", params(("id" = String, Path), OptimizeQuery),
+    responses((status = 200, body = crate::ai::optimize::Optimization)))]
+async fn optimize_deployment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<OptimizeQuery>,
+) -> Result<Json<crate::ai::optimize::Optimization>, ApiError> {
+    use windflow_protocol::{JobOutcome, JobOutput, JobPayload, Platform};
+    let deployment = super::deployments::load(&state, &caller, &id)?;
+    let samples = in_range("samples", query.samples, 5, 2..=30)?;
+    let interval_ms = in_range("interval_ms", query.interval_ms, 1000, 200..=10_000)?;
+    if deployment.platform != Platform::Docker {
+        return Err(ApiError::invalid(
+            "id",
+            format!(
+                "usage is measured on the Docker engine's containers; this deployment runs on {}",
+                deployment.platform.as_str()
+            ),
+        ));
+    }
+    let store = state.store.as_ref();
+    let stack = stacks::get(store, deployment.stack_id)?.ok_or_else(|| ApiError::not_found("stack"))?;
+    let version = stacks::version(store, stack.id, deployment.version)?
+        .ok_or_else(|| ApiError::internal("a deployment's stack version is missing"))?;
+    let parsed = stacks::parsed_of(&state.master_key, &stack, &version).map_err(ApiError::internal)?;
+    let payload = JobPayload::SampleUsage { project: deployment.project.clone(), samples, interval_ms };
+    let window = Duration::from_millis(u64::from(samples) * u64::from(interval_ms));
+    let usage = match state.hub.run_job(deployment.target_id, payload, window + Duration::from_secs(30)).await? {
+        JobOutcome::Succeeded(JobOutput::Usage(usage)) => usage,
+        JobOutcome::Succeeded(_) => {
+            return Err(ApiError::internal("the agent answered a usage job with something else"));
+        }
+        JobOutcome::Failed { message } => {
+            return Err(ApiError::new(Code::JobFailed, format!("measuring the usage failed: {message}")));
+        }
+    };
+    Ok(Json(crate::ai::optimize::optimize(&version.compose, &parsed.spec, &usage, samples, interval_ms)))
 }

@@ -65,8 +65,11 @@ pub fn access(method: &Method, path: &str) -> Access {
         (&Method::POST, ["templates", _, "reviews"]) | (&Method::PUT, ["templates", _, "reviews", "mine"]) => {
             Access { scope: Some(Scope::Deploy), role: Some(Role::Viewer) }
         }
-        // Checking a Compose file or a workflow, or analysing a stack, saves nothing.
-        (&Method::POST, ["stacks" | "workflows", "validate"]) | (&Method::POST, ["stacks", _, "analyze"]) => {
+        // Checking a Compose file or a workflow, analysing a stack or measuring a deployment's
+        // usage saves nothing.
+        (&Method::POST, ["stacks" | "workflows", "validate"])
+        | (&Method::POST, ["stacks", _, "analyze"])
+        | (&Method::POST, ["deployments", _, "optimize"]) => {
             Access { scope: Some(Scope::Read), role: Some(Role::Viewer) }
         }
         // Running a workflow, cancelling a run and answering its approvals operate; drawing one

@@ -176,7 +176,10 @@ struct WindFlowMcp {
 }
 
 fn tool(spec: &ToolSpec) -> Tool {
-    let Value::Object(schema) = (spec.arguments)() else { unreachable!("tool arguments are objects") };
+    let schema = match (spec.arguments)() {
+        Value::Object(schema) => schema,
+        _ => Map::new(),
+    };
     let read_only = spec.scope == Scope::Read;
     let mut tool = Tool::new(spec.name, spec.description, Arc::new(schema));
     tool.annotations = Some(ToolAnnotations::new().read_only(read_only).destructive(false));

@@ -85,13 +85,36 @@ impl Runner for ApiRunner {
                     Ok(output)
                 }
                 Action::Notify { channel, title, message } => notify(&self.http, &call, channel, title, message).await,
-                Action::Llm { .. } => {
-                    Err("the LLM node needs WindFlow's AI provider layer, which this version does not have yet".into())
-                }
+                Action::Llm { prompt, system } => llm(state, &call, prompt, system).await,
                 other => Err(format!("a {} node is not run by the runner", other.type_name())),
             }
         })
     }
+}
+
+/// Asks the organisation's model, through the same guard as the rest of the assistant.
+async fn llm(state: &AppState, call: &Call<'_>, prompt: &str, system: &str) -> Result<serde_json::Value, String> {
+    use crate::ai::Model;
+    let model = state
+        .assistant
+        .model_for(call.run.org_id, crate::ai::redact::Redactor::default())
+        .map_err(|e| e.to_string())?;
+    let system = if system.trim().is_empty() { "Answer briefly and exactly." } else { system };
+    let request = crate::ai::wire::ChatRequest {
+        system: system.to_owned(),
+        messages: vec![crate::ai::wire::Message::user(prompt)],
+        max_tokens: model.config.max_tokens,
+    };
+    let answer = model.ask(&request, None).await.map_err(|e| e.to_string())?;
+    call.log.line(format!(
+        "{}: {} tokens in, {} out",
+        model.config.model, answer.usage.input_tokens, answer.usage.output_tokens
+    ));
+    let mut output = serde_json::json!({ "text": answer.text, "usage": answer.usage });
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(answer.text.trim()) {
+        output["json"] = json;
+    }
+    Ok(output)
 }
 
 /// Who a run acts as: the organisation, as an operator, named after the workflow.

@@ -186,8 +186,14 @@ pub enum Action {
         title: String,
         message: String,
     },
-    /// Asks a language model.
-    Llm { prompt: String },
+    /// Asks the organisation's language model; the answer is the node's output (`text`, and
+    /// `json` when the answer reads as JSON).
+    Llm {
+        prompt: String,
+        /// Instructions for the model (default: be brief and exact).
+        #[serde(default)]
+        system: String,
+    },
 }
 
 fn default_method() -> String {
@@ -523,8 +529,10 @@ fn check_node(node: &Node, ids: &BTreeSet<&str>) -> Vec<String> {
                 Channel::Email { to, relay, from } => problems.extend(check_email(to, relay, from)),
             }
         }
-        Action::Llm { .. } => problems
-            .push("the LLM node needs WindFlow's AI provider layer, which this version does not have yet".to_owned()),
+        Action::Llm { prompt, system } => {
+            problems.extend(required(prompt, "prompt"));
+            templates.extend([("prompt", prompt.as_str()), ("system", system.as_str())]);
+        }
     }
     for (field, template) in templates {
         if let Err(e) = expr::check_template(template, ids) {

@@ -49,6 +49,11 @@ export function sessionHeaders(): Record<string, string> {
   return session?.headers() ?? {}
 }
 
+/** Renews the session once its access token expired; whether that worked. */
+export async function renewSession(): Promise<boolean> {
+  return session ? session.renew() : false
+}
+
 type Answer<T> = { data?: T; error?: unknown; response: Response }
 
 /**

@@ -457,6 +457,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/deployments/{id}/optimize": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Measures what a deployment's containers use (CPU and memory, a few readings apart) and
+         *     proposes limits from it, with headroom, and the mechanical fixes of the analyser's findings,
+         *     as a Compose file to review. Nothing is saved. Docker deployments only.
+         */
+        post: operations["ai_optimize_deployment"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/deployments/{id}/rollback": {
         parameters: {
             query?: never;
@@ -2588,6 +2609,22 @@ export interface components {
             /** @enum {string} */
             kind: "email";
         };
+        Optimization: {
+            services: components["schemas"]["ServiceAdvice"][];
+            /** @description What the proposed file changes, one line each. */
+            changes: string[];
+            /** @description The stack's file with the changes, when there are any. */
+            proposed_compose?: string | null;
+            /** @description The analyser's findings on the current file. */
+            findings: components["schemas"]["AnalyzerFinding"][];
+            /**
+             * Format: int32
+             * @description How the usage was measured.
+             */
+            samples: number;
+            /** Format: int32 */
+            interval_ms: number;
+        };
         /** @description An organisation and a role there. */
         OrgRole: {
             /** Format: uuid */
@@ -2979,6 +3016,33 @@ export interface components {
              * @example 123456
              */
             code: string;
+        };
+        /** @description What one service used and what its limits should be. */
+        ServiceAdvice: {
+            service: string;
+            /**
+             * Format: int32
+             * @description Running containers measured.
+             */
+            containers: number;
+            /** Format: int32 */
+            cpu_millicores_avg: number;
+            /** Format: int32 */
+            cpu_millicores_peak: number;
+            /** Format: int64 */
+            memory_bytes_avg: number;
+            /** Format: int64 */
+            memory_bytes_peak: number;
+            /** Format: int64 */
+            memory_limit_bytes?: number | null;
+            /** @description In Compose's words: `0.5`. */
+            cpus_limit?: string | null;
+            /** Format: int64 */
+            suggested_memory_limit_bytes: number;
+            suggested_cpus: string;
+            /** @description Whether the file should change for this service, and why (or why not). */
+            change: boolean;
+            reason: string;
         };
         /** @description A service: what is desired next to what runs. */
         ServiceView: {
@@ -3486,9 +3550,14 @@ export interface components {
             /** @enum {string} */
             type: "notify";
         } | {
-            /** @description Asks a language model. */
+            /**
+             * @description Asks the organisation's language model; the answer is the node's output (`text`, and
+             *     `json` when the answer reads as JSON).
+             */
             config: {
                 prompt: string;
+                /** @description Instructions for the model (default: be brief and exact). */
+                system?: string;
             };
             /** @enum {string} */
             type: "llm";
@@ -4533,6 +4602,42 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    ai_optimize_deployment: {
+        parameters: {
+            query?: {
+                /** @description Readings of each container: 2 to 30 (default 5). */
+                samples?: number;
+                /** @description Time between readings: 200 to 10000 ms (default 1000). */
+                interval_ms?: number;
+            };
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Optimization"];
                 };
             };
             /** @description An error; `error.code` says which (see the `Code` schema) */

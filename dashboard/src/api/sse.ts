@@ -1,7 +1,7 @@
 // Server-Sent Events over fetch, so that the session's Authorization header goes along (the
 // browser's EventSource cannot send one). Reconnects with a capped, jittered backoff until
 // stopped; `parseEvents` is the pure part, tested on its own.
-import { sessionHeaders } from './client'
+import { ApiError, renewSession, sessionHeaders, type ErrorDetail } from './client'
 
 export interface SseEvent {
   event: string
@@ -78,4 +78,39 @@ export function subscribe(
   }
   void run()
   return { stop: () => controller.abort() }
+}
+
+/**
+ * Posts `body` to `path` asking for a streamed answer, and hands each event over until the
+ * stream ends (one answer, no reconnecting: the request may have cost something). An error
+ * answer before the stream starts is thrown as an ApiError.
+ */
+export async function postForEvents(
+  path: string,
+  body: unknown,
+  onEvent: (event: SseEvent) => void,
+  signal?: AbortSignal,
+): Promise<void> {
+  const send = () =>
+    fetch(path, {
+      method: 'POST',
+      headers: { ...sessionHeaders(), Accept: 'text/event-stream', 'Content-Type': 'application/json' },
+      body: JSON.stringify(body),
+      signal,
+    })
+  let response = await send()
+  if (response.status === 401 && (await renewSession())) response = await send()
+  if (!response.ok || !response.body) {
+    const answer = (await response.json().catch(() => undefined)) as { error?: Partial<ErrorDetail> } | undefined
+    throw new ApiError(response.status, answer?.error)
+  }
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader()
+  let buffer = ''
+  for (;;) {
+    const { value, done } = await reader.read()
+    if (done) break
+    const parsed = parseEvents(buffer + value)
+    buffer = parsed.rest
+    parsed.events.forEach(onEvent)
+  }
 }

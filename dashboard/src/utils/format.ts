@@ -83,3 +83,16 @@ export function parseLabels(text: string): Record<string, string> {
   }
   return labels
 }
+
+/** A random secret for a generated password variable: 24 characters from a URL-safe alphabet. */
+export function randomSecret(length = 24): string {
+  const alphabet = 'ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789'
+  const bytes = crypto.getRandomValues(new Uint8Array(length))
+  // 256 is not a multiple of the alphabet's size; values above the last multiple are drawn again.
+  const limit = 256 - (256 % alphabet.length)
+  let out = ''
+  for (const byte of bytes) {
+    if (byte < limit) out += alphabet[byte % alphabet.length]
+  }
+  return out.length === length ? out : out + randomSecret(length - out.length)
+}

@@ -72,7 +72,15 @@ export const NODE_TYPES: NodeType[] = [
     fields: [{ key: 'channel', kind: 'channel', required: true }, { key: 'title', kind: 'text' }, { key: 'message', kind: 'textarea', required: true }],
     config: () => ({ channel: { kind: 'webhook', url: '' }, title: '', message: '' }),
   },
-  { type: 'llm', group: 'integration', fields: [{ key: 'prompt', kind: 'textarea', required: true }], config: () => ({ prompt: '' }) },
+  {
+    type: 'llm',
+    group: 'integration',
+    fields: [
+      { key: 'prompt', kind: 'textarea', required: true },
+      { key: 'system', kind: 'textarea' },
+    ],
+    config: () => ({ prompt: '', system: '' }),
+  },
 ]
 
 export const GROUPS: Group[] = ['triggers', 'actions', 'logic', 'integration']

@@ -17,6 +17,7 @@ const url = process.env.WINDFLOW_URL
 const password = process.env.WINDFLOW_PASSWORD
 const image = process.env.WINDFLOW_IMAGE
 const targetName = process.env.WINDFLOW_TARGET
+const modelUrl = process.env.WINDFLOW_MODEL_URL
 const results = process.env.WINDFLOW_RESULTS ?? 'test-results'
 const stackName = `e2e-${Date.now().toString(36)}`
 mkdirSync(results, { recursive: true })
@@ -207,6 +208,20 @@ try {
   await page.locator('[data-testid=log-lines]', { hasText: 'hello from the worker v2' }).waitFor({ timeout: 30_000 })
   await scan(page, 'deployment')
 
+  step('diagnose it: the rules answer without a model')
+  await page.locator('[data-testid=open-diagnosis]').click()
+  await page.getByText('From the diagnosis rules').waitFor()
+  await page.locator('[data-testid=diagnosis-cause]').waitFor()
+  await scan(page, 'diagnosis')
+  await page.getByRole('dialog', { name: 'Diagnosis' }).getByRole('button', { name: 'Close', exact: true }).click()
+
+  step('right-size it from what its containers use')
+  await page.locator('[data-testid=open-optimize]').click()
+  await page.getByText('Memory at its peak').first().waitFor({ timeout: 30_000 })
+  await page.getByText('Proposed change').waitFor()
+  await scan(page, 'optimization')
+  await page.getByRole('dialog', { name: 'Limits from what it uses' }).getByRole('button', { name: 'Close', exact: true }).click()
+
   step('roll back to version 1')
   await page.getByRole('button', { name: 'Roll back' }).click()
   await page.getByRole('dialog').getByRole('button', { name: 'Roll back' }).click()
@@ -371,6 +386,31 @@ try {
   await page.getByRole('tab', { name: 'Organisation' }).click()
   await page.getByText('Single sign-on (OpenID Connect)').waitFor()
   await scan(page, 'settings-organisation')
+
+  step('the organisation\'s language model: set it, test it')
+  await page.getByRole('tab', { name: 'AI' }).click()
+  await page.getByRole('radio', { name: 'Ollama' }).click({ force: true })
+  await page.locator('input[data-testid=ai-base-url], [data-testid=ai-base-url] input').fill(modelUrl)
+  await page.locator('input[data-testid=ai-model], [data-testid=ai-model] input').fill('e2e-model')
+  await page.locator('[data-testid=ai-save]').click()
+  await page.locator('[data-testid=ai-test]').click()
+  await page.locator('[data-testid=ai-test-result]', { hasText: 'The model answered “OK”' }).waitFor()
+  await page.getByText('Tokens by month').waitFor()
+  await page.getByRole('img', { name: 'Tokens by month' }).waitFor()
+  await scan(page, 'settings-ai')
+
+  step('write a stack with AI: a refused attempt, then a file to review')
+  await page.goto(`${url}/stacks/new`)
+  await page.locator('[data-testid=open-generate]').click()
+  await page.locator('textarea[data-testid=ai-description], [data-testid=ai-description] textarea').fill('nginx serving a static site')
+  await page.locator('[data-testid=ai-generate]').click()
+  await page.getByText('Attempt 2').waitFor()
+  await page.locator('.wf-refused').first().waitFor()
+  await page.getByText('Random values are made for its secrets: ADMIN_PASSWORD.').waitFor()
+  await scan(page, 'generate')
+  await page.locator('[data-testid=ai-accept]').click()
+  await page.locator('.cm-content[aria-label="Compose file"]', { hasText: 'nginx:1.27' }).waitFor()
+  await page.getByText('Valid', { exact: true }).waitFor()
 
   step('in French, on a phone')
   await page.setViewportSize({ width: 390, height: 844 })

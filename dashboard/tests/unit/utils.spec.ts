@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest'
 import { parseCsv, serverRows, toCsv } from '@/utils/csv'
 import { lineOfPath, parsePath } from '@/utils/yamlPath'
 import { LogBuffer } from '@/utils/logBuffer'
-import { ago, bytes, labelList, parseLabels, stateType } from '@/utils/format'
+import { ago, bytes, labelList, parseLabels, randomSecret, stateType } from '@/utils/format'
 import { parseEvents } from '@/api/sse'
 import { initialValue, refuse, valuesToSend, type Variable } from '@/utils/templateVariables'
 import { freshId, ports, refuseConnection, toCanvas, toGraph } from '@/utils/workflowNodes'
@@ -74,6 +74,12 @@ describe('formatting', () => {
     expect(stateType('failed')).toBe('danger')
     expect(labelList({ env: 'prod', edge: '' })).toEqual(['env=prod', 'edge'])
     expect(parseLabels('env=prod; group = web, x=a=b')).toEqual({ env: 'prod', group: 'web', x: 'a=b' })
+  })
+  it('makes random secrets of the asked length, each different', () => {
+    const secrets = new Set(Array.from({ length: 50 }, () => randomSecret()))
+    expect(secrets.size).toBe(50)
+    for (const secret of secrets) expect(secret).toMatch(/^[A-Za-z2-9]{24}$/)
+    expect(randomSecret(5)).toHaveLength(5)
   })
 })
 
