@@ -303,6 +303,15 @@ async fn a_failing_deployment_is_diagnosed_from_its_exit_code_and_log_and_its_se
     assert!(sent.raw.contains("FATAL: cannot open"), "the evidence went: {}", sent.raw);
     assert!(!sent.raw.contains(secret), "the secret never leaves: {}", sent.raw);
 
+    // Streamed: the rules' answer at once, then the model's as it is written.
+    server.text(&json!({"cause": "the config file is missing", "fix": "mount it", "compose": null}).to_string());
+    let got = events(&mut cp, &path, json!({})).await;
+    let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.first(), Some(&"rules"), "{names:?}");
+    assert!(names.contains(&"delta"), "{names:?}");
+    let (last, streamed) = got.last().expect("events");
+    assert_eq!((last.as_str(), streamed["cause"].as_str()), ("result", Some("the config file is missing")), "{got:?}");
+
     // A provider that fails leaves the rules' answer, with why.
     server.always(Reply::Status(500, r#"{"error":{"message":"upstream exploded"}}"#.into()));
     let (status, diagnosis) = cp.api(Method::POST, &path, None).await;

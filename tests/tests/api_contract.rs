@@ -33,7 +33,9 @@ fn run_schemathesis(cp: &ControlPlane, scratch: &Path, config: &str, bearer: &st
         .arg("--tls-verify")
         .arg(cp.dir.join("data/ca.pem"))
         .args(["--header", &format!("Authorization: Bearer {bearer}")])
-        .args(["--checks", "all", "--exclude-checks", "positive_data_acceptance"])
+        // Removing a deployment is asynchronous (202): it stays readable, `removing`, until its
+        // agent confirms, which `use_after_free` would count as a deleted resource still there.
+        .args(["--checks", "all", "--exclude-checks", "positive_data_acceptance,use_after_free"])
         .args(["--max-examples", EXAMPLES_PER_OPERATION, "--seed", "7", "--request-timeout", "10"])
         // Python 3.11's `ast` is not thread-safe, and hypothesis parses source in its workers.
         .args(["--workers", "1", "--no-color", "--generation-database", "none"])

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use super::provider::DeltaSink;
 use super::redact::Redactor;
 use super::wire::{ChatRequest, Message, Usage};
 use super::{AiError, Model};
@@ -291,11 +292,13 @@ fn json_in(text: &str) -> Option<ModelAnswer> {
 
 /// Diagnoses with `model` when there is one, else by the rules alone. `check` decides whether
 /// a proposed Compose file is acceptable (the stack pipeline with the stack's variables).
+/// With `deltas`, the model's answer is streamed to it as it is written.
 pub async fn diagnose(
     model: Option<&dyn Model>,
     evidence: Evidence,
     redactor: &Redactor,
     check: impl Fn(&str) -> Result<(), String>,
+    deltas: Option<&DeltaSink<'_>>,
 ) -> Result<Diagnosis, AiError> {
     let evidence = evidence.redacted(redactor);
     let rules = by_rules(&evidence);
@@ -307,7 +310,7 @@ pub async fn diagnose(
         messages: vec![Message::user(prompt(&evidence, &rules))],
         max_tokens: 4096,
     };
-    let answer = match model.ask(&request, None).await {
+    let answer = match model.ask(&request, deltas).await {
         Ok(answer) => answer,
         // A provider that fails does not leave the user without an answer.
         Err(error @ (AiError::Provider(_) | AiError::CircuitOpen { .. })) => {
@@ -411,7 +414,7 @@ mod tests {
             ..Evidence::default()
         };
         let redactor = Redactor::new(["hunter2-long".to_owned()]);
-        let diagnosis = diagnose(Some(&model), evidence, &redactor, |_| Ok(())).await.expect("diagnosed");
+        let diagnosis = diagnose(Some(&model), evidence, &redactor, |_| Ok(()), None).await.expect("diagnosed");
         let asked = model.asked.lock().expect("lock");
         let prompt = &asked[0].messages[0].content;
         assert!(!prompt.contains("hunter2-long") && !prompt.contains("plain-text-pw"), "{prompt}");
@@ -424,9 +427,10 @@ mod tests {
     #[tokio::test]
     async fn a_proposal_the_pipeline_refuses_is_not_offered() {
         let model = Scripted::new(&[r#"{"cause": "c", "fix": "f", "compose": "services: ["}"#]);
-        let diagnosis = diagnose(Some(&model), Evidence::default(), &Redactor::default(), |_| Err("bad YAML".into()))
-            .await
-            .expect("diagnosed");
+        let diagnosis =
+            diagnose(Some(&model), Evidence::default(), &Redactor::default(), |_| Err("bad YAML".into()), None)
+                .await
+                .expect("diagnosed");
         assert_eq!(diagnosis.proposed_compose, None);
         assert_eq!(diagnosis.proposal_refused.as_deref(), Some("the proposed file is not a valid stack: bad YAML"));
     }

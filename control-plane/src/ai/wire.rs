@@ -424,6 +424,66 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_bytes_from_a_provider_never_panic_the_decoders() {
+        // Pieces of the real formats mixed with raw bytes, from a fixed xorshift sequence, so
+        // that inputs get past the JSON parser into the decoders' own logic.
+        const PIECES: &[&str] = &[
+            "data: ",
+            "event: ",
+            "{",
+            "}",
+            "[",
+            "]",
+            ":",
+            ",",
+            "\n",
+            "\n\n",
+            "\"choices\"",
+            "\"delta\"",
+            "\"content\"",
+            "\"text\"",
+            "\"type\"",
+            "\"message_start\"",
+            "\"content_block_delta\"",
+            "\"usage\"",
+            "\"done\"",
+            "true",
+            "null",
+            "1e309",
+            "-1",
+            "\"",
+            "[DONE]",
+            "\u{fffd}",
+            "\"error\"",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..3000 {
+            let mut bytes = Vec::new();
+            for _ in 0..next() % 40 {
+                match next() % 4 {
+                    0 => bytes.push((next() % 256) as u8),
+                    _ => bytes.extend_from_slice(PIECES[(next() % PIECES.len() as u64) as usize].as_bytes()),
+                }
+            }
+            let _ = error_message(&bytes);
+            for kind in [ProviderKind::Openai, ProviderKind::Anthropic, ProviderKind::Ollama] {
+                let _ = parse_answer(kind, &bytes);
+                let mut decoder = StreamDecoder::new(kind);
+                let cut = (next() as usize) % (bytes.len() + 1);
+                let _ = decoder.feed(&bytes[..cut]);
+                let _ = decoder.feed(&bytes[cut..]);
+                let _ = decoder.finish();
+            }
+        }
+    }
+
+    #[test]
     fn a_stream_cut_short_or_carrying_an_error_fails() {
         let cut = "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n";
         assert_eq!(

@@ -344,12 +344,17 @@ async fn generate_stack(
         };
         let _ = events.send(last);
     });
+    Ok(event_stream(&state, receiver))
+}
+
+/// The events a task sends, as a Server-Sent Events answer that ends when the task is done.
+fn event_stream(state: &AppState, receiver: tokio::sync::mpsc::UnboundedReceiver<SseEvent>) -> Response {
     let stream = stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|event| (Ok::<_, Infallible>(event), receiver))
     });
-    Ok(Sse::new(crate::metrics::tracked(stream, state.hub.metrics.clone()))
+    Sse::new(crate::metrics::tracked(stream, state.hub.metrics.clone()))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
+        .into_response()
 }
 
 /// Lines of log read for a diagnosis.
@@ -358,16 +363,40 @@ const DIAGNOSIS_LOG_LINES: u32 = 60;
 /// Why a deployment failed or is unhealthy: its events, each container's state, exit code and
 /// health, and its last log lines, read by rules, and by the organisation's model when it has
 /// one (secret values never leave the control plane). The answer names the probable cause,
-/// the evidence and a fix, with a corrected Compose file when that is the fix.
+/// the evidence and a fix, with a corrected Compose file when that is the fix. With
+/// `Accept: text/event-stream`: `rules` (the rules' diagnosis, at once), `delta` (`{text}`,
+/// the model's answer as it is written), then `result` (a `Diagnosis`) or `error`.
 #[utoipa::path(post, path = "/deployments/{id}/diagnose", tag = "ai", params(("id" = String, Path)),
-    responses((status = 200, body = Diagnosis)))]
+    responses((status = 200, description = "The diagnosis; events with `Accept: text/event-stream`",
+        content((Diagnosis = "application/json"), (String = "text/event-stream")))))]
 async fn diagnose_deployment(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Diagnosis>, ApiError> {
+) -> Result<Response, ApiError> {
     let deployment = super::deployments::load(&state, &caller, &id)?;
-    Ok(Json(diagnose(&state, &caller, &deployment).await?))
+    let prepared = Prepared::gather(&state, &caller, &deployment).await?;
+    if !wants_events(&headers) {
+        return Ok(Json(prepared.diagnose(None).await?).into_response());
+    }
+    let (events, receiver) = tokio::sync::mpsc::unbounded_channel::<SseEvent>();
+    tokio::spawn(async move {
+        let rules = serde_json::to_string(&prepared.by_rules()).unwrap_or_default();
+        let _ = events.send(SseEvent::default().event("rules").data(rules));
+        let sender = events.clone();
+        let deltas = move |text: &str| {
+            let _ = sender.send(SseEvent::default().event("delta").data(json!({ "text": text }).to_string()));
+        };
+        let last = match prepared.diagnose(Some(&deltas)).await {
+            Ok(diagnosis) => {
+                SseEvent::default().event("result").data(serde_json::to_string(&diagnosis).unwrap_or_default())
+            }
+            Err(error) => error_event(error),
+        };
+        let _ = events.send(last);
+    });
+    Ok(event_stream(&state, receiver))
 }
 
 /// The diagnosis of a deployment of the caller's organisation (also an MCP tool).
@@ -376,70 +405,105 @@ pub(super) async fn diagnose(
     caller: &Caller,
     deployment: &crate::deployments::Deployment,
 ) -> Result<Diagnosis, ApiError> {
-    let store = state.store.as_ref();
-    let stack = stacks::get(store, deployment.stack_id)?.ok_or_else(|| ApiError::not_found("stack"))?;
-    let version = stacks::version(store, stack.id, deployment.version)?
-        .ok_or_else(|| ApiError::internal("a deployment's stack version is missing"))?;
-    let content = stacks::content_of(&state.master_key, &version).map_err(ApiError::internal)?;
-    let parsed = stacks::validate(&stack.name, &content).map_err(ApiError::from)?;
-    let redactor = Redactor::new(content.secrets.values().cloned());
+    Prepared::gather(state, caller, deployment).await?.diagnose(None).await
+}
 
-    let containers = state
-        .hub
-        .observed(deployment.id)
-        .map(|status| {
-            status
-                .services
-                .iter()
-                .flat_map(|service| {
-                    service.containers.iter().map(|c| {
-                        let (state, exit_code) = super::deployments::state_and_exit(&c.state);
-                        ContainerFacts {
-                            service: service.service.clone(),
-                            name: c.name.clone(),
-                            state,
-                            exit_code,
-                            health: c.health.map(|h| super::deployments::health_word(h).to_owned()),
-                            restart_count: c.restart_count,
-                        }
+/// What a diagnosis is made from, gathered.
+struct Prepared {
+    evidence: Evidence,
+    redactor: Redactor,
+    model: Option<crate::ai::OrgModel>,
+    stack_name: String,
+    content: stacks::Content,
+}
+
+impl Prepared {
+    async fn gather(
+        state: &AppState,
+        caller: &Caller,
+        deployment: &crate::deployments::Deployment,
+    ) -> Result<Self, ApiError> {
+        let store = state.store.as_ref();
+        let stack = stacks::get(store, deployment.stack_id)?.ok_or_else(|| ApiError::not_found("stack"))?;
+        let version = stacks::version(store, stack.id, deployment.version)?
+            .ok_or_else(|| ApiError::internal("a deployment's stack version is missing"))?;
+        let content = stacks::content_of(&state.master_key, &version).map_err(ApiError::internal)?;
+        let parsed = stacks::validate(&stack.name, &content).map_err(ApiError::from)?;
+        let redactor = Redactor::new(content.secrets.values().cloned());
+
+        let containers = state
+            .hub
+            .observed(deployment.id)
+            .map(|status| {
+                status
+                    .services
+                    .iter()
+                    .flat_map(|service| {
+                        service.containers.iter().map(|c| {
+                            let (state, exit_code) = super::deployments::state_and_exit(&c.state);
+                            ContainerFacts {
+                                service: service.service.clone(),
+                                name: c.name.clone(),
+                                state,
+                                exit_code,
+                                health: c.health.map(|h| super::deployments::health_word(h).to_owned()),
+                                restart_count: c.restart_count,
+                            }
+                        })
                     })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let source = super::deployments::log_source(deployment, None);
-    let (logs, logs_unavailable) =
-        match tokio::time::timeout(Duration::from_secs(15), state.logs.fetch(&source, Some(DIAGNOSIS_LOG_LINES), None))
-            .await
+                    .collect()
+            })
+            .unwrap_or_default();
+        let source = super::deployments::log_source(deployment, None);
+        let (logs, logs_unavailable) = match tokio::time::timeout(
+            Duration::from_secs(15),
+            state.logs.fetch(&source, Some(DIAGNOSIS_LOG_LINES), None),
+        )
+        .await
         {
             Ok(Ok(lines)) => (lines.into_iter().map(|l| (l.container, l.text)).collect(), None),
             Ok(Err(error)) => (Vec::new(), Some(error.to_string())),
             Err(_) => (Vec::new(), Some("the agent did not send them in time".to_owned())),
         };
-    let history = state.reconciler.events.history(deployment.id, 0)?;
-    let events =
-        history.iter().rev().take(30).rev().map(|e| format!("{:?}: {}", e.level, e.message).to_lowercase()).collect();
-    let evidence = Evidence {
-        stack: stack.name.clone(),
-        state: deployment.state.as_str().to_owned(),
-        reason: deployment.reason.clone(),
-        events,
-        containers,
-        logs,
-        logs_unavailable,
-        findings: crate::analyzer::analyze(&content.compose, &parsed.spec),
-        compose: content.compose.clone(),
-    };
-    let model = match state.assistant.model_for(caller.org_id, redactor.clone()) {
-        Ok(model) => Some(model),
-        Err(AiError::NotConfigured) => None,
-        Err(error) => return Err(error.into()),
-    };
-    let check = |compose: &str| {
-        let proposed = stacks::Content { compose: compose.to_owned(), ..content.clone() };
-        stacks::validate(&stack.name, &proposed).map(drop).map_err(|e| e.to_string())
-    };
-    Ok(crate::ai::diagnose::diagnose(model.as_ref().map(|m| m as &dyn Model), evidence, &redactor, check).await?)
+        let history = state.reconciler.events.history(deployment.id, 0)?;
+        let events = history
+            .iter()
+            .rev()
+            .take(30)
+            .rev()
+            .map(|e| format!("{:?}: {}", e.level, e.message).to_lowercase())
+            .collect();
+        let evidence = Evidence {
+            stack: stack.name.clone(),
+            state: deployment.state.as_str().to_owned(),
+            reason: deployment.reason.clone(),
+            events,
+            containers,
+            logs,
+            logs_unavailable,
+            findings: crate::analyzer::analyze(&content.compose, &parsed.spec),
+            compose: content.compose.clone(),
+        };
+        let model = match state.assistant.model_for(caller.org_id, redactor.clone()) {
+            Ok(model) => Some(model),
+            Err(AiError::NotConfigured) => None,
+            Err(error) => return Err(error.into()),
+        };
+        Ok(Self { evidence, redactor, model, stack_name: stack.name, content })
+    }
+
+    fn by_rules(&self) -> Diagnosis {
+        crate::ai::diagnose::by_rules(&self.evidence.clone().redacted(&self.redactor))
+    }
+
+    async fn diagnose(&self, deltas: Option<&crate::ai::provider::DeltaSink<'_>>) -> Result<Diagnosis, ApiError> {
+        let check = |compose: &str| {
+            let proposed = stacks::Content { compose: compose.to_owned(), ..self.content.clone() };
+            stacks::validate(&self.stack_name, &proposed).map(drop).map_err(|e| e.to_string())
+        };
+        let model = self.model.as_ref().map(|m| m as &dyn Model);
+        Ok(crate::ai::diagnose::diagnose(model, self.evidence.clone(), &self.redactor, check, deltas).await?)
+    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -385,7 +385,9 @@ export interface paths {
          * Why a deployment failed or is unhealthy: its events, each container's state, exit code and
          *     health, and its last log lines, read by rules, and by the organisation's model when it has
          *     one (secret values never leave the control plane). The answer names the probable cause,
-         *     the evidence and a fix, with a corrected Compose file when that is the fix.
+         *     the evidence and a fix, with a corrected Compose file when that is the fix. With
+         *     `Accept: text/event-stream`: `rules` (the rules' diagnosis, at once), `delta` (`{text}`,
+         *     the model's answer as it is written), then `result` (a `Diagnosis`) or `error`.
          */
         post: operations["ai_diagnose_deployment"];
         delete?: never;
@@ -4469,13 +4471,14 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description OK */
+            /** @description The diagnosis; events with `Accept: text/event-stream` */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["Diagnosis"];
+                    "text/event-stream": string;
                 };
             };
             /** @description An error; `error.code` says which (see the `Code` schema) */

@@ -33,6 +33,19 @@ export function parseEvents(buffer: string): { events: SseEvent[]; rest: string 
   return { events, rest }
 }
 
+/** Hands over each event of a text/event-stream body until it ends. */
+async function readEvents(body: ReadableStream, onEvent: (event: SseEvent) => void): Promise<void> {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader()
+  let buffer = ''
+  for (;;) {
+    const { value, done } = await reader.read()
+    if (done) return
+    const parsed = parseEvents(buffer + value)
+    buffer = parsed.rest
+    parsed.events.forEach(onEvent)
+  }
+}
+
 export interface Subscription {
   stop(): void
 }
@@ -58,15 +71,7 @@ export function subscribe(
         if (!response.ok || !response.body) throw new Error(`stream answered ${response.status}`)
         attempt = 0
         onState(true)
-        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader()
-        let buffer = ''
-        for (;;) {
-          const { value, done } = await reader.read()
-          if (done) break
-          const parsed = parseEvents(buffer + value)
-          buffer = parsed.rest
-          parsed.events.forEach(onEvent)
-        }
+        await readEvents(response.body, onEvent)
       } catch {
         if (controller.signal.aborted) return
       }
@@ -104,13 +109,5 @@ export async function postForEvents(
     const answer = (await response.json().catch(() => undefined)) as { error?: Partial<ErrorDetail> } | undefined
     throw new ApiError(response.status, answer?.error)
   }
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader()
-  let buffer = ''
-  for (;;) {
-    const { value, done } = await reader.read()
-    if (done) break
-    const parsed = parseEvents(buffer + value)
-    buffer = parsed.rest
-    parsed.events.forEach(onEvent)
-  }
+  await readEvents(response.body, onEvent)
 }

@@ -572,6 +572,7 @@ export default {
     diagnoseTitle: 'Diagnosis',
     source: { rules: 'From the diagnosis rules', model: 'From the language model' },
     tokens: '{input} tokens in, {output} out',
+    modelReading: 'The language model is reading the evidence…',
     modelFailed: 'The language model could not be asked; this is the rules’ answer.',
     cause: 'Probable cause',
     fix: 'What to do',

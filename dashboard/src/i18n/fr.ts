@@ -572,6 +572,7 @@ export default {
     diagnoseTitle: 'Diagnostic',
     source: { rules: 'Selon les règles de diagnostic', model: 'Selon le modèle de langage' },
     tokens: '{input} jetons en entrée, {output} en sortie',
+    modelReading: 'Le modèle de langage lit les éléments…',
     modelFailed: "Le modèle de langage n'a pas pu être interrogé ; voici la réponse des règles.",
     cause: 'Cause probable',
     fix: 'Que faire',
