@@ -20,7 +20,27 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # Starts dockerd if no engine answers (there is no systemd on many CI machines).
+# Each stack has a network of its own, and the engine's default address pools hold about
+# thirty: fewer than the tests (or a busy host) use at once. /24s from 10.96.0.0/11 instead:
+# 8192 networks, clear of the ranges the tests use (10.0.0.0/24, 10.231.0.0/24, 10.244.0.0/16).
+ensure_docker_address_pools() {
+  local config=/etc/docker/daemon.json
+  if [ -f "$config" ] && grep -q default-address-pools "$config"; then return 0; fi
+  mkdir -p /etc/docker
+  python3 - "$config" <<'PY'
+import json, os, sys
+path = sys.argv[1]
+config = json.load(open(path)) if os.path.exists(path) and os.path.getsize(path) else {}
+config["default-address-pools"] = [{"base": "10.96.0.0/11", "size": 24}]
+json.dump(config, open(path, "w"), indent=2)
+PY
+  if docker version >/dev/null 2>&1; then
+    say "the Docker engine's address pools change at its next start (/etc/docker/daemon.json)"
+  fi
+}
+
 ensure_dockerd() {
+  ensure_docker_address_pools
   if docker version >/dev/null 2>&1; then return 0; fi
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     systemctl start docker || true

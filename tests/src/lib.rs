@@ -219,6 +219,14 @@ impl ControlPlane {
         self.wait_ready().await;
     }
 
+    /// Kills the process (SIGKILL, as a crash: nothing is flushed or said goodbye to) and starts
+    /// it again on the same ports and data.
+    pub async fn crash_and_restart(&mut self) {
+        self.process.kill();
+        self.process = Self::spawn(&self.dir, self.api_port, self.quic_port, &self.extra_args);
+        self.wait_ready().await;
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("https://127.0.0.1:{}{path}", self.api_port)
     }
@@ -606,6 +614,32 @@ pub fn busybox_image() -> String {
         .expect("docker build runs");
     assert!(output.status.success(), "building {IMAGE}: {}", String::from_utf8_lossy(&output.stderr));
     IMAGE.to_owned()
+}
+
+/// Removes everything of these Compose projects from the Docker engine when dropped, so that a
+/// test that fails half-way leaves no containers or networks behind.
+pub struct ProjectsCleanup(pub Vec<String>);
+
+impl Drop for ProjectsCleanup {
+    fn drop(&mut self) {
+        for project in &self.0 {
+            let label = format!("label=com.docker.compose.project={project}");
+            for (kind, remove) in
+                [("container", vec!["rm", "-f", "-v"]), ("network", vec!["rm"]), ("volume", vec!["rm", "-f"])]
+            {
+                let mut list = Command::new("docker");
+                list.args([kind, "ls", "-q", "--filter", &label]);
+                if kind == "container" {
+                    list.arg("--all");
+                }
+                let Ok(listed) = list.output() else { continue };
+                let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout).lines().map(str::to_owned).collect();
+                if !ids.is_empty() {
+                    let _ = Command::new("docker").arg(kind).args(&remove).args(&ids).output();
+                }
+            }
+        }
+    }
 }
 
 /// Names of Docker objects (containers, networks, volumes) labelled with a Compose project.
