@@ -1,6 +1,7 @@
 //! AI assistance: an organisation's provider settings (`/orgs/{id}/ai`, its admins) and usage,
-//! generating a stack from a description (`/ai/generate`, streamed as Server-Sent Events when
-//! asked), and diagnosing a deployment (`/deployments/{id}/diagnose`).
+//! generating a stack from a description (`/ai/generate`), diagnosing a deployment
+//! (`/deployments/{id}/diagnose`) — both streamed as Server-Sent Events when asked — and
+//! right-sizing one from measured usage (`/deployments/{id}/optimize`).
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ use crate::ai::wire::{ChatRequest, Message, ProviderKind};
 use crate::ai::{AiConfig, AiError, Model, UsageMonth};
 use crate::auth::Caller;
 use crate::breaker::BreakerView;
-use crate::orgs::{self, Org, Role};
+use crate::orgs::{Org, Role};
 use crate::stacks;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -56,19 +57,8 @@ impl From<AiError> for ApiError {
     }
 }
 
-/// The organisation, if the caller may manage its AI settings (admins; installation
-/// administrators act as owners). Other organisations are not found.
 fn load_org(state: &AppState, caller: &Caller, raw: &str, needed: Role) -> Result<Org, ApiError> {
-    let id = Uuid::try_parse(raw).map_err(|_| ApiError::not_found("organisation"))?;
-    let org = orgs::get(state.store.as_ref(), id)?.ok_or_else(|| ApiError::not_found("organisation"))?;
-    let role = orgs::membership(state.store.as_ref(), id, caller.user_id)?.map(|m| m.role);
-    match if caller.is_admin { Some(Role::Owner) } else { role } {
-        None => Err(ApiError::not_found("organisation")),
-        Some(role) if role < needed => {
-            Err(ApiError::forbidden(format!("AI settings are managed by the organisation's {}s", needed.as_str())))
-        }
-        Some(_) => Ok(org),
-    }
+    super::orgs::managed_by(state, caller, raw, needed, "AI settings are").map(|(org, _)| org)
 }
 
 /// An organisation's language model, without its key.

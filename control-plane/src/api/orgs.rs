@@ -81,6 +81,26 @@ fn load(state: &AppState, caller: &Caller, raw: &str) -> Result<(Org, Option<Rol
     Ok((org, role))
 }
 
+/// The organisation `raw` names and the caller's role there, if it is at least `needed`
+/// (installation administrators act as owners); other organisations are not found. `what` says
+/// what that role manages (`"single sign-on is"`), for the refusal.
+pub(super) fn managed_by(
+    state: &AppState,
+    caller: &Caller,
+    raw: &str,
+    needed: Role,
+    what: &str,
+) -> Result<(Org, Role), ApiError> {
+    let (org, role) = load(state, caller, raw)?;
+    match effective_role(caller, role) {
+        None => Err(ApiError::not_found("organisation")),
+        Some(role) if role < needed => {
+            Err(ApiError::forbidden(format!("{what} managed by the organisation's {}s", needed.as_str())))
+        }
+        Some(role) => Ok((org, role)),
+    }
+}
+
 /// Members are managed by admins; installation administrators act as owners.
 fn effective_role(caller: &Caller, role: Option<Role>) -> Option<Role> {
     if caller.is_admin { Some(Role::Owner) } else { role }

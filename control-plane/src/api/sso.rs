@@ -42,20 +42,8 @@ impl From<SsoError> for ApiError {
     }
 }
 
-/// The organisation and the caller's role there (installation administrators act as owners);
-/// other organisations are not found.
 fn load(state: &AppState, caller: &Caller, raw: &str, needed: Role) -> Result<(Org, Role), ApiError> {
-    let id = Uuid::try_parse(raw).map_err(|_| ApiError::not_found("organisation"))?;
-    let org = orgs::get(state.store.as_ref(), id)?.ok_or_else(|| ApiError::not_found("organisation"))?;
-    let role = orgs::membership(state.store.as_ref(), id, caller.user_id)?.map(|m| m.role);
-    let role = if caller.is_admin { Some(Role::Owner) } else { role };
-    match role {
-        None => Err(ApiError::not_found("organisation")),
-        Some(role) if role < needed => {
-            Err(ApiError::forbidden(format!("single sign-on is managed by the organisation's {}s", needed.as_str())))
-        }
-        Some(role) => Ok((org, role)),
-    }
+    super::orgs::managed_by(state, caller, raw, needed, "single sign-on is")
 }
 
 /// An organisation's identity provider, without its client secret.
