@@ -5,7 +5,8 @@
 //!
 //! The state machine takes the time as an argument, so its tests need no clock.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -110,6 +111,38 @@ impl Breaker {
     }
 }
 
+/// Breakers by what they guard (a language-model provider, a webhook's host), each made on
+/// first use with the same threshold and pause.
+#[derive(Debug)]
+pub struct Breakers {
+    threshold: u32,
+    pause: Duration,
+    by_key: Mutex<HashMap<String, Arc<Breaker>>>,
+}
+
+impl Breakers {
+    pub fn new(threshold: u32, pause: Duration) -> Self {
+        Self { threshold, pause, by_key: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn threshold(&self) -> u32 {
+        self.threshold
+    }
+
+    pub fn get(&self, key: &str) -> Arc<Breaker> {
+        let mut by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        by_key.entry(key.to_owned()).or_insert_with(|| Arc::new(Breaker::new(self.threshold, self.pause))).clone()
+    }
+
+    /// How many are open now, and how many times they opened in all: for the metrics.
+    pub fn totals(&self, now: Instant) -> (u64, u64) {
+        let by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        by_key.values().map(|b| b.view(now)).fold((0, 0), |(open, opened), view| {
+            (open + u64::from(view.state == CircuitState::Open), opened + view.times_opened)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +201,16 @@ mod tests {
         breaker.record(false, later);
         assert_eq!(breaker.admit(later), Err(Refused { retry_in: PAUSE }));
         assert_eq!(breaker.view(later).times_opened, 2);
+    }
+
+    #[test]
+    fn a_registry_keeps_one_breaker_per_key_and_counts_the_open_ones() {
+        let breakers = Breakers::new(1, PAUSE);
+        let now = Instant::now();
+        breakers.get("https://a.example:443").record(false, now);
+        breakers.get("https://b.example:443").record(true, now);
+        assert!(breakers.get("https://a.example:443").admit(now).is_err(), "the same breaker again");
+        assert_eq!(breakers.totals(now), (1, 1));
     }
 
     #[test]

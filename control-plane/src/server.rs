@@ -161,6 +161,10 @@ pub async fn serve(
         settings: Arc::new(settings.clone()),
         workflows: workflows.clone(),
         assistant,
+        outbound: Arc::new(crate::breaker::Breakers::new(
+            crate::api::workflow_actions::OUTBOUND_FAILURES,
+            crate::api::workflow_actions::OUTBOUND_PAUSE,
+        )),
     };
     runner.attach(state.clone());
     let resumed = workflows.resume_all()?;

@@ -428,3 +428,30 @@ async fn an_email_notification_goes_through_an_smtp_relay() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(refused["error"]["message"].as_str().is_some_and(|m| m.contains("credentials")), "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_that_keeps_failing_opens_its_circuit_and_later_calls_fail_fast_without_reaching_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cp = ControlPlane::start(dir.path()).await;
+    let receiver = Recorder::start().await;
+    receiver.answer("/down", 503);
+    let graph = json!({
+        "nodes": [
+            {"id": "start", "type": "manual", "config": {}},
+            {"id": "call", "type": "http", "config": {"method": "POST", "url": receiver.url("/down")}}
+        ],
+        "edges": [{"from": "start", "to": "call"}]
+    });
+    let workflow = create(&mut cp, "flaky-host", graph).await;
+    let mut last = Value::Null;
+    for _ in 0..6 {
+        let id = run(&mut cp, &workflow, json!({})).await;
+        last = over(&mut cp, &workflow, &id).await;
+        assert_eq!(last["status"], "failed", "{last:#}");
+    }
+    assert_eq!(receiver.requests().len(), 5, "the sixth call never left");
+    let error = last["error"].as_str().unwrap_or_default();
+    assert!(error.contains("circuit open") && error.contains(&format!("127.0.0.1:{}", receiver.port)), "{error}");
+    assert_eq!(cp.metric("windflow_circuits_open{kind=\"webhook\"}").await, 1);
+    assert_eq!(cp.metric("windflow_circuits_opened{kind=\"webhook\"}").await, 1);
+}

@@ -14,9 +14,8 @@ pub mod provider;
 pub mod redact;
 pub mod wire;
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
@@ -27,7 +26,7 @@ use windflow_protocol::backoff::Backoff;
 use self::provider::{DeltaSink, HttpProvider, ProviderError};
 use self::redact::Redactor;
 use self::wire::{Answer, ChatRequest, Message, ProviderKind};
-use crate::breaker::{Breaker, BreakerView};
+use crate::breaker::{Breaker, BreakerView, Breakers};
 use crate::sealing::MasterKey;
 use crate::store::{Record, RecordStore, Store, StoreError, Table};
 
@@ -133,7 +132,7 @@ pub struct Assistant {
     master_key: Arc<MasterKey>,
     client: reqwest::Client,
     resilience: Resilience,
-    breakers: Mutex<HashMap<String, Arc<Breaker>>>,
+    breakers: Breakers,
 }
 
 fn key_context(org_id: Uuid) -> String {
@@ -152,7 +151,8 @@ impl Assistant {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
-        Self { store, master_key, client, resilience, breakers: Mutex::new(HashMap::new()) }
+        let breakers = Breakers::new(resilience.breaker_threshold, resilience.breaker_pause);
+        Self { store, master_key, client, resilience, breakers }
     }
 
     pub fn config(&self, org_id: Uuid) -> Result<Option<AiConfig>, StoreError> {
@@ -177,12 +177,12 @@ impl Assistant {
     }
 
     fn breaker(&self, config: &AiConfig) -> Arc<Breaker> {
-        let key = format!("{}|{:?}|{}", config.org_id, config.kind, config.base_url);
-        let mut breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
-        breakers
-            .entry(key)
-            .or_insert_with(|| Arc::new(Breaker::new(self.resilience.breaker_threshold, self.resilience.breaker_pause)))
-            .clone()
+        self.breakers.get(&format!("{}|{:?}|{}", config.org_id, config.kind, config.base_url))
+    }
+
+    /// Provider circuits open now, and how many times they opened: for the metrics.
+    pub fn circuits(&self) -> (u64, u64) {
+        self.breakers.totals(Instant::now())
     }
 
     pub fn breaker_view(&self, config: &AiConfig) -> BreakerView {

@@ -39,9 +39,32 @@ async fn metrics(State(state): State<AppState>) -> ([(axum::http::HeaderName, &'
                     state.logs.open_follows() as u64,
                 ),
             ],
-            &[("windflow_deployments", "Deployments by state.", "state", deployments_by_state(&state))],
+            &[
+                ("windflow_deployments", "Deployments by state.", "state", deployments_by_state(&state)),
+                (
+                    "windflow_circuits_open",
+                    "Circuit breakers open now, by what they guard.",
+                    "kind",
+                    circuits(&state, |t| t.0),
+                ),
+                (
+                    "windflow_circuits_opened",
+                    "Times circuit breakers opened since the start, by what they guard.",
+                    "kind",
+                    circuits(&state, |t| t.1),
+                ),
+            ],
         ),
     )
+}
+
+/// A figure of the circuit breakers by kind (language-model providers, the hosts workflows
+/// call): `figure` picks open now (`.0`) or opened in all (`.1`).
+fn circuits(state: &AppState, figure: fn((u64, u64)) -> u64) -> Vec<(String, u64)> {
+    vec![
+        ("llm".into(), figure(state.assistant.circuits())),
+        ("webhook".into(), figure(state.outbound.totals(std::time::Instant::now()))),
+    ]
 }
 
 fn deployments_by_state(state: &AppState) -> Vec<(String, u64)> {

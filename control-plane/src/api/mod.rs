@@ -81,6 +81,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub workflows: Arc<crate::workflows::engine::Engine>,
     pub assistant: Arc<crate::ai::Assistant>,
+    /// Circuit breakers of the hosts workflows call (HTTP nodes, webhook and Slack notifications).
+    pub outbound: Arc<crate::breaker::Breakers>,
 }
 
 /// Every route under `/api/v1`, each documented in the OpenAPI document as it is registered.

@@ -3,14 +3,15 @@
 //! requests, jq transforms and notifications. A run acts as the organisation, in the name of
 //! the workflow, with the rights of an operator.
 
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use uuid::Uuid;
 
 use super::AppState;
 use crate::auth::Caller;
+use crate::breaker::{Breaker, Breakers};
 use crate::deployments::{self, State as DeploymentState};
 use crate::workflows::engine::{Call, Runner};
 use crate::workflows::graph::{Action, Channel};
@@ -20,6 +21,10 @@ use crate::workflows::transform;
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 /// The largest HTTP answer body a node keeps.
 const MAX_BODY: usize = 1024 * 1024;
+/// Failures in a row (connection errors, timeouts, 5xx) that open a host's circuit, and how long
+/// calls to it then fail at once instead of piling up on a host that is down.
+pub const OUTBOUND_FAILURES: u32 = 5;
+pub const OUTBOUND_PAUSE: Duration = Duration::from_secs(30);
 
 /// The control plane's runner; attached to the state once that exists (the state holds the
 /// engine that holds this).
@@ -70,7 +75,7 @@ impl Runner for ApiRunner {
                     settle(state, &call, view.0.id()).await
                 }
                 Action::Http { method, url, headers, body } => {
-                    http(&self.http, &call, method, url, headers, body.as_deref()).await
+                    http(&self.http, &state.outbound, &call, method, url, headers, body.as_deref()).await
                 }
                 Action::Transform { filter, input } => {
                     let input = match input {
@@ -84,7 +89,9 @@ impl Runner for ApiRunner {
                     call.log.line(format!("{filter} → {}", truncate(&output.to_string(), 200)));
                     Ok(output)
                 }
-                Action::Notify { channel, title, message } => notify(&self.http, &call, channel, title, message).await,
+                Action::Notify { channel, title, message } => {
+                    notify(&self.http, &state.outbound, &call, channel, title, message).await
+                }
                 Action::Llm { prompt, system } => llm(state, &call, prompt, system).await,
                 other => Err(format!("a {} node is not run by the runner", other.type_name())),
             }
@@ -252,8 +259,34 @@ async fn settle(state: &AppState, call: &Call<'_>, id: Uuid) -> Result<serde_jso
     }
 }
 
+/// The circuit of the host `url` goes to, if it lets a call go now.
+fn admitted(breakers: &Breakers, url: &str) -> Result<Arc<Breaker>, String> {
+    let host = reqwest::Url::parse(url)
+        .ok()
+        .map(|u| {
+            format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or_default(), u.port_or_known_default().unwrap_or(0))
+        })
+        .unwrap_or_else(|| url.to_owned());
+    let breaker = breakers.get(&host);
+    breaker.admit(Instant::now()).map_err(|refused| {
+        format!(
+            "{host} failed {} times in a row: calls to it are paused for {} s (circuit open)",
+            breakers.threshold(),
+            refused.retry_in.as_secs().max(1)
+        )
+    })?;
+    Ok(breaker)
+}
+
+/// Whether a host answered like one that is up: a 4xx is its answer to this request, not a sign
+/// that it is down.
+fn host_is_up<E>(sent: &Result<reqwest::Response, E>) -> bool {
+    sent.as_ref().is_ok_and(|response| !response.status().is_server_error())
+}
+
 async fn http(
     client: &reqwest::Client,
+    breakers: &Breakers,
     call: &Call<'_>,
     method: &str,
     url: &str,
@@ -268,7 +301,10 @@ async fn http(
     if let Some(body) = body {
         request = request.body(body.to_owned());
     }
-    let response = request.send().await.map_err(|e| format!("{method} {url}: {e}"))?;
+    let breaker = admitted(breakers, url)?;
+    let sent = request.send().await;
+    breaker.record(host_is_up(&sent), Instant::now());
+    let response = sent.map_err(|e| format!("{method} {url}: {e}"))?;
     let status = response.status().as_u16();
     let answer_headers: serde_json::Map<String, serde_json::Value> = response
         .headers()
@@ -287,6 +323,7 @@ async fn http(
 
 async fn notify(
     client: &reqwest::Client,
+    breakers: &Breakers,
     call: &Call<'_>,
     channel: &Channel,
     title: &str,
@@ -301,7 +338,10 @@ async fn notify(
         }
         Channel::Email { to, relay, from } => return mail(call, to, relay, from, title, message).await,
     };
-    let response = client.post(url).json(&body).send().await.map_err(|e| format!("POST {url}: {e}"))?;
+    let breaker = admitted(breakers, url)?;
+    let sent = client.post(url).json(&body).send().await;
+    breaker.record(host_is_up(&sent), Instant::now());
+    let response = sent.map_err(|e| format!("POST {url}: {e}"))?;
     let status = response.status();
     if !status.is_success() {
         return Err(format!("the notification was refused: {status}"));
