@@ -209,12 +209,16 @@ impl Assistant {
     }
 
     fn account(&self, org_id: Uuid, config: &AiConfig, outcome: Result<&Answer, ()>) {
-        let month = month_now();
-        let key = {
-            let mut key = org_id.as_bytes().to_vec();
-            key.extend_from_slice(month.as_bytes());
-            key
+        let empty = UsageMonth {
+            org_id,
+            month: month_now(),
+            requests: 0,
+            failures: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_usd: 0.0,
         };
+        let key = empty.key();
         // Compare-and-swap, so that answers finishing together all count.
         for _ in 0..16 {
             let current: Option<UsageMonth> = match self.store.load(&key) {
@@ -224,15 +228,7 @@ impl Assistant {
                     return;
                 }
             };
-            let mut next = current.clone().unwrap_or(UsageMonth {
-                org_id,
-                month: month.clone(),
-                requests: 0,
-                failures: 0,
-                input_tokens: 0,
-                output_tokens: 0,
-                cost_usd: 0.0,
-            });
+            let mut next = current.clone().unwrap_or_else(|| empty.clone());
             next.requests += 1;
             match outcome {
                 Ok(answer) => {
