@@ -70,6 +70,7 @@ declare module 'vue' {
     ElTimeline: typeof import('element-plus/es')['ElTimeline']
     ElTimelineItem: typeof import('element-plus/es')['ElTimelineItem']
     ElTooltip: typeof import('element-plus/es')['ElTooltip']
+    FindingList: typeof import('./components/FindingList.vue')['default']
     GenerateStackDialog: typeof import('./components/GenerateStackDialog.vue')['default']
     IncompatibleAlert: typeof import('./components/IncompatibleAlert.vue')['default']
     KeyValueEditor: typeof import('./components/KeyValueEditor.vue')['default']

@@ -17,7 +17,6 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use uuid::Uuid;
 
 use super::error::{ApiError, ApiJson, ApiQuery, Code, ErrorBody};
 use super::{AppState, Items, rfc3339_s};
@@ -94,10 +93,6 @@ fn view(state: &AppState, config: &AiConfig) -> AiConfigView {
     }
 }
 
-fn configured(state: &AppState, org_id: Uuid) -> Result<AiConfig, ApiError> {
-    state.assistant.config(org_id)?.ok_or_else(|| AiError::NotConfigured.into())
-}
-
 /// The organisation's language model (admins).
 #[utoipa::path(get, path = "/orgs/{id}/ai", tag = "ai", params(("id" = String, Path)),
     responses((status = 200, body = AiConfigView)))]
@@ -107,7 +102,8 @@ async fn show_ai(
     Path(id): Path<String>,
 ) -> Result<Json<AiConfigView>, ApiError> {
     let org = load_org(&state, &caller, &id, Role::Admin)?;
-    Ok(Json(view(&state, &configured(&state, org.id)?)))
+    let config = state.assistant.config(org.id)?.ok_or(AiError::NotConfigured)?;
+    Ok(Json(view(&state, &config)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
