@@ -1,7 +1,7 @@
 //! Admission and execution of signed jobs. [`JobGate`] is the single door: signature, addressee,
 //! validity window, then the journal. Only what passes it is executed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::VerifyingKey;
@@ -17,7 +17,7 @@ use crate::driver::helm::HelmDriver;
 use crate::driver::kubernetes::KubernetesDriver;
 use crate::driver::libvirt::LibvirtDriver;
 use crate::driver::swarm::SwarmDriver;
-use crate::journal::Journal;
+use crate::journal::{JobState, Journal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdmitError {
@@ -31,12 +31,39 @@ pub enum AdmitError {
 pub struct JobGate {
     agent_id: Uuid,
     job_key: VerifyingKey,
-    journal: Mutex<Journal>,
+    jobs: Mutex<Jobs>,
+    /// Woken whenever a job ends, for those waiting on its outcome.
+    ended: tokio::sync::Notify,
+}
+
+#[derive(Debug)]
+struct Jobs {
+    journal: Journal,
+    /// Jobs running in this process.
+    running: HashSet<Uuid>,
+}
+
+/// What to do with a job that passed the checks.
+#[derive(Debug)]
+pub enum Admission {
+    /// New: recorded as started; run it.
+    Run(JobEnvelope),
+    /// Started before a crash and never ended: run it again to its end.
+    Resume(JobEnvelope),
+    /// Already running here (its first answer was lost with the link): wait for its outcome.
+    Running(Uuid),
+    /// Already ended: answer with the recorded outcome, do not run it again.
+    Ended(Uuid, JobOutcome),
 }
 
 impl JobGate {
     pub fn new(agent_id: Uuid, job_key: VerifyingKey, journal: Journal) -> Self {
-        Self { agent_id, job_key, journal: Mutex::new(journal) }
+        Self {
+            agent_id,
+            job_key,
+            jobs: Mutex::new(Jobs { journal, running: HashSet::new() }),
+            ended: tokio::sync::Notify::new(),
+        }
     }
 
     /// Parses the hex job key pinned at enrollment.
@@ -45,14 +72,58 @@ impl JobGate {
         VerifyingKey::from_bytes(&bytes).ok()
     }
 
-    /// Checks a job and, if it may run, records it as applied before returning it.
-    pub fn admit(&self, job: &SignedJob, now_unix_ms: u64) -> Result<JobEnvelope, AdmitError> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Jobs> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks a job and decides, from the journal, whether it runs. A job that will run is
+    /// recorded as started before this returns.
+    pub fn admit(&self, job: &SignedJob, now_unix_ms: u64) -> Result<Admission, AdmitError> {
         let envelope = job.verify(&self.job_key, self.agent_id, now_unix_ms)?;
-        let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-        if !journal.record(envelope.job_id)? {
-            return Err(JobRejection::Replayed { job_id: envelope.job_id }.into());
+        let job_id = envelope.job_id;
+        let mut jobs = self.lock();
+        let resumed = match jobs.journal.state(job_id) {
+            None => false,
+            Some(JobState::Finished(outcome)) => return Ok(Admission::Ended(job_id, outcome.clone())),
+            Some(JobState::Started) if jobs.running.contains(&job_id) => return Ok(Admission::Running(job_id)),
+            Some(JobState::Started) => true,
+        };
+        jobs.journal.start(&envelope, resumed, now_unix_ms)?;
+        jobs.running.insert(job_id);
+        Ok(if resumed { Admission::Resume(envelope) } else { Admission::Run(envelope) })
+    }
+
+    /// Records how a job ended and wakes whoever waits on it.
+    pub fn finish(&self, job_id: Uuid, outcome: &JobOutcome, now_unix_ms: u64) {
+        let mut jobs = self.lock();
+        if let Err(error) = jobs.journal.finish(job_id, outcome, now_unix_ms) {
+            // The job ran; if it is asked for again after a restart it is run again, which
+            // the drivers make harmless.
+            tracing::error!(%job_id, %error, "could not journal a job's outcome");
         }
-        Ok(envelope)
+        jobs.running.remove(&job_id);
+        drop(jobs);
+        self.ended.notify_waiters();
+    }
+
+    /// The outcome of a job running here, once it ends.
+    pub async fn outcome(&self, job_id: Uuid) -> JobOutcome {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            {
+                let jobs = self.lock();
+                match jobs.journal.state(job_id) {
+                    Some(JobState::Finished(outcome)) => return outcome.clone(),
+                    _ if !jobs.running.contains(&job_id) => {
+                        return JobOutcome::Failed { message: "the job's outcome was not recorded".into() };
+                    }
+                    _ => {}
+                }
+            }
+            ended.await;
+        }
     }
 }
 
@@ -267,7 +338,7 @@ mod tests {
     const AGENT: Uuid = Uuid::from_u128(1);
 
     fn gate(dir: &tempfile::TempDir) -> JobGate {
-        let journal = Journal::open(&dir.path().join("journal")).expect("journal");
+        let journal = Journal::open(&dir.path().join("journal"), 1_000).expect("journal");
         JobGate::new(AGENT, key().verifying_key(), journal)
     }
 
@@ -285,19 +356,47 @@ mod tests {
         }
     }
 
-    fn refused(result: Result<JobEnvelope, AdmitError>) -> JobRejection {
+    fn refused(result: Result<Admission, AdmitError>) -> JobRejection {
         match result {
             Err(AdmitError::Refused(rejection)) => rejection,
             other => panic!("expected a refusal, got {other:?}"),
         }
     }
 
+    #[tokio::test]
+    async fn a_job_runs_once_and_asking_again_waits_for_or_returns_its_recorded_outcome() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let gate = Arc::new(gate(&dir));
+        let signed = job(AGENT, 10_000).sign(&key());
+        let Ok(Admission::Run(envelope)) = gate.admit(&signed, 2_000) else { panic!("a new job runs") };
+        let job_id = envelope.job_id;
+
+        // Asked again while it runs: the second request waits for the first run's outcome.
+        let Ok(Admission::Running(id)) = gate.admit(&signed, 2_000) else { panic!("a running job is not rerun") };
+        let waiting = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.outcome(id).await }
+        });
+        let outcome = JobOutcome::Succeeded(JobOutput::None);
+        gate.finish(job_id, &outcome, 3_000);
+        assert_eq!(waiting.await.expect("join"), outcome);
+
+        // Asked again after it ended, even by a restarted agent: the recorded outcome.
+        let restarted = self::gate(&dir);
+        assert!(matches!(restarted.admit(&signed, 4_000), Ok(Admission::Ended(id, o)) if id == job_id && o == outcome));
+    }
+
     #[test]
-    fn a_valid_job_is_admitted_once_and_its_replay_refused_even_after_a_restart() {
+    fn a_job_a_crash_interrupted_is_resumed_once_and_journalled_as_such() {
         let dir = tempfile::tempdir().expect("tempdir");
         let signed = job(AGENT, 10_000).sign(&key());
-        let envelope = gate(&dir).admit(&signed, 2_000).expect("admitted");
-        assert_eq!(refused(gate(&dir).admit(&signed, 2_000)), JobRejection::Replayed { job_id: envelope.job_id });
+        assert!(matches!(gate(&dir).admit(&signed, 2_000), Ok(Admission::Run(_))));
+        // The agent died before the job ended; the new process resumes it, once.
+        let restarted = gate(&dir);
+        assert!(matches!(restarted.admit(&signed, 3_000), Ok(Admission::Resume(_))));
+        assert!(matches!(restarted.admit(&signed, 3_000), Ok(Admission::Running(_))));
+        let lines = crate::journal::read_lines(&dir.path().join("journal")).expect("lines");
+        assert_eq!(lines.iter().map(|l| l.resumed).collect::<Vec<_>>(), [false, true]);
     }
 
     #[test]
@@ -307,7 +406,7 @@ mod tests {
         let mut signed = job(AGENT, 10_000).sign(&key());
         signed.envelope[0] ^= 0x40;
         assert_eq!(refused(gate.admit(&signed, 2_000)), JobRejection::BadSignature);
-        assert!(gate.journal.lock().expect("lock").is_empty());
+        assert!(gate.lock().journal.is_empty());
     }
 
     #[test]

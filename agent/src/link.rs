@@ -14,14 +14,14 @@ use tokio::sync::mpsc;
 use windflow_protocol::backoff::Backoff;
 use windflow_protocol::io::{StreamError, read_frame, write_frame};
 use windflow_protocol::messages::{
-    AgentEvent, AgentEventKind, AgentMessage, ControlMessage, Hello, JobEvent, JobRequest, PROTOCOL_VERSION,
-    StatusReport,
+    AgentEvent, AgentEventKind, AgentMessage, ControlMessage, Hello, JobEvent, JobOutcome, JobRequest,
+    PROTOCOL_VERSION, StatusReport,
 };
 use windflow_protocol::session::{AgentSession, AgentSessionEvent, CloseReason};
-use windflow_protocol::{MAX_FRAME_LEN, Refusal};
+use windflow_protocol::{JobEnvelope, MAX_FRAME_LEN, Refusal};
 
 use crate::identity::{DataDir, Identity};
-use crate::jobs::{AdmitError, Executor, JobGate};
+use crate::jobs::{Admission, AdmitError, Executor, JobGate};
 use crate::journal::Journal;
 use crate::unix_ms;
 
@@ -64,8 +64,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let identity = data.identity()?;
     let job_key = JobGate::parse_key(&identity.job_public_key).context("the pinned job key is invalid")?;
-    let journal =
-        Journal::open(&data.journal_path()).with_context(|| format!("opening {}", data.journal_path().display()))?;
+    let journal = Journal::open(&data.journal_path(), unix_ms())
+        .with_context(|| format!("opening {}", data.journal_path().display()))?;
     let gate = Arc::new(JobGate::new(identity.agent_id, job_key, journal));
     let executor = Arc::new(Executor::default());
     let started = Instant::now();
@@ -341,47 +341,16 @@ async fn handle_job(
         }
     };
     let reply = match gate.admit(&job, unix_ms()) {
-        Ok(envelope) => {
-            let job_id = envelope.job_id;
-            tracing::info!(%job_id, kind = envelope.payload.kind(), "job admitted");
+        Ok(Admission::Run(envelope)) => run_admitted(&mut send, &envelope, false, &gate, &executor).await,
+        Ok(Admission::Resume(envelope)) => run_admitted(&mut send, &envelope, true, &gate, &executor).await,
+        Ok(Admission::Running(job_id)) => {
+            // Asked again while it runs: the first answer was lost with the link.
+            tracing::info!(%job_id, "job asked for again while it runs; answering when it ends");
             let _ = write_frame(&mut send, &JobEvent::Accepted { job_id }, MAX_FRAME_LEN).await;
-            // The job runs to its end even if the control plane stops listening: it is
-            // journalled as applied, so it must really be applied.
-            let (progress, mut steps) = mpsc::unbounded_channel();
-            let (logs, mut lines) = mpsc::channel(64);
-            let run = executor.execute(&envelope.payload, &progress, &logs);
-            tokio::pin!(run);
-            // The control plane stops a log stream by stopping its end of this stream.
-            let stopped = send.stopped();
-            tokio::pin!(stopped);
-            let mut stop_seen = false;
-            let outcome = loop {
-                tokio::select! {
-                    outcome = &mut run => break outcome,
-                    Some((step, percent)) = steps.recv() => {
-                        let _ = write_frame(&mut send, &JobEvent::Progress { job_id, step, percent }, MAX_FRAME_LEN).await;
-                    }
-                    Some(chunk) = lines.recv() => {
-                        if write_frame(&mut send, &JobEvent::Log(chunk), MAX_FRAME_LEN).await.is_err() {
-                            lines.close();
-                        }
-                    }
-                    _ = &mut stopped, if !stop_seen => {
-                        stop_seen = true;
-                        lines.close();
-                    }
-                }
-            };
-            // What the job queued before it finished still goes out, in order.
-            while let Ok((step, percent)) = steps.try_recv() {
-                let _ = write_frame(&mut send, &JobEvent::Progress { job_id, step, percent }, MAX_FRAME_LEN).await;
-            }
-            while let Ok(chunk) = lines.try_recv() {
-                if write_frame(&mut send, &JobEvent::Log(chunk), MAX_FRAME_LEN).await.is_err() {
-                    break;
-                }
-            }
-            tracing::info!(%job_id, succeeded = matches!(outcome, windflow_protocol::messages::JobOutcome::Succeeded(_)), "job finished");
+            JobEvent::Completed { job_id, outcome: gate.outcome(job_id).await }
+        }
+        Ok(Admission::Ended(job_id, outcome)) => {
+            tracing::info!(%job_id, "job asked for again after it ended; answering with its recorded outcome");
             JobEvent::Completed { job_id, outcome }
         }
         Err(AdmitError::Refused(reason)) => {
@@ -399,14 +368,70 @@ async fn handle_job(
             tracing::error!(%error, "job journal unwritable; refusing to run jobs");
             JobEvent::Completed {
                 job_id: job.unverified_job_id().unwrap_or_default(),
-                outcome: windflow_protocol::messages::JobOutcome::Failed {
-                    message: format!("agent journal unwritable: {error}"),
-                },
+                outcome: JobOutcome::Failed { message: format!("agent journal unwritable: {error}") },
             }
         }
     };
     let _ = write_frame(&mut send, &reply, MAX_FRAME_LEN).await;
     let _ = send.finish();
+}
+
+async fn run_admitted(
+    send: &mut quinn::SendStream,
+    envelope: &JobEnvelope,
+    resumed: bool,
+    gate: &JobGate,
+    executor: &Executor,
+) -> JobEvent {
+    let job_id = envelope.job_id;
+    tracing::info!(%job_id, kind = envelope.payload.kind(), resumed, "job admitted");
+    let _ = write_frame(send, &JobEvent::Accepted { job_id }, MAX_FRAME_LEN).await;
+    let outcome = run_job(send, envelope, executor).await;
+    gate.finish(job_id, &outcome, unix_ms());
+    tracing::info!(%job_id, succeeded = matches!(outcome, JobOutcome::Succeeded(_)), "job finished");
+    JobEvent::Completed { job_id, outcome }
+}
+
+/// Runs an admitted job, streaming its progress and log lines on its stream. The job runs to
+/// its end even if the control plane stops listening: it is journalled as started, so it must
+/// really be applied, and its outcome is kept for when it is asked for again.
+async fn run_job(send: &mut quinn::SendStream, envelope: &JobEnvelope, executor: &Executor) -> JobOutcome {
+    let job_id = envelope.job_id;
+    let (progress, mut steps) = mpsc::unbounded_channel();
+    let (logs, mut lines) = mpsc::channel(64);
+    let run = executor.execute(&envelope.payload, &progress, &logs);
+    tokio::pin!(run);
+    // The control plane stops a log stream by stopping its end of this stream.
+    let stopped = send.stopped();
+    tokio::pin!(stopped);
+    let mut stop_seen = false;
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut run => break outcome,
+            Some((step, percent)) = steps.recv() => {
+                let _ = write_frame(send, &JobEvent::Progress { job_id, step, percent }, MAX_FRAME_LEN).await;
+            }
+            Some(chunk) = lines.recv() => {
+                if write_frame(send, &JobEvent::Log(chunk), MAX_FRAME_LEN).await.is_err() {
+                    lines.close();
+                }
+            }
+            _ = &mut stopped, if !stop_seen => {
+                stop_seen = true;
+                lines.close();
+            }
+        }
+    };
+    // What the job queued before it finished still goes out, in order.
+    while let Ok((step, percent)) = steps.try_recv() {
+        let _ = write_frame(send, &JobEvent::Progress { job_id, step, percent }, MAX_FRAME_LEN).await;
+    }
+    while let Ok(chunk) = lines.try_recv() {
+        if write_frame(send, &JobEvent::Log(chunk), MAX_FRAME_LEN).await.is_err() {
+            break;
+        }
+    }
+    outcome
 }
 
 fn pem_encode(label: &str, der: &[u8]) -> String {

@@ -91,7 +91,24 @@ pub struct Deployment {
     pub created_by: String,
     pub created_at_unix_s: i64,
     pub updated_at_unix_s: i64,
+    /// The job sent to apply the current change, until its outcome comes back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobTicket>,
 }
+
+/// A job sent for a deployment whose outcome has not come back. When the link to the agent
+/// breaks, the same job (same id) is sent again once it is back, and the agent's journal makes
+/// sure it is applied once: it answers a job it already ran with the outcome it recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobTicket {
+    pub id: Uuid,
+    /// What the job does, e.g. `deploy:<generation>:<version>`: a different change is a new job.
+    pub purpose: String,
+    pub issued_at_unix_ms: u64,
+}
+
+/// How long a job is sent again under its first id; the agent's journal keeps ids far longer.
+const REDELIVER_WITHIN: Duration = Duration::from_secs(86_400);
 
 impl Record for Deployment {
     const TABLE: Table = Table::Deployments;
@@ -509,7 +526,9 @@ impl Reconciler {
                 Some(0),
             );
         }
-        match self.run_deploy(&deployment, parsed).await {
+        // A repair is a new job each time: it answers what the agent reports now.
+        let purpose = (!repairing).then(|| format!("deploy:{generation}:{}", deployment.version));
+        match self.run_deploy(&deployment, purpose, parsed).await {
             Ok(()) => {
                 let message = if repairing {
                     "drift repaired".to_owned()
@@ -529,7 +548,10 @@ impl Reconciler {
                 });
                 self.events.finish(id, Level::Info, message, State::Running);
             }
-            Err(HubError::Link(_) | HubError::NotConnected | HubError::Timeout) if !repairing => {
+            Err(HubError::Link(_) | HubError::NotConnected | HubError::Timeout) if repairing => {
+                self.events.append(id, Level::Warning, "repair interrupted: the target disconnected", None);
+            }
+            Err(HubError::Link(_) | HubError::NotConnected | HubError::Timeout) => {
                 let reason = "the target disconnected; the deployment resumes when it is back".to_owned();
                 self.set(id, |d| {
                     d.state = State::Pending;
@@ -557,17 +579,61 @@ impl Reconciler {
         }
     }
 
-    async fn run_deploy(&self, deployment: &Deployment, parsed: crate::compose::Parsed) -> Result<(), HubError> {
+    /// The id of the job for `purpose`: the one already sent for it if its outcome never came
+    /// back, else a new one, stored before the job is sent.
+    fn job_id(&self, deployment_id: Uuid, purpose: &str) -> Uuid {
+        let now = unix_ms();
+        let within = u64::try_from(REDELIVER_WITHIN.as_millis()).unwrap_or(u64::MAX);
+        let fresh = Uuid::now_v7();
+        let mut chosen = fresh;
+        let stored = modify(self.store.as_ref(), deployment_id, |d| match &d.job {
+            Some(ticket) if ticket.purpose == purpose && now.saturating_sub(ticket.issued_at_unix_ms) < within => {
+                chosen = ticket.id;
+            }
+            _ => {
+                chosen = fresh;
+                d.job = Some(JobTicket { id: fresh, purpose: purpose.to_owned(), issued_at_unix_ms: now });
+            }
+        });
+        if let Err(error) = stored {
+            tracing::error!(%deployment_id, %error, "could not record a job before sending it");
+        }
+        chosen
+    }
+
+    /// Sends a deployment's job (under its stored id when it has a `purpose`) and, once its
+    /// outcome is back, forgets the stored id.
+    async fn run_deployment_job(
+        &self,
+        deployment: &Deployment,
+        purpose: Option<String>,
+        payload: JobPayload,
+    ) -> Result<JobOutcome, HubError> {
         let id = deployment.id;
+        let job_id = purpose.map_or_else(Uuid::now_v7, |purpose| self.job_id(id, &purpose));
         let events = self.events.clone();
-        let payload = deploy_payload(deployment, parsed)?;
         let outcome = self
             .hub
-            .run_job_with_progress(deployment.target_id, payload, DEPLOY_TIMEOUT, move |step, percent| {
+            .run_job_as(job_id, deployment.target_id, payload, DEPLOY_TIMEOUT, move |step, percent| {
                 events.append(id, Level::Progress, step, percent);
             })
             .await?;
-        match outcome {
+        self.set(id, |d| {
+            if d.job.as_ref().is_some_and(|ticket| ticket.id == job_id) {
+                d.job = None;
+            }
+        });
+        Ok(outcome)
+    }
+
+    async fn run_deploy(
+        &self,
+        deployment: &Deployment,
+        purpose: Option<String>,
+        parsed: crate::compose::Parsed,
+    ) -> Result<(), HubError> {
+        let payload = deploy_payload(deployment, parsed)?;
+        match self.run_deployment_job(deployment, purpose, payload).await? {
             JobOutcome::Succeeded(JobOutput::Stack(status)) => {
                 self.hub.record_observed(status);
                 Ok(())
@@ -589,7 +655,8 @@ impl Reconciler {
                 return;
             }
         };
-        match self.run_deploy(deployment, parsed).await {
+        let purpose = format!("rollback:{}:{previous}", deployment.generation);
+        match self.run_deploy(deployment, Some(purpose), parsed).await {
             Ok(()) => self.events.finish(
                 id,
                 Level::Info,
@@ -614,14 +681,9 @@ impl Reconciler {
             if volumes { "removing containers, networks and volumes" } else { "removing containers and networks" },
             None,
         );
-        let events = self.events.clone();
         let payload = remove_payload(&deployment, volumes);
-        let outcome = self
-            .hub
-            .run_job_with_progress(deployment.target_id, payload, DEPLOY_TIMEOUT, move |step, percent| {
-                events.append(id, Level::Progress, step, percent);
-            })
-            .await;
+        let purpose = format!("remove:{}:{volumes}", deployment.generation);
+        let outcome = self.run_deployment_job(&deployment, Some(purpose), payload).await;
         match outcome {
             Ok(JobOutcome::Succeeded(_)) => {
                 self.audit(

@@ -533,10 +533,22 @@ impl Hub {
         payload: JobPayload,
         validity: Duration,
     ) -> Result<quinn::RecvStream, HubError> {
+        self.open_job_as(Uuid::now_v7(), agent_id, payload, validity).await
+    }
+
+    /// Like [`Hub::open_job`] under a given job id: a job sent again under its first id is
+    /// applied by the agent at most once (its journal answers with the recorded outcome).
+    async fn open_job_as(
+        &self,
+        job_id: Uuid,
+        agent_id: Uuid,
+        payload: JobPayload,
+        validity: Duration,
+    ) -> Result<quinn::RecvStream, HubError> {
         let connection = self.lock_live().get(&agent_id).map(|l| l.connection.clone()).ok_or(HubError::NotConnected)?;
         let now = unix_ms();
         let envelope = JobEnvelope {
-            job_id: Uuid::now_v7(),
+            job_id,
             agent_id,
             issued_at_unix_ms: now,
             expires_at_unix_ms: now + u64::try_from(validity.as_millis()).unwrap_or(u64::MAX),
@@ -606,10 +618,23 @@ impl Hub {
         agent_id: Uuid,
         payload: JobPayload,
         timeout: Duration,
+        on_progress: impl FnMut(String, Option<u8>) + Send,
+    ) -> Result<JobOutcome, HubError> {
+        self.run_job_as(Uuid::now_v7(), agent_id, payload, timeout, on_progress).await
+    }
+
+    /// Like [`Hub::run_job_with_progress`] under a given job id, for a job that is sent again
+    /// under its first id until its outcome is known.
+    pub async fn run_job_as(
+        &self,
+        job_id: Uuid,
+        agent_id: Uuid,
+        payload: JobPayload,
+        timeout: Duration,
         mut on_progress: impl FnMut(String, Option<u8>) + Send,
     ) -> Result<JobOutcome, HubError> {
         let exchange = async {
-            let mut recv = self.open_job(agent_id, payload, timeout).await?;
+            let mut recv = self.open_job_as(job_id, agent_id, payload, timeout).await?;
             loop {
                 match read_frame::<JobEvent, _>(&mut recv, self.config.max_frame).await {
                     Ok(Some(JobEvent::Completed { outcome, .. })) => return Ok(outcome),

@@ -130,6 +130,17 @@ impl Workload {
 }
 
 impl JobPayload {
+    /// The deployment a job changes, for those that change one.
+    pub fn deployment_id(&self) -> Option<Uuid> {
+        match self {
+            JobPayload::DeployStack { deployment_id, .. }
+            | JobPayload::RemoveStack { deployment_id, .. }
+            | JobPayload::DeployWorkload { deployment_id, .. }
+            | JobPayload::RemoveWorkload { deployment_id, .. } => Some(*deployment_id),
+            _ => None,
+        }
+    }
+
     /// A short name for logs: payloads can carry environment values, which never go to a log.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -406,6 +406,7 @@ pub(super) fn deploy_stack(
                 created_by: caller.username.clone(),
                 created_at_unix_s: now,
                 updated_at_unix_s: now,
+                job: None,
             };
             use crate::store::RecordStore;
             state.store.save(&deployment)?;

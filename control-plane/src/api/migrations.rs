@@ -129,6 +129,7 @@ async fn migrate(
         created_by: caller.username.clone(),
         created_at_unix_s: now,
         updated_at_unix_s: now,
+        job: None,
         ..source.clone()
     };
     let migration = Migration {

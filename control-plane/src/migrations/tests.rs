@@ -21,6 +21,7 @@ fn migration(step: Step, remove_source: bool) -> Migration {
         created_by: "admin".into(),
         created_at_unix_s: 1_000,
         updated_at_unix_s: 1_000,
+        job: None,
     }
 }
 
@@ -43,6 +44,7 @@ fn deployment(id: Uuid, state: State, settled: bool) -> Deployment {
         created_by: "admin".into(),
         created_at_unix_s: 1_000,
         updated_at_unix_s: 1_000,
+        job: None,
     }
 }
 
