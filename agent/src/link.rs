@@ -26,11 +26,19 @@ use crate::journal::Journal;
 use crate::unix_ms;
 
 const ALPN: &[u8] = b"windflow/1";
-/// QUIC close code the control plane uses for a revoked agent.
+/// QUIC close codes of the control plane: a revoked agent, and its own shutdown.
 const CLOSE_REVOKED: u32 = 1;
+const CLOSE_SHUTDOWN: u32 = 5;
 const STATUS_INTERVAL: Duration = Duration::from_secs(30);
 /// A session that lasted this long resets the backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(10);
+/// A handshake not done by then is abandoned for a new one. QUIC backs its retransmissions off
+/// exponentially, so a handshake begun while the link was cut could otherwise wait seconds
+/// after the link came back; new attempts keep the gap between packets short.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The round-trip time assumed before one is measured: it sets how soon a lost handshake
+/// packet is sent again (three times this, then doubling).
+const INITIAL_RTT: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
@@ -54,6 +62,8 @@ pub struct Revoked;
 enum SessionEnd {
     Lost,
     Revoked,
+    /// The control plane said it is stopping (a restart or an upgrade).
+    ShuttingDown,
 }
 
 /// Runs the agent until it is revoked (an error) or `shutdown` resolves.
@@ -77,17 +87,29 @@ pub async fn run(
             outcome = connect_and_serve(&data, &identity, &gate, &executor, started) => outcome,
             () = &mut shutdown => return Ok(()),
         };
-        match outcome {
-            Ok(SessionEnd::Revoked) => return Err(Revoked.into()),
-            Ok(SessionEnd::Lost) => tracing::warn!("connection to the control plane lost"),
-            Err(error) => {
-                tracing::warn!(error = %format!("{error:#}"), "could not hold a session with the control plane")
-            }
-        }
         if attempt_started.elapsed() >= STABLE_SESSION {
             backoff.reset();
         }
-        let delay = backoff.next_delay(rand::random());
+        let delay = match outcome {
+            Ok(SessionEnd::Revoked) => return Err(Revoked.into()),
+            Ok(SessionEnd::ShuttingDown) => {
+                // Every agent heard this at the same moment: each waits a random part of the
+                // longest delay, so that the fleet does not come back all at once.
+                tracing::info!("the control plane is shutting down; reconnecting once it is back");
+                backoff.reset();
+                config.backoff_max.mul_f64(rand::random::<f64>())
+            }
+            Ok(SessionEnd::Lost) => {
+                tracing::warn!("connection to the control plane lost");
+                // Counted from the attempt's start: an attempt that already took its delay (a
+                // handshake that timed out) is followed by the next one at once.
+                backoff.next_delay(rand::random()).saturating_sub(attempt_started.elapsed())
+            }
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "could not hold a session with the control plane");
+                backoff.next_delay(rand::random()).saturating_sub(attempt_started.elapsed())
+            }
+        };
         tracing::info!(delay_ms = delay.as_millis() as u64, attempt = backoff.attempt(), "reconnecting");
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
@@ -115,6 +137,7 @@ fn client_endpoint(data: &DataDir) -> anyhow::Result<quinn::Endpoint> {
     transport.max_concurrent_bidi_streams(64u8.into());
     transport.max_concurrent_uni_streams(0u8.into());
     transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
+    transport.initial_rtt(INITIAL_RTT);
     client.transport_config(Arc::new(transport));
     let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
     endpoint.set_default_client_config(client);
@@ -135,21 +158,23 @@ async fn connect_and_serve(
         .with_context(|| format!("{} has no address", identity.quic_endpoint))?;
     // A new endpoint per attempt picks up a renewed certificate.
     let endpoint = client_endpoint(data)?;
-    let connection = match endpoint.connect(address, &identity.server_name)?.await {
-        Ok(connection) => connection,
-        Err(error) if is_revocation(&error) => return Ok(SessionEnd::Revoked),
-        Err(error) => return Err(error).context("QUIC handshake"),
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, endpoint.connect(address, &identity.server_name)?);
+    let connection = match handshake.await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) if is_revocation(&error) => return Ok(SessionEnd::Revoked),
+        Ok(Err(error)) => return Err(error).context("QUIC handshake"),
+        Err(_) => bail!("no QUIC handshake with {address} within {HANDSHAKE_TIMEOUT:?}"),
     };
     let end = serve(data, identity, gate, executor, &connection, started).await;
     // Read before closing: a local close replaces the peer's reason.
-    let revoked = closed_reason(&connection) == SessionEnd::Revoked;
+    let closed = closed_reason(&connection);
     connection.close(0u32.into(), b"agent closing");
     endpoint.wait_idle().await;
-    // However the session failed, a revocation is what the caller must hear about.
-    if revoked {
-        return Ok(SessionEnd::Revoked);
+    // However the session failed, why the peer closed it is what the caller must hear about.
+    match closed {
+        SessionEnd::Lost => end,
+        peer_reason => Ok(peer_reason),
     }
-    end
 }
 
 /// TLS alert `certificate_revoked` (44), carried as a QUIC crypto error.
@@ -280,6 +305,9 @@ async fn serve(
 fn closed_reason(connection: &quinn::Connection) -> SessionEnd {
     match connection.close_reason() {
         Some(error) if is_revocation(&error) => SessionEnd::Revoked,
+        Some(quinn::ConnectionError::ApplicationClosed(close)) if close.error_code == CLOSE_SHUTDOWN.into() => {
+            SessionEnd::ShuttingDown
+        }
         _ => SessionEnd::Lost,
     }
 }

@@ -64,7 +64,7 @@ pub struct HubConfig {
 impl Default for HubConfig {
     fn default() -> Self {
         Self {
-            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(2),
             hello_timeout: Duration::from_secs(10),
             agent_cert_lifetime: Duration::from_secs(7 * 86400),
             max_frame: MAX_FRAME_LEN,

@@ -41,8 +41,9 @@ pub struct ServeConfig {
     /// Lifetime of agent certificates; agents renew at two thirds of it.
     #[arg(long, env = "WINDFLOW_AGENT_CERT_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
     pub agent_cert_ttl: Duration,
-    /// How often agents send heartbeats; three missed ones end a session.
-    #[arg(long, env = "WINDFLOW_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    /// How often agents send heartbeats; three missed ones end a session. It also bounds how
+    /// long a link that came back after a cut stays stalled (see docs/reliability.md).
+    #[arg(long, env = "WINDFLOW_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
     /// API requests per second allowed from one address (0 turns the limit off).
     #[arg(long, env = "WINDFLOW_RATE_LIMIT", default_value_t = 100)]

@@ -3,8 +3,10 @@
 //! when its handle drops, so a failing test leaves nothing running.
 
 pub mod fake_kube;
+pub mod impaired_link;
 pub mod isolated_browser;
 pub mod model_server;
+pub mod netns;
 pub mod recorder;
 
 use std::path::{Path, PathBuf};
@@ -158,6 +160,8 @@ pub struct ControlPlane {
     pub dir: PathBuf,
     pub api_port: u16,
     pub quic_port: u16,
+    /// The address the QUIC endpoint binds to (127.0.0.1 unless a test's namespace needs another).
+    pub quic_ip: String,
     pub process: Process,
     pub extra_args: Vec<String>,
     http: Option<reqwest::Client>,
@@ -170,13 +174,24 @@ impl ControlPlane {
     }
 
     pub async fn start_with(dir: &Path, api_port: u16, quic_port: u16, extra_args: Vec<String>) -> Self {
-        let process = Self::spawn(dir, api_port, quic_port, &extra_args);
-        let mut cp = Self { dir: dir.to_owned(), api_port, quic_port, process, extra_args, http: None, token: None };
+        Self::launch(dir, api_port, "127.0.0.1", quic_port, extra_args).await
+    }
+
+    /// Starts with the QUIC endpoint on `quic_ip` (an address of a test's namespace link).
+    pub async fn start_on(dir: &Path, quic_ip: &str, extra_args: Vec<String>) -> Self {
+        Self::launch(dir, free_tcp_port(), quic_ip, free_udp_port(), extra_args).await
+    }
+
+    async fn launch(dir: &Path, api_port: u16, quic_ip: &str, quic_port: u16, extra_args: Vec<String>) -> Self {
+        let process = Self::spawn(dir, api_port, quic_ip, quic_port, &extra_args);
+        let quic_ip = quic_ip.to_owned();
+        let mut cp =
+            Self { dir: dir.to_owned(), api_port, quic_port, quic_ip, process, extra_args, http: None, token: None };
         cp.wait_ready().await;
         cp
     }
 
-    fn spawn(dir: &Path, api_port: u16, quic_port: u16, extra_args: &[String]) -> Process {
+    fn spawn(dir: &Path, api_port: u16, quic_ip: &str, quic_port: u16, extra_args: &[String]) -> Process {
         std::fs::create_dir_all(dir).expect("dir");
         let mut command = Command::new(bin("windflow"));
         command
@@ -186,7 +201,7 @@ impl ControlPlane {
             .arg("--listen")
             .arg(format!("127.0.0.1:{api_port}"))
             .arg("--quic-listen")
-            .arg(format!("127.0.0.1:{quic_port}"))
+            .arg(format!("{quic_ip}:{quic_port}"))
             .arg("--advertise")
             .arg("127.0.0.1")
             .args(extra_args)
@@ -215,7 +230,7 @@ impl ControlPlane {
     /// Stops (SIGTERM) and starts again on the same ports and data.
     pub async fn restart(&mut self) {
         self.process.terminate();
-        self.process = Self::spawn(&self.dir, self.api_port, self.quic_port, &self.extra_args);
+        self.process = Self::spawn(&self.dir, self.api_port, &self.quic_ip, self.quic_port, &self.extra_args);
         self.wait_ready().await;
     }
 
@@ -223,7 +238,7 @@ impl ControlPlane {
     /// it again on the same ports and data.
     pub async fn crash_and_restart(&mut self) {
         self.process.kill();
-        self.process = Self::spawn(&self.dir, self.api_port, self.quic_port, &self.extra_args);
+        self.process = Self::spawn(&self.dir, self.api_port, &self.quic_ip, self.quic_port, &self.extra_args);
         self.wait_ready().await;
     }
 
@@ -516,9 +531,32 @@ impl Agent {
     }
 
     pub fn start(&mut self) {
-        let mut command = Command::new(bin("windflow-agent"));
+        self.start_with(Command::new(bin("windflow-agent")));
+    }
+
+    /// Starts the agent inside a test's namespace.
+    pub fn start_in(&mut self, netns: &netns::Netns) {
+        self.start_with(netns.command(&bin("windflow-agent")));
+    }
+
+    fn start_with(&mut self, mut command: Command) {
         command.arg("run").arg("--data-dir").arg(&self.data_dir).envs(self.env.iter().map(|(k, v)| (k, v)));
         self.process = Some(Process::spawn(&mut command, self.data_dir.join("agent.log")).expect("spawn agent"));
+    }
+
+    /// Points the agent at another address of the control plane's QUIC endpoint (the one its
+    /// namespace reaches); the server name it checks stays the same.
+    pub fn reach_control_plane_at(&self, endpoint: &str) {
+        let path = self.data_dir.join("agent.json");
+        let mut identity: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("agent.json")).expect("json");
+        identity["quic_endpoint"] = json!(endpoint);
+        std::fs::write(&path, serde_json::to_vec_pretty(&identity).expect("json")).expect("write agent.json");
+    }
+
+    /// Every line of the agent's job journal.
+    pub fn journal(&self) -> Vec<windflow_agent::journal::Line> {
+        windflow_agent::journal::read_lines(&self.data_dir.join("journal")).unwrap_or_default()
     }
 
     pub fn logs(&self) -> String {

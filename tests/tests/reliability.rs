@@ -163,7 +163,19 @@ async fn an_agent_killed_in_the_middle_of_a_deploy_finishes_it_after_restart_wit
     }
     let project = windflow_control_plane::compose::project_name("agent-crash");
     assert_eq!(containers(&project).len(), 2, "one container per service: {:?}", containers(&project));
-    eprintln!("{:#?}", cp.messages(&id).await);
+    // The journal settled it: the control plane sent the same job again, and the restarted agent
+    // found it started and never ended, ran it again to its end under the same id, and recorded
+    // that end once.
+    let deployment_id: uuid::Uuid = id.parse().expect("uuid");
+    let deploys: Vec<_> = agent.journal().into_iter().filter(|l| l.deployment_id == Some(deployment_id)).collect();
+    let job_id = deploys.first().expect("journalled").job_id;
+    let all_lines: Vec<_> = agent.journal().into_iter().filter(|l| l.job_id == job_id).collect();
+    assert_eq!(
+        all_lines.iter().map(|l| (l.resumed, l.outcome.is_some())).collect::<Vec<_>>(),
+        [(false, false), (true, false), (false, true)],
+        "started, resumed after the crash, ended: {all_lines:?}"
+    );
+    assert_eq!(deploys.len(), 2, "one job, started then resumed: {deploys:?}");
 
     let (_, removed) = cp.api(Method::DELETE, &format!("/deployments/{id}"), None).await;
     assert_eq!(cp.settled(&removed).await["state"], "removed");

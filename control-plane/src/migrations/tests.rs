@@ -21,7 +21,6 @@ fn migration(step: Step, remove_source: bool) -> Migration {
         created_by: "admin".into(),
         created_at_unix_s: 1_000,
         updated_at_unix_s: 1_000,
-        job: None,
     }
 }
 
