@@ -912,6 +912,9 @@ pub fn render_helm(project: &str, chart: &HelmChart) -> String {
     let namespace = namespace_for(project);
     let command = helm_upgrade_args(project, &namespace, chart, "values.yaml").join(" ");
     let values: serde_yaml::Value = serde_yaml::from_str(&chart.values_yaml).unwrap_or(serde_yaml::Value::Null);
+    // Values with keys JSON cannot hold (a sequence as a key) are refused when the stack is
+    // read; here they must not panic either.
+    let values = serde_json::to_value(&values).unwrap_or(serde_json::Value::Null);
     let release = serde_json::json!({
         "kind": "HelmRelease",
         "release": project,

@@ -18,6 +18,22 @@ use super::Diagnostic;
 
 const KEYS: &[&str] = &["chart", "repo", "version", "values"];
 
+/// The path of the first mapping key below `value` that is not a string, number or boolean.
+fn key_not_a_name(value: &Value, path: &str) -> Option<String> {
+    match value {
+        Value::Mapping(mapping) => mapping.iter().find_map(|(key, item)| match key {
+            Value::String(name) => key_not_a_name(item, &format!("{path}.{name}")),
+            Value::Number(_) | Value::Bool(_) => key_not_a_name(item, path),
+            _ => Some(path.to_owned()),
+        }),
+        Value::Sequence(items) => {
+            items.iter().enumerate().find_map(|(index, item)| key_not_a_name(item, &format!("{path}[{index}]")))
+        }
+        Value::Tagged(tagged) => key_not_a_name(&tagged.value, path),
+        _ => None,
+    }
+}
+
 /// The chart of the stack, if it has an `x-helm` section; problems go to `errors` by path.
 pub fn extract(value: &Value, errors: &mut Vec<Diagnostic>) -> Option<HelmChart> {
     let section = value.get("x-helm")?;
@@ -56,7 +72,15 @@ pub fn extract(value: &Value, errors: &mut Vec<Diagnostic>) -> Option<HelmChart>
     }
     let values = match section.get("values") {
         None | Some(Value::Null) => String::new(),
-        Some(values @ Value::Mapping(_)) => serde_yaml::to_string(values).unwrap_or_default(),
+        Some(values @ Value::Mapping(_)) => {
+            if let Some(path) = key_not_a_name(values, "x-helm.values") {
+                errors.push(Diagnostic::at_str(
+                    &path,
+                    "the chart's values are named by strings (Helm reads them as JSON)",
+                ));
+            }
+            serde_yaml::to_string(values).unwrap_or_default()
+        }
         Some(_) => {
             errors.push(Diagnostic::at_str("x-helm.values", "must be a mapping of the chart's values"));
             String::new()

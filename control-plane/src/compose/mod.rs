@@ -201,6 +201,10 @@ pub fn parse(yaml: &str, project: &str, variables: &BTreeMap<String, String>) ->
         return invalid(errors, warnings);
     }
     warn_unapplied(&value, &mut warnings);
+    let hazards = compose_spec_hazards(&value);
+    if !hazards.is_empty() {
+        return invalid(hazards, warnings);
+    }
 
     let compose: Compose = match serde_path_to_error::deserialize(value) {
         Ok(compose) => compose,
@@ -213,6 +217,74 @@ pub fn parse(yaml: &str, project: &str, variables: &BTreeMap<String, String>) ->
     match convert(compose, project, &mut warnings) {
         Ok(spec) => Ok(Parsed { spec, swarm, helm, vms, warnings }),
         Err(errors) => invalid(errors, warnings),
+    }
+}
+
+/// Keys whose values `compose_spec` reads as durations.
+const DURATION_KEYS: &[&str] =
+    &["interval", "timeout", "start_period", "start_interval", "stop_grace_period", "delay", "monitor", "window"];
+
+/// Values that `compose_spec` would panic on instead of refusing, refused here first with their
+/// place: port ranges written backwards (`9080-9001`: their size overflows) and durations with
+/// more digits than a `u64` holds. Both were found by the `compose_pipeline` fuzz target.
+fn compose_spec_hazards(value: &Value) -> Vec<Diagnostic> {
+    let mut errors = Vec::new();
+    if let Some(services) = value.get("services") {
+        hazards_in(services, "services", &mut errors);
+    }
+    errors
+}
+
+fn hazards_in(value: &Value, path: &str, errors: &mut Vec<Diagnostic>) {
+    match value {
+        Value::Mapping(mapping) => {
+            for (key, item) in mapping {
+                let key = key.as_str().unwrap_or_default();
+                let path = format!("{path}.{key}");
+                if key == "ports" {
+                    for (index, port) in item.as_sequence().into_iter().flatten().enumerate() {
+                        reversed_port_ranges(port, &format!("{path}[{index}]"), errors);
+                    }
+                } else if DURATION_KEYS.contains(&key)
+                    && let Some(text) = item.as_str()
+                    && text
+                        .split(|c: char| !c.is_ascii_digit())
+                        .any(|digits| !digits.is_empty() && digits.parse::<u64>().is_err())
+                {
+                    errors.push(Diagnostic::at_str(&path, format!("the duration `{text}` is too large")));
+                } else {
+                    hazards_in(item, &path, errors);
+                }
+            }
+        }
+        Value::Sequence(items) => {
+            for (index, item) in items.iter().enumerate() {
+                hazards_in(item, &format!("{path}[{index}]"), errors);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn reversed_port_ranges(port: &Value, path: &str, errors: &mut Vec<Diagnostic>) {
+    let texts: Vec<String> = match port {
+        Value::Mapping(long) => ["published", "target"]
+            .iter()
+            .filter_map(|key| long.get(*key))
+            .filter_map(|v| v.as_str().map(str::to_owned).or_else(|| v.as_u64().map(|n| n.to_string())))
+            .collect(),
+        Value::String(short) => vec![short.clone()],
+        _ => Vec::new(),
+    };
+    for text in texts {
+        for range in text.split([':', '/']) {
+            let Some((start, end)) = range.split_once('-') else { continue };
+            if let (Ok(start), Ok(end)) = (start.parse::<u16>(), end.parse::<u16>())
+                && start > end
+            {
+                errors.push(Diagnostic::at_str(path, format!("the port range `{range}` ends before it starts")));
+            }
+        }
     }
 }
 

@@ -253,3 +253,32 @@ fn bad_update_policies_name_the_field() {
         ]
     );
 }
+
+#[test]
+fn a_port_range_written_backwards_is_refused_with_its_place_not_a_panic() {
+    // Found by the compose_pipeline fuzz target (control-plane/fuzz/regressions).
+    let refused = errors("services:\n  web:\n    image: nginx:1\n    ports: [\"127.0.0.1:9000-9001:9080-9001/udp\"]\n");
+    assert_eq!(refused[0].path.as_deref(), Some("services.web.ports[0]"));
+    assert_eq!(refused[0].message, "the port range `9080-9001` ends before it starts");
+    let long =
+        errors("services:\n  web:\n    image: nginx:1\n    ports:\n      - {target: 80, published: \"8090-8080\"}\n");
+    assert_eq!(long[0].path.as_deref(), Some("services.web.ports[0]"));
+}
+
+#[test]
+fn a_duration_too_large_for_its_counter_is_refused_with_its_place_not_a_panic() {
+    // Found by the compose_pipeline fuzz target (control-plane/fuzz/regressions).
+    let refused = errors(
+        "services:\n  web:\n    image: nginx:1\n    healthcheck:\n      test: [\"CMD\", \"true\"]\n      timeout: 1111111111111111111111111111115s\n",
+    );
+    assert_eq!(refused[0].path.as_deref(), Some("services.web.healthcheck.timeout"));
+    assert!(refused[0].message.contains("too large"), "{:?}", refused[0]);
+}
+
+#[test]
+fn helm_values_keyed_by_anything_but_names_are_refused_with_their_place_not_a_panic() {
+    // Found by the compose_pipeline fuzz target (control-plane/fuzz/regressions).
+    let refused =
+        errors("services: {}\nx-helm:\n  chart: nginx\n  values:\n    replicas:\n      ? [a, b]\n      : 2\n");
+    assert_eq!(refused[0].path.as_deref(), Some("x-helm.values.replicas"));
+}
