@@ -106,6 +106,23 @@ impl JobGate {
         self.ended.notify_waiters();
     }
 
+    pub fn running_count(&self) -> usize {
+        self.lock().running.len()
+    }
+
+    /// Resolves once no job runs here.
+    pub async fn idle(&self) {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.lock().running.is_empty() {
+                return;
+            }
+            ended.await;
+        }
+    }
+
     /// The outcome of a job running here, once it ends.
     pub async fn outcome(&self, job_id: Uuid) -> JobOutcome {
         loop {

@@ -36,6 +36,8 @@ const STABLE_SESSION: Duration = Duration::from_secs(10);
 /// exponentially, so a handshake begun while the link was cut could otherwise wait seconds
 /// after the link came back; new attempts keep the gap between packets short.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a stopping agent waits for its running jobs (systemd's default stop timeout is 90 s).
+const STOP_GRACE: Duration = Duration::from_secs(60);
 /// The round-trip time assumed before one is measured: it sets how soon a lost handshake
 /// packet is sent again (three times this, then doubling).
 const INITIAL_RTT: Duration = Duration::from_millis(100);
@@ -85,7 +87,10 @@ pub async fn run(
         let attempt_started = Instant::now();
         let outcome = tokio::select! {
             outcome = connect_and_serve(&data, &identity, &gate, &executor, started) => outcome,
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => {
+                let_running_jobs_end(&gate).await;
+                return Ok(());
+            }
         };
         if attempt_started.elapsed() >= STABLE_SESSION {
             backoff.reset();
@@ -98,6 +103,12 @@ pub async fn run(
                 tracing::info!("the control plane is shutting down; reconnecting once it is back");
                 backoff.reset();
                 config.backoff_max.mul_f64(rand::random::<f64>())
+            }
+            Ok(SessionEnd::Lost) if backoff.attempt() == 0 => {
+                // A session that had held was lost: the whole fleet may have lost theirs at the
+                // same moment (a control plane that crashed), so the first return is spread.
+                tracing::warn!("connection to the control plane lost");
+                (config.backoff_max / 2).mul_f64(rand::random::<f64>())
             }
             Ok(SessionEnd::Lost) => {
                 tracing::warn!("connection to the control plane lost");
@@ -113,8 +124,25 @@ pub async fn run(
         tracing::info!(delay_ms = delay.as_millis() as u64, attempt = backoff.attempt(), "reconnecting");
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => {
+                let_running_jobs_end(&gate).await;
+                return Ok(());
+            }
         }
+    }
+}
+
+/// On a stop, jobs already running end (and their outcomes are journalled) before the agent
+/// exits, for up to [`STOP_GRACE`]; no new job is taken. The control plane asks for them again
+/// once the agent is back and gets the recorded outcomes.
+async fn let_running_jobs_end(gate: &JobGate) {
+    let running = gate.running_count();
+    if running == 0 {
+        return;
+    }
+    tracing::info!(running, "stopping once the running jobs end");
+    if tokio::time::timeout(STOP_GRACE, gate.idle()).await.is_err() {
+        tracing::warn!(running = gate.running_count(), "stopping with jobs still running; they resume on restart");
     }
 }
 
@@ -224,8 +252,10 @@ async fn serve(
     let (frames_tx, mut frames) = mpsc::channel(32);
     tokio::spawn(read_frames(recv, frames_tx));
     let (events_tx, mut events) = mpsc::channel::<AgentMessage>(64);
-    let reporter = tokio::spawn(crate::watch::report_stacks(executor.clone(), events_tx.clone()));
-    let jobs = tokio::spawn(accept_jobs(connection.clone(), gate.clone(), executor.clone(), events_tx));
+    // Ended with the session, also when the session is dropped because the agent stops: no new
+    // job is taken after that (those running end on their own tasks).
+    let _reporter = AbortOnDrop(tokio::spawn(crate::watch::report_stacks(executor.clone(), events_tx.clone())));
+    let _jobs = AbortOnDrop(tokio::spawn(accept_jobs(connection.clone(), gate.clone(), executor.clone(), events_tx)));
     let mut status = tokio::time::interval(STATUS_INTERVAL);
     status.tick().await;
     let mut renewal: Option<String> = None;
@@ -297,9 +327,15 @@ async fn serve(
             }
         }
     };
-    jobs.abort();
-    reporter.abort();
     Ok(end)
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn closed_reason(connection: &quinn::Connection) -> SessionEnd {

@@ -55,6 +55,10 @@ pub struct ServeConfig {
     /// limit off), with a burst of three times that.
     #[arg(long, env = "WINDFLOW_TOKEN_RATE_LIMIT", default_value_t = 50)]
     pub token_rate_limit: u32,
+    /// On a stop: how long `/ready` fails before the listeners close and in-flight requests are
+    /// given five seconds to finish (time for a load balancer to stop sending).
+    #[arg(long, env = "WINDFLOW_DRAIN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
     /// How long an API request may take before it is answered 503.
     #[arg(long, env = "WINDFLOW_REQUEST_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
@@ -68,11 +72,17 @@ fn host_for_url(name: &str) -> String {
     if name.contains(':') { format!("[{name}]") } else { name.to_owned() }
 }
 
-/// Runs the control plane until `shutdown` resolves.
-pub async fn serve(
-    mut config: ServeConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+/// The control plane's parts, wired together from its configuration and data directory, before
+/// anything runs: the API's state (the store, the hub, the reconciler, the engines…) and the
+/// bound QUIC endpoint.
+pub struct Assembled {
+    pub state: AppState,
+    pub endpoint: quinn::Endpoint,
+}
+
+/// Opens the data directory and wires the parts. Must be called inside a Tokio runtime (the
+/// QUIC endpoint is bound here).
+pub fn assemble(config: &mut ServeConfig) -> anyhow::Result<Assembled> {
     if config.advertise.is_empty() {
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
         config.advertise = [hostname, "127.0.0.1".to_owned()].into_iter().filter(|n| !n.is_empty()).collect();
@@ -98,7 +108,6 @@ pub async fn serve(
     }
 
     let audit = Arc::new(crate::audit::AuditLog::open(store.clone()).context("opening the audit trail")?);
-    let store_for_shutdown = store.clone();
     let metrics = Arc::new(Metrics::default());
     let hub = Hub::new(
         store.clone(),
@@ -136,8 +145,6 @@ pub async fn serve(
     let events = Arc::new(crate::deployments::Events::new(store.clone()));
     let reconciler =
         crate::deployments::Reconciler::new(store.clone(), hub.clone(), events, audit.clone(), master_key.clone());
-    let (migration_store, migration_audit) = (store.clone(), audit.clone());
-    let (trigger_store, trigger_audit) = (store.clone(), audit.clone());
     let runner = Arc::new(crate::api::workflow_actions::ApiRunner::new(
         crate::api::outbound_http(std::time::Duration::from_secs(60)).map_err(|e| anyhow::anyhow!(e))?,
     ));
@@ -166,8 +173,26 @@ pub async fn serve(
             crate::api::workflow_actions::OUTBOUND_FAILURES,
             crate::api::workflow_actions::OUTBOUND_PAUSE,
         )),
+        lifecycle: Arc::default(),
     };
     runner.attach(state.clone());
+    Ok(Assembled { state, endpoint })
+}
+
+/// Runs the control plane until `shutdown` resolves.
+pub async fn serve(
+    mut config: ServeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Assembled { state, endpoint } = assemble(&mut config)?;
+    let (store, pki, settings) = (state.store.clone(), state.pki.clone(), state.settings.clone());
+    let (hub, reconciler, workflows, audit, lifecycle) = (
+        state.hub.clone(),
+        state.reconciler.clone(),
+        state.workflows.clone(),
+        state.audit.clone(),
+        state.lifecycle.clone(),
+    );
     let resumed = workflows.resume_all()?;
     if resumed > 0 {
         tracing::info!(resumed, "workflow runs resumed");
@@ -183,10 +208,14 @@ pub async fn serve(
     let handle = axum_server::Handle::new();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     {
-        let handle = handle.clone();
+        let (handle, lifecycle, drain_delay) = (handle.clone(), lifecycle.clone(), config.drain_delay);
         tokio::spawn(async move {
             shutdown.await;
-            tracing::info!("shutting down");
+            // Not ready any more; after the drain delay the agents are told to come back later
+            // (QUIC close code 5) and requests in flight get five seconds to finish.
+            lifecycle.set(crate::api::health::Phase::Stopping);
+            tracing::info!(drain_delay = ?drain_delay, "shutting down");
+            tokio::time::sleep(drain_delay).await;
             let _ = stop.send(true);
             handle.graceful_shutdown(Some(Duration::from_secs(5)));
         });
@@ -200,9 +229,9 @@ pub async fn serve(
     let quic_addr = endpoint.local_addr()?;
     let hub_task = tokio::spawn(hub.run(endpoint, until_stopped()));
     let migrations_task =
-        tokio::spawn(crate::migrations::run(migration_store, reconciler.clone(), migration_audit, until_stopped()));
+        tokio::spawn(crate::migrations::run(store.clone(), reconciler.clone(), audit.clone(), until_stopped()));
     let reconciler_task = tokio::spawn(reconciler.run(until_stopped()));
-    let triggers = crate::workflows::triggers::run(workflows.clone(), trigger_store, trigger_audit);
+    let triggers = crate::workflows::triggers::run(workflows.clone(), store.clone(), audit);
     let stopping = until_stopped();
     tokio::spawn(async move {
         tokio::select! {
@@ -215,6 +244,7 @@ pub async fn serve(
         .serve(api::router(state).into_make_service_with_connect_info::<SocketAddr>());
     let http_task = tokio::spawn(http);
     if let Some(addr) = handle.listening().await {
+        lifecycle.set(crate::api::health::Phase::Serving);
         tracing::info!(api = %addr, quic = %quic_addr, url = %settings.public_url, pin = %pki.server_pin(), "control plane listening");
     }
     http_task.await?.context("HTTPS server")?;
@@ -222,7 +252,7 @@ pub async fn serve(
     let _ = reconciler_task.await;
     let _ = migrations_task.await;
     // Relaxed writes (observations, the audit trail) reach the disk before the process ends.
-    store_for_shutdown.sync().context("flushing the store")?;
+    store.sync().context("flushing the store")?;
     Ok(())
 }
 

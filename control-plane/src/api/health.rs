@@ -1,4 +1,10 @@
-//! Liveness, readiness and metrics. Unauthenticated by design: they reveal no tenant data.
+//! Liveness, startup and readiness probes, and metrics. Unauthenticated by design: they reveal
+//! no tenant data.
+//!
+//! - `/health` (liveness): the process answers.
+//! - `/startup`: it has finished starting (store upgraded, workflow runs resumed, listening).
+//! - `/ready`: it takes work: started, not stopping, and its store answers. A stopping control
+//!   plane fails it first, so that a load balancer stops sending before the listeners close.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,17 +18,59 @@ use crate::store::Table;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/startup", get(startup))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
 }
 
-/// Ready when the store answers.
+/// Where the control plane is in its life.
+#[derive(Debug, Default)]
+pub struct Lifecycle(std::sync::atomic::AtomicU8);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Starting,
+    Serving,
+    Stopping,
+}
+
+impl Lifecycle {
+    pub fn set(&self, phase: Phase) {
+        self.0.store(phase as u8, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => Phase::Starting,
+            1 => Phase::Serving,
+            _ => Phase::Stopping,
+        }
+    }
+}
+
+fn unavailable(status: &str) -> (StatusCode, Json<serde_json::Value>) {
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": status })))
+}
+
+async fn startup(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    match state.lifecycle.phase() {
+        Phase::Starting => unavailable("starting"),
+        Phase::Serving | Phase::Stopping => (StatusCode::OK, Json(json!({ "status": "started" }))),
+    }
+}
+
+/// Ready when started, not stopping, and the store answers.
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    match state.lifecycle.phase() {
+        Phase::Starting => return unavailable("starting"),
+        Phase::Stopping => return unavailable("stopping"),
+        Phase::Serving => {}
+    }
     match state.store.get(Table::Users, b"admin") {
         Ok(_) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
         Err(e) => {
             tracing::error!(error = %e, "readiness check: store unavailable");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "store unavailable" })))
+            unavailable("store unavailable")
         }
     }
 }

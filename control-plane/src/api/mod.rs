@@ -83,6 +83,8 @@ pub struct AppState {
     pub assistant: Arc<crate::ai::Assistant>,
     /// Circuit breakers of the hosts workflows call (HTTP nodes, webhook and Slack notifications).
     pub outbound: Arc<crate::breaker::Breakers>,
+    /// Starting, serving or stopping: what the probes answer.
+    pub lifecycle: Arc<health::Lifecycle>,
 }
 
 /// Every route under `/api/v1`, each documented in the OpenAPI document as it is registered.
