@@ -3,6 +3,7 @@
 //! when its handle drops, so a failing test leaves nothing running.
 
 pub mod fake_kube;
+pub mod fleet;
 pub mod impaired_link;
 pub mod isolated_browser;
 pub mod model_server;

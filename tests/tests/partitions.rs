@@ -30,7 +30,8 @@ async fn control_plane_and_agent_across(
     netns: &Netns,
     impairment: Option<Impairment>,
 ) -> (ControlPlane, Agent, Option<ImpairedLink>) {
-    let mut cp = ControlPlane::start_on(dir, &netns.host_ip, vec![]).await;
+    // The test polls hard (a ping every 100 ms while it waits): no per-credential rate limit.
+    let mut cp = ControlPlane::start_on(dir, &netns.host_ip, vec!["--token-rate-limit".into(), "0".into()]).await;
     let token = cp.join_token(1, 600).await;
     let mut agent = Agent::enroll(&cp, &dir.join("agent"), token["token"].as_str().expect("token")).expect("enrolls");
     let endpoint: std::net::SocketAddr = format!("{}:{}", netns.host_ip, cp.quic_port).parse().expect("address");
@@ -120,6 +121,7 @@ async fn changes_for_a_cut_off_agent_wait_and_are_applied_exactly_once_after_eve
     let mut cleanup = ProjectsCleanup(Vec::new());
     let mut tracked: Vec<Tracked> = Vec::new();
     let (mut cuts, mut recoveries, mut convergences) = (Vec::new(), Vec::new(), Vec::new());
+    let mut slow_recoveries = Vec::new();
 
     for cycle in 0..cycles {
         let name = format!("part-{run}-{cycle}");
@@ -153,6 +155,16 @@ async fn changes_for_a_cut_off_agent_wait_and_are_applied_exactly_once_after_eve
         netns.heal().expect("heal");
         let healed = Instant::now();
         let recovery = recovery_after(&mut cp, &target, healed).await;
+        if recovery > RECOVERY_BOUND {
+            let tail = |text: String| {
+                text.lines().rev().take(25).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+            };
+            slow_recoveries.push(format!(
+                "cycle {cycle}: cut {cut:?}, back after {recovery:?}\n--- agent\n{}\n--- control plane\n{}",
+                tail(agent.logs()),
+                tail(cp.process.logs())
+            ));
+        }
 
         // Everything asked for so far ends as asked, in a bounded time.
         let deadline = healed + Duration::from_secs(60);
@@ -226,8 +238,11 @@ async fn changes_for_a_cut_off_agent_wait_and_are_applied_exactly_once_after_eve
         convergences.last().expect("a cycle"),
         starts.len(),
     );
-    let slowest = *recoveries.last().expect("a cycle");
-    assert!(slowest <= RECOVERY_BOUND, "the link took {slowest:?} to come back after a heal");
+    assert!(
+        slow_recoveries.is_empty(),
+        "the link came back too slowly after a heal:\n{}",
+        slow_recoveries.join("\n\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

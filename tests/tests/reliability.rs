@@ -129,20 +129,39 @@ async fn running(cp: &mut ControlPlane, id: &str, within: Duration) -> Value {
     }
 }
 
+/// How the agent is stopped in the middle of a deploy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum AgentStop {
+    /// SIGKILL, as a crash: the job is cut off and resumed after the restart.
+    Crash,
+    /// SIGTERM: the agent takes no new job and lets the running one end before it exits.
+    Clean,
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_killed_in_the_middle_of_a_deploy_finishes_it_after_restart_without_orphans() {
+    agent_stopped_in_the_middle_of_a_deploy(AgentStop::Crash, "agent-crash").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_stopped_cleanly_in_the_middle_of_a_deploy_lets_it_end_first_and_reports_it_once_back() {
+    agent_stopped_in_the_middle_of_a_deploy(AgentStop::Clean, "agent-stop").await;
+}
+
+async fn agent_stopped_in_the_middle_of_a_deploy(stop: AgentStop, name: &str) {
     let image = busybox_image();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cp = ControlPlane::start(dir.path()).await;
-    let mut agent = cp.start_agent(dir.path(), "agent-crash-host").await;
+    let mut agent = cp.start_agent(dir.path(), &format!("{name}-host")).await;
     let target = agent.id();
-    // The web service waits for db to turn healthy, which takes a few seconds: a window to kill
+    // The web service waits for db to turn healthy, which takes a few seconds: a window to stop
     // the agent in the middle of the job.
     let compose = format!(
         "services:\n  db:\n    image: {image}\n    command: [\"sh\", \"-c\", \"sleep 3; touch /ready; sleep 3600\"]\n    healthcheck:\n      test: [\"CMD-SHELL\", \"test -f /ready\"]\n      interval: 1s\n      retries: 30\n    restart: unless-stopped\n    stop_grace_period: 1s\n  web:\n    image: {image}\n    command: [\"sleep\", \"3600\"]\n    depends_on:\n      db: {{condition: service_healthy}}\n    restart: unless-stopped\n    stop_grace_period: 1s\n"
     );
-    let _cleanup = ProjectsCleanup(vec![windflow_control_plane::compose::project_name("agent-crash")]);
-    let (_, stack) = cp.api(Method::POST, "/stacks", Some(json!({"name": "agent-crash", "compose": compose}))).await;
+    let project = windflow_control_plane::compose::project_name(name);
+    let _cleanup = ProjectsCleanup(vec![project.clone()]);
+    let (_, stack) = cp.api(Method::POST, "/stacks", Some(json!({"name": name, "compose": compose}))).await;
     let stack_id = stack["id"].as_str().expect("id").to_owned();
     let (_, accepted) = cp.api(Method::POST, &format!("/stacks/{stack_id}/deploy/{target}"), None).await;
     let id = accepted["id"].as_str().expect("id").to_owned();
@@ -152,33 +171,84 @@ async fn an_agent_killed_in_the_middle_of_a_deploy_finishes_it_after_restart_wit
         assert!(Instant::now() < deadline, "the deploy never reached its wait: {:#?}", cp.messages(&id).await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    agent.process.as_mut().expect("running").kill();
+    let process = agent.process.as_mut().expect("running");
+    match stop {
+        AgentStop::Crash => process.kill(),
+        AgentStop::Clean => process.terminate(),
+    }
     let (_, interrupted) = cp.api(Method::GET, &format!("/deployments/{id}"), None).await;
-    assert_ne!(interrupted["state"], "running", "{interrupted:#}");
+    if stop == AgentStop::Crash {
+        assert_ne!(interrupted["state"], "running", "{interrupted:#}");
+    }
 
     agent.start();
     let deployment = running(&mut cp, &id, Duration::from_secs(120)).await;
     for service in deployment["services"].as_array().expect("services") {
         assert_eq!(service["containers"].as_array().map(Vec::len), Some(1), "{service:#}");
     }
-    let project = windflow_control_plane::compose::project_name("agent-crash");
     assert_eq!(containers(&project).len(), 2, "one container per service: {:?}", containers(&project));
-    // The journal settled it: the control plane sent the same job again, and the restarted agent
-    // found it started and never ended, ran it again to its end under the same id, and recorded
-    // that end once.
+    // The journal settled it, one job throughout. After a crash: started, resumed (the control
+    // plane sent the same job again, and the restarted agent found it started and never ended),
+    // ended. After a clean stop: started and ended before the agent exited; asked again once it
+    // was back, it answered with the recorded outcome without running it again.
     let deployment_id: uuid::Uuid = id.parse().expect("uuid");
-    let deploys: Vec<_> = agent.journal().into_iter().filter(|l| l.deployment_id == Some(deployment_id)).collect();
-    let job_id = deploys.first().expect("journalled").job_id;
-    let all_lines: Vec<_> = agent.journal().into_iter().filter(|l| l.job_id == job_id).collect();
+    let journal = agent.journal();
+    let job_id = journal.iter().find(|l| l.deployment_id == Some(deployment_id)).expect("journalled").job_id;
+    let lines: Vec<_> =
+        journal.iter().filter(|l| l.job_id == job_id).map(|l| (l.resumed, l.outcome.is_some())).collect();
+    let expected: &[(bool, bool)] = match stop {
+        AgentStop::Crash => &[(false, false), (true, false), (false, true)],
+        AgentStop::Clean => &[(false, false), (false, true)],
+    };
+    assert_eq!(lines, expected, "{stop:?}: {journal:?}");
     assert_eq!(
-        all_lines.iter().map(|l| (l.resumed, l.outcome.is_some())).collect::<Vec<_>>(),
-        [(false, false), (true, false), (false, true)],
-        "started, resumed after the crash, ended: {all_lines:?}"
+        journal.iter().filter(|l| l.deployment_id == Some(deployment_id)).count(),
+        expected.iter().filter(|(_, ended)| !ended).count()
     );
-    assert_eq!(deploys.len(), 2, "one job, started then resumed: {deploys:?}");
 
     let (_, removed) = cp.api(Method::DELETE, &format!("/deployments/{id}"), None).await;
     assert_eq!(cp.settled(&removed).await["state"], "removed");
     assert_eq!(containers(&project), Vec::<String>::new());
     drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_control_plane_fails_readiness_first_and_tells_its_agents_to_come_back_later() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = vec!["--drain-delay".to_owned(), "2s".to_owned()];
+    let mut cp = ControlPlane::start_with(dir.path(), free_tcp_port(), free_udp_port(), args).await;
+    let agent = cp.start_agent(dir.path(), "probe-host").await;
+    let target = agent.id();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cp.is_connected(&target).await {
+        assert!(Instant::now() < deadline, "the agent never connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for probe in ["/health", "/startup", "/ready"] {
+        let (status, body) = cp.call_with(None, Method::GET, probe, None).await;
+        assert_eq!(status, StatusCode::OK, "{probe}: {body}");
+    }
+
+    // SIGTERM: still alive and started, no longer ready, for the drain delay.
+    let pid = cp.process.pid().expect("pid");
+    std::process::Command::new("kill").arg(pid.to_string()).status().expect("kill");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, ready) = cp.call_with(None, Method::GET, "/ready", None).await;
+    assert_eq!((status, ready["status"].clone()), (StatusCode::SERVICE_UNAVAILABLE, json!("stopping")));
+    assert_eq!(cp.call_with(None, Method::GET, "/health", None).await.0, StatusCode::OK);
+    assert_eq!(cp.call_with(None, Method::GET, "/startup", None).await.0, StatusCode::OK);
+
+    // Then it exits, and its agents hear that it is going rather than finding out from silence.
+    let exited = eventually(Duration::from_secs(15), || {
+        let exited = cp.process.exited().is_some();
+        async move { exited }
+    })
+    .await;
+    assert!(exited, "the control plane did not stop");
+    let told = eventually(Duration::from_secs(5), || {
+        let logs = agent.logs();
+        async move { logs.contains("the control plane is shutting down") }
+    })
+    .await;
+    assert!(told, "the agent was not told:\n{}", agent.logs());
 }

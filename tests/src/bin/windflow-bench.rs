@@ -16,14 +16,15 @@ use clap::Parser;
 use ed25519_dalek::VerifyingKey;
 use futures_util::StreamExt;
 use reqwest::Method;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
 use uuid::Uuid;
 use windflow_protocol::io::{read_frame, write_frame};
 use windflow_protocol::messages::*;
 use windflow_protocol::{JobPayload, MAX_FRAME_LEN};
+use windflow_tests::fleet::{
+    client_config, client_endpoint, enroll_all, facts, process_usage, simulated_status, summary,
+};
 use windflow_tests::{Agent, ControlPlane, free_tcp_port, free_udp_port};
 
 #[derive(Debug, Parser)]
@@ -66,41 +67,6 @@ struct Shared {
     stop: AtomicBool,
 }
 
-struct Identity {
-    agent_id: Uuid,
-    chain: Vec<CertificateDer<'static>>,
-    key: Vec<u8>,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn summary(mut values: Vec<f64>) -> Value {
-    values.sort_by(f64::total_cmp);
-    json!({ "p50": percentile(&values, 0.5), "p99": percentile(&values, 0.99), "max": values.last().copied().unwrap_or(0.0), "count": values.len() })
-}
-
-/// Resident memory (KiB) and CPU time (clock ticks) of a process, from /proc.
-fn process_usage(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may contain spaces).
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks = fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (rss, ticks)
-}
-
 const CLOCK_TICKS: f64 = 100.0;
 
 /// Average CPU use (% of one core) and final RSS (KiB) of `pid` over `window`.
@@ -111,88 +77,6 @@ async fn watch(pid: u32, window: Duration) -> (f64, u64) {
     let (rss, after) = process_usage(pid);
     let cpu = (after.saturating_sub(before)) as f64 / CLOCK_TICKS / started.elapsed().as_secs_f64() * 100.0;
     (cpu, rss)
-}
-
-fn facts(n: usize) -> HostFacts {
-    HostFacts {
-        hostname: format!("sim-{n}"),
-        os: "Simulated Linux".into(),
-        arch: std::env::consts::ARCH.into(),
-        kernel: "6.1".into(),
-        cpus: 2,
-        memory_bytes: 4 << 30,
-        docker: Some(DockerFacts { version: "26.1".into(), api_version: "1.45".into(), swarm: SwarmState::Inactive }),
-    }
-}
-
-async fn enroll_all(cp: &ControlPlane, token: &str, count: usize) -> anyhow::Result<(Vec<Identity>, VerifyingKey)> {
-    let permits = Arc::new(Semaphore::new(64));
-    let mut tasks = tokio::task::JoinSet::new();
-    for n in 0..count {
-        let permits = permits.clone();
-        let http = cp.http().clone();
-        let url = cp.url("/api/v1/agents/enroll");
-        let token = token.to_owned();
-        tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            let key = rcgen::KeyPair::generate()?;
-            let csr = rcgen::CertificateParams::default().serialize_request(&key)?.pem()?;
-            let response = http
-                .post(url)
-                .json(&json!({"token": token, "csr_pem": csr, "name": format!("sim-{n}")}))
-                .send()
-                .await?;
-            if !response.status().is_success() {
-                bail!("enrollment {n}: {}", response.text().await.unwrap_or_default());
-            }
-            let answer: Value = response.json().await?;
-            let chain =
-                CertificateDer::pem_slice_iter(answer["certificate_pem"].as_str().unwrap_or_default().as_bytes())
-                    .collect::<Result<Vec<_>, _>>()?;
-            let agent_id = Uuid::try_parse(answer["agent_id"].as_str().unwrap_or_default())?;
-            Ok::<_, anyhow::Error>((
-                Identity { agent_id, chain, key: key.serialize_der() },
-                answer["job_public_key"].as_str().unwrap_or_default().to_owned(),
-            ))
-        });
-    }
-    let mut identities = Vec::with_capacity(count);
-    let mut job_key = String::new();
-    while let Some(result) = tasks.join_next().await {
-        let (identity, key) = result??;
-        identities.push(identity);
-        job_key = key;
-    }
-    let bytes: [u8; 32] = hex::decode(&job_key)?.try_into().map_err(|_| anyhow::anyhow!("bad job key"))?;
-    Ok((identities, VerifyingKey::from_bytes(&bytes)?))
-}
-
-fn client_config(ca_pem: &str, identity: &Identity) -> anyhow::Result<quinn::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes())?)?;
-    let key = PrivateKeyDer::try_from(identity.key.clone()).map_err(|e| anyhow::anyhow!(e))?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(identity.chain.clone(), key)?;
-    tls.alpn_protocols = vec![b"windflow/1".to_vec()];
-    let mut config = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
-    let mut transport = quinn::TransportConfig::default();
-    transport.max_concurrent_bidi_streams(16u8.into());
-    transport.max_concurrent_uni_streams(0u8.into());
-    config.transport_config(Arc::new(transport));
-    Ok(config)
-}
-
-/// A client endpoint shared by up to 500 simulated agents. Its socket gets a large receive
-/// buffer: the handshake flights of hundreds of agents arrive at once, and a dropped datagram
-/// costs a retransmission timeout, which would measure the bench, not the control plane.
-fn client_endpoint() -> anyhow::Result<quinn::Endpoint> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-    let _ = socket.set_recv_buffer_size(16 * 1024 * 1024);
-    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
-    let runtime = quinn::default_runtime().context("no async runtime")?;
-    Ok(quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket.into(), runtime)?)
 }
 
 /// One simulated agent: connects, says Hello, then heartbeats, reports and answers jobs until
@@ -293,27 +177,9 @@ async fn serve_jobs(n: usize, connection: quinn::Connection, agent_id: Uuid, sha
                     let _ = shared.receipts.send(received);
                     JobOutput::Facts(facts(n))
                 }
-                JobPayload::DeployStack { deployment_id, spec } => JobOutput::Stack(StackStatus {
-                    deployment_id,
-                    project: spec.project.clone(),
-                    services: spec
-                        .services
-                        .iter()
-                        .map(|s| ServiceStatus {
-                            service: s.name.clone(),
-                            containers: (1..=s.replicas)
-                                .map(|r| ContainerStatus {
-                                    name: format!("{}-{}-{r}", spec.project, s.name),
-                                    id: format!("sim{n}{r}"),
-                                    state: ContainerState::Running,
-                                    health: None,
-                                    restart_count: 0,
-                                    config_hash: s.config_hash(),
-                                })
-                                .collect(),
-                        })
-                        .collect(),
-                }),
+                JobPayload::DeployStack { deployment_id, spec } => {
+                    JobOutput::Stack(simulated_status(n, deployment_id, &spec))
+                }
                 JobPayload::StreamLogs { follow: true, project, .. } => {
                     stream_logs(&mut send, &shared, &project).await;
                     JobOutput::None
