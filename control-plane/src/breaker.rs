@@ -1,5 +1,5 @@
-//! Circuit breakers for what the control plane calls outside itself (LLM providers, and later
-//! webhooks and agent links): after a run of failures the circuit opens and calls are refused at
+//! Circuit breakers for what the control plane calls outside itself (LLM providers, the hosts
+//! workflows call, agent links): after a run of failures the circuit opens and calls are refused at
 //! once instead of piling up on a service that is down; after a pause one probe goes through
 //! (half-open) and its outcome closes the circuit or opens it again.
 //!
@@ -96,6 +96,12 @@ impl Breaker {
                 Phase::Open { until: now + self.pause }
             }
         };
+    }
+
+    /// Closes the circuit whatever its state (what it guards was replaced by a fresh one, such
+    /// as an agent's new session); the count of times it opened is kept.
+    pub fn close(&self) {
+        self.lock().0 = Phase::Closed { failures: 0 };
     }
 
     pub fn view(&self, now: Instant) -> BreakerView {

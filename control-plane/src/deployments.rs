@@ -548,10 +548,12 @@ impl Reconciler {
                 });
                 self.events.finish(id, Level::Info, message, State::Running);
             }
-            Err(HubError::Link(_) | HubError::NotConnected | HubError::Timeout) if repairing => {
+            Err(HubError::Link(_) | HubError::NotConnected | HubError::Timeout | HubError::CircuitOpen { .. })
+                if repairing =>
+            {
                 self.events.append(id, Level::Warning, "repair interrupted: the target disconnected", None);
             }
-            Err(HubError::Link(_) | HubError::NotConnected | HubError::Timeout) => {
+            Err(HubError::Link(_) | HubError::NotConnected | HubError::Timeout | HubError::CircuitOpen { .. }) => {
                 let reason = "the target disconnected; the deployment resumes when it is back".to_owned();
                 self.set(id, |d| {
                     d.state = State::Pending;

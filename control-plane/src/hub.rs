@@ -40,6 +40,12 @@ const UDP_RECEIVE_BUFFER: usize = 32 * 1024 * 1024;
 /// Largest read from the control stream at once.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Link failures (a job stream broken or unanswered) in a row that open an agent's circuit, and
+/// how long it stays open: jobs for that agent then fail at once instead of each waiting for its
+/// timeout. A new session closes the circuit (a fresh link).
+pub const LINK_FAILURES: u32 = 3;
+pub const LINK_PAUSE: Duration = Duration::from_secs(10);
+
 /// ALPN of the agent link; a client speaking anything else is refused by TLS.
 pub const ALPN: &[u8] = b"windflow/1";
 
@@ -84,6 +90,8 @@ pub enum HubError {
     JobRefused(windflow_protocol::JobRejection),
     #[error("{0}")]
     JobFailed(String),
+    #[error("jobs for this agent are paused for {} s: the last {LINK_FAILURES} failed on the link", .retry_in.as_secs_f64().ceil())]
+    CircuitOpen { retry_in: Duration },
 }
 
 enum Command {
@@ -121,6 +129,8 @@ pub struct Hub {
     changes: tokio::sync::Notify,
     pub metrics: Arc<Metrics>,
     audit: Arc<AuditLog>,
+    /// One circuit breaker per agent link, by agent id.
+    pub links: crate::breaker::Breakers,
 }
 
 impl std::fmt::Debug for Hub {
@@ -153,6 +163,7 @@ impl Hub {
             changes: tokio::sync::Notify::new(),
             metrics,
             audit,
+            links: crate::breaker::Breakers::new(LINK_FAILURES, LINK_PAUSE),
         }))
     }
 
@@ -409,6 +420,7 @@ impl Hub {
             },
         );
         self.changes.notify_one();
+        self.links.get(&agent_id.to_string()).close();
         if let Some(previous) = previous {
             previous.connection.close(close_code::REPLACED.into(), b"replaced by a newer connection");
         }
@@ -633,6 +645,15 @@ impl Hub {
         timeout: Duration,
         mut on_progress: impl FnMut(String, Option<u8>) + Send,
     ) -> Result<JobOutcome, HubError> {
+        if !self.is_connected(agent_id) {
+            self.metrics.observe_job("not_connected");
+            return Err(HubError::NotConnected);
+        }
+        let link = self.links.get(&agent_id.to_string());
+        if let Err(refused) = link.admit(Instant::now()) {
+            self.metrics.observe_job("circuit_open");
+            return Err(HubError::CircuitOpen { retry_in: refused.retry_in });
+        }
         let exchange = async {
             let mut recv = self.open_job_as(job_id, agent_id, payload, timeout).await?;
             loop {
@@ -647,12 +668,16 @@ impl Hub {
             }
         };
         let result = tokio::time::timeout(timeout, exchange).await.map_err(|_| HubError::Timeout).and_then(|r| r);
+        // The job's own failure says nothing against the link; a broken or silent stream does.
+        let link_failed = matches!(result, Err(HubError::Timeout | HubError::Link(_) | HubError::NotConnected));
+        link.record(!link_failed, Instant::now());
         self.metrics.observe_job(match &result {
             Ok(JobOutcome::Succeeded(_)) => "succeeded",
             Ok(JobOutcome::Failed { .. }) => "failed",
             Err(HubError::JobRefused(_)) => "refused",
             Err(HubError::Timeout) => "timeout",
             Err(HubError::NotConnected) => "not_connected",
+            Err(HubError::CircuitOpen { .. }) => "circuit_open",
             Err(HubError::Link(_) | HubError::JobFailed(_)) => "link_error",
         });
         result

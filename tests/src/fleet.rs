@@ -177,6 +177,8 @@ pub struct ReconnectingAgent {
     pub counters: Arc<FleetCounters>,
     /// Log lines per second a followed deployment's log stream carries.
     pub log_lines_per_s: u32,
+    /// A broken agent: it holds its session but resets every job stream unanswered.
+    pub break_jobs: bool,
 }
 
 /// How a session ended.
@@ -217,14 +219,10 @@ impl ReconnectingAgent {
             facts: facts(self.n),
         };
         let mut session = AgentSession::new(hello, Instant::now(), Duration::from_secs(10));
-        let jobs = tokio::spawn(serve_jobs(
-            self.n,
-            connection.clone(),
-            self.agent_id,
-            self.job_key,
-            self.counters.clone(),
-            self.log_lines_per_s,
-        ));
+        let jobs =
+            tokio::spawn(serve_jobs(self.n, connection.clone(), self.agent_id, self.job_key, self.counters.clone(), {
+                if self.break_jobs { None } else { Some(self.log_lines_per_s) }
+            }));
         let mut established = false;
         let (frames_tx, mut frames) = tokio::sync::mpsc::channel(16);
         let reader = tokio::spawn(async move {
@@ -286,9 +284,15 @@ async fn serve_jobs(
     agent_id: Uuid,
     job_key: VerifyingKey,
     counters: Arc<FleetCounters>,
-    log_lines_per_s: u32,
+    // `None`: a broken agent, which resets every job stream.
+    log_lines_per_s: Option<u32>,
 ) {
     while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+        let Some(log_lines_per_s) = log_lines_per_s else {
+            let _ = send.reset(0u32.into());
+            let _ = recv.stop(0u32.into());
+            continue;
+        };
         let counters = counters.clone();
         tokio::spawn(async move {
             let Ok(Some(JobRequest::Job(job))) = read_frame::<JobRequest, _>(&mut recv, MAX_FRAME_LEN).await else {
@@ -385,6 +389,16 @@ pub async fn start_fleet(
     count: usize,
     log_lines_per_s: u32,
 ) -> anyhow::Result<(tokio::task::JoinSet<()>, Arc<FleetCounters>, Vec<Uuid>)> {
+    start_fleet_with(cp, count, log_lines_per_s, false).await
+}
+
+/// As [`start_fleet`]; with `break_jobs`, agents that hold their sessions but break every job.
+pub async fn start_fleet_with(
+    cp: &mut ControlPlane,
+    count: usize,
+    log_lines_per_s: u32,
+    break_jobs: bool,
+) -> anyhow::Result<(tokio::task::JoinSet<()>, Arc<FleetCounters>, Vec<Uuid>)> {
     let token = cp.join_token(u32::try_from(count).unwrap_or(u32::MAX), 3600).await;
     let (identities, job_key) = enroll_all(cp, token["token"].as_str().unwrap_or_default(), count).await?;
     let server: SocketAddr = format!("127.0.0.1:{}", cp.quic_port).parse()?;
@@ -405,6 +419,7 @@ pub async fn start_fleet(
             job_key,
             counters: counters.clone(),
             log_lines_per_s,
+            break_jobs,
         };
         agents.spawn(agent.run());
     }

@@ -97,6 +97,7 @@ codes! {
     AiCircuitOpen = SERVICE_UNAVAILABLE, "ai_circuit_open", "The language-model provider failed repeatedly; calls to it are paused (`details.retry_in_s`).";
     AgentBinaryMissing = SERVICE_UNAVAILABLE, "agent_binary_missing", "This control plane has no agent binary to serve.";
     AgentTimeout = GATEWAY_TIMEOUT, "agent_timeout", "The agent did not answer in time.";
+    AgentCircuitOpen = SERVICE_UNAVAILABLE, "agent_circuit_open", "Jobs for this agent failed on the link repeatedly; they are paused for a few seconds (its next session resumes them).";
     Timeout = REQUEST_TIMEOUT, "timeout", "The request took longer than the control plane allows.";
     Internal = INTERNAL_SERVER_ERROR, "internal", "An internal error; the control plane's log says more.";
 }
@@ -295,6 +296,7 @@ impl From<HubError> for ApiError {
             HubError::Link(_) => Code::AgentLinkFailed,
             HubError::JobRefused(_) => Code::JobRefused,
             HubError::JobFailed(_) => Code::JobFailed,
+            HubError::CircuitOpen { .. } => Code::AgentCircuitOpen,
         };
         Self::new(code, e.to_string())
     }

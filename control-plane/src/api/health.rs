@@ -112,6 +112,7 @@ fn circuits(state: &AppState, figure: fn((u64, u64)) -> u64) -> Vec<(String, u64
     vec![
         ("llm".into(), figure(state.assistant.circuits())),
         ("webhook".into(), figure(state.outbound.totals(std::time::Instant::now()))),
+        ("agent".into(), figure(state.hub.links.totals(std::time::Instant::now()))),
     ]
 }
 
