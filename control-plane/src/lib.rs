@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod migrations;
 pub mod orgs;
 pub mod pki;
+pub mod rollouts;
 pub mod sealing;
 pub mod secrets;
 pub mod server;

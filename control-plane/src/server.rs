@@ -230,6 +230,8 @@ pub async fn serve(
     let hub_task = tokio::spawn(hub.run(endpoint, until_stopped()));
     let migrations_task =
         tokio::spawn(crate::migrations::run(store.clone(), reconciler.clone(), audit.clone(), until_stopped()));
+    let rollouts_task =
+        tokio::spawn(crate::rollouts::run(store.clone(), reconciler.clone(), audit.clone(), until_stopped()));
     let reconciler_task = tokio::spawn(reconciler.run(until_stopped()));
     let triggers = crate::workflows::triggers::run(workflows.clone(), store.clone(), audit);
     let stopping = until_stopped();
@@ -251,6 +253,7 @@ pub async fn serve(
     let _ = hub_task.await;
     let _ = reconciler_task.await;
     let _ = migrations_task.await;
+    let _ = rollouts_task.await;
     // Relaxed writes (observations, the audit trail) reach the disk before the process ends.
     store.sync().context("flushing the store")?;
     Ok(())

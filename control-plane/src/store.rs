@@ -68,10 +68,12 @@ pub enum Table {
     AiConfigs,
     /// Tokens and cost of an organisation's model: organisation id (16 bytes) + month.
     AiUsage,
+    /// Stack versions rolled out to several targets as one operation.
+    Rollouts,
 }
 
 impl Table {
-    const ALL: [Table; 25] = [
+    const ALL: [Table; 26] = [
         Table::Users,
         Table::Sessions,
         Table::JoinTokens,
@@ -97,6 +99,7 @@ impl Table {
         Table::WorkflowFirings,
         Table::AiConfigs,
         Table::AiUsage,
+        Table::Rollouts,
     ];
 
     fn name(self) -> &'static str {
@@ -126,6 +129,7 @@ impl Table {
             Table::WorkflowFirings => "workflow_firings",
             Table::AiConfigs => "ai_configs",
             Table::AiUsage => "ai_usage",
+            Table::Rollouts => "rollouts",
         }
     }
 

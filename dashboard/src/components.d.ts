@@ -79,6 +79,7 @@ declare module 'vue' {
     OptimizeDialog: typeof import('./components/OptimizeDialog.vue')['default']
     OrgSettings: typeof import('./components/OrgSettings.vue')['default']
     RenderPanel: typeof import('./components/RenderPanel.vue')['default']
+    RolloutDialog: typeof import('./components/RolloutDialog.vue')['default']
     RouterLink: typeof import('vue-router')['RouterLink']
     RouterView: typeof import('vue-router')['RouterView']
     SecuritySettings: typeof import('./components/SecuritySettings.vue')['default']

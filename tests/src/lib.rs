@@ -8,7 +8,9 @@ pub mod impaired_link;
 pub mod isolated_browser;
 pub mod model_server;
 pub mod netns;
+pub mod private_engine;
 pub mod recorder;
+pub mod store_crash;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -4,96 +4,19 @@
 //! The test runs an engine of its own (in a network namespace, with its own data and sockets),
 //! so that restarting it disturbs no other test.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use windflow_tests::netns::Netns;
+use windflow_tests::private_engine::PrivateEngine;
 use windflow_tests::*;
-
-/// A Docker engine of the test's own, stopped and its data removed on drop.
-struct PrivateEngine {
-    netns: Netns,
-    root: PathBuf,
-    process: Option<Process>,
-}
-
-impl PrivateEngine {
-    fn start(root: &Path) -> Self {
-        let mut engine = Self { netns: Netns::create().expect("namespace"), root: root.to_owned(), process: None };
-        engine.launch();
-        engine
-    }
-
-    fn host(&self) -> String {
-        format!("unix://{}", self.root.join("docker.sock").display())
-    }
-
-    fn docker(&self, args: &[&str]) -> std::process::Output {
-        Command::new("docker").arg("-H").arg(self.host()).args(args).output().expect("docker runs")
-    }
-
-    fn launch(&mut self) {
-        let mut command = Command::new("nsenter");
-        command
-            .arg(format!("--net=/var/run/netns/{}", self.netns.name))
-            .arg("dockerd")
-            .arg("--data-root")
-            .arg(self.root.join("data"))
-            .arg("--exec-root")
-            .arg(self.root.join("exec"))
-            .arg("--pidfile")
-            .arg(self.root.join("docker.pid"))
-            .arg("--host")
-            .arg(self.host());
-        self.process = Some(Process::spawn(&mut command, self.root.join("dockerd.log")).expect("dockerd"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.docker(&["version"]).status.success() {
-            assert!(
-                Instant::now() < deadline,
-                "the private engine did not start:\n{}",
-                std::fs::read_to_string(self.root.join("dockerd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Stops the engine as a service manager would (SIGTERM, containers stopped), then starts it.
-    fn restart(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.terminate();
-        }
-        self.launch();
-    }
-}
-
-impl Drop for PrivateEngine {
-    fn drop(&mut self) {
-        let ids = self.docker(&["ps", "-aq"]);
-        let ids: Vec<String> = String::from_utf8_lossy(&ids.stdout).split_whitespace().map(str::to_owned).collect();
-        if !ids.is_empty() {
-            let _ = Command::new("docker").arg("-H").arg(self.host()).args(["rm", "-f"]).args(&ids).output();
-        }
-        if let Some(mut process) = self.process.take() {
-            process.terminate();
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn after_the_engine_restarts_the_agent_reports_again_and_the_drift_is_repaired() {
     let image = busybox_image();
     let root = tempfile::tempdir_in("/var/tmp").expect("tempdir");
     let mut engine = PrivateEngine::start(root.path());
-    // The private engine has no registry either: it gets the test image from the main engine.
-    let load = Command::new("sh")
-        .arg("-c")
-        .arg(format!("docker save {image} | docker -H {} load", engine.host()))
-        .status()
-        .expect("sh");
-    assert!(load.success(), "loading the test image into the private engine");
+    engine.load_image(&image);
 
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cp = ControlPlane::start(dir.path()).await;

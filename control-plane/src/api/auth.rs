@@ -47,7 +47,7 @@ pub struct Access {
 }
 
 /// The access policy of every route, in one place. Reads need `read` and `viewer`; deploying,
-/// rolling back, scaling, migrating, removing deployments and testing targets need `deploy` and `operator`; every
+/// rolling out, rolling back, scaling, migrating, removing deployments and testing targets need `deploy` and `operator`; every
 /// other change needs `admin`. Tokens never make tokens, sign out or change passwords.
 pub fn access(method: &Method, path: &str) -> Access {
     let path = path.strip_prefix("/api/v1").unwrap_or(path);
@@ -86,6 +86,7 @@ pub fn access(method: &Method, path: &str) -> Access {
             Access { scope: Some(Scope::Deploy), role: Some(Role::Operator) }
         }
         (_, ["stacks", _, "deploy", _])
+        | (&Method::POST, ["stacks", _, "rollouts"])
         | (_, ["deployments", _, "rollback" | "scale"])
         | (_, ["deployments", _, "migrate", _])
         | (&Method::POST, ["deployments", _, "vms", _, _])

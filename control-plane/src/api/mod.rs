@@ -16,6 +16,7 @@ pub mod mcp;
 pub mod migrations;
 pub mod openapi;
 pub mod orgs;
+pub mod rollouts;
 pub mod sso;
 pub mod stacks;
 pub mod targets;
@@ -97,6 +98,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(stacks::routes())
         .merge(deployments::routes())
         .merge(migrations::routes())
+        .merge(rollouts::routes())
         .merge(templates::routes())
         .merge(workflows::routes())
         .merge(ai::routes())

@@ -806,6 +806,39 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/rollouts": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The organisation's rollouts, newest first. */
+        get: operations["deployments_list_rollouts"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/rollouts/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["deployments_show_rollout"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/stacks": {
         parameters: {
             query?: never;
@@ -932,6 +965,30 @@ export interface paths {
         get: operations["stacks_render"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/stacks/{id}/rollouts": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Rolls a stack version out to several targets as one operation. Every target is checked first
+         *     (found, not revoked, able to run the stack: 422 `incompatible_stack` naming the target), and
+         *     nothing is written unless all pass. Then the stack's deployment on each target is updated, or
+         *     created; once every one runs the version the rollout is `done`. If one fails, every part is
+         *     put back (created deployments removed, updated ones returned to the version they ran) and the
+         *     rollout ends `failed` with the reason. Each step is told in every part's events.
+         */
+        post: operations["deployments_start_rollout"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1764,6 +1821,16 @@ export interface components {
         BTreeMap: {
             [key: string]: string;
         };
+        /** @description What a part's deployment was before the rollout: what compensating it means. */
+        Before: {
+            /** @enum {string} */
+            kind: "created";
+        } | {
+            /** Format: int32 */
+            version: number;
+            /** @enum {string} */
+            kind: "updated";
+        };
         /** @description A snapshot for the API and the metrics. */
         BreakerView: {
             state: components["schemas"]["CircuitState"];
@@ -1870,11 +1937,12 @@ export interface components {
          *     - `ai_circuit_open` (503): The language-model provider failed repeatedly; calls to it are paused (`details.retry_in_s`).
          *     - `agent_binary_missing` (503): This control plane has no agent binary to serve.
          *     - `agent_timeout` (504): The agent did not answer in time.
+         *     - `agent_circuit_open` (503): Jobs for this agent failed on the link repeatedly; they are paused for a few seconds (its next session resumes them).
          *     - `timeout` (408): The request took longer than the control plane allows.
          *     - `internal` (500): An internal error; the control plane's log says more.
          * @enum {string}
          */
-        Code: "invalid_body" | "invalid_query" | "invalid_field" | "invalid_compose" | "ai_answer_invalid" | "invalid_template" | "invalid_workflow" | "incompatible_stack" | "platform_unavailable" | "weak_password" | "unauthenticated" | "bad_credentials" | "bad_refresh_token" | "second_factor_required" | "bad_second_factor" | "bad_mfa_token" | "sso_failed" | "join_token_invalid" | "forbidden" | "insufficient_scope" | "session_required" | "org_requires_second_factor" | "account_disabled" | "join_token_revoked" | "join_token_expired" | "join_token_used_up" | "join_token_malformed" | "not_found" | "conflict" | "name_taken" | "user_exists" | "already_member" | "last_owner" | "org_not_empty" | "self_change" | "stack_in_use" | "target_revoked" | "no_previous_version" | "totp_already_enabled" | "totp_not_enrolled" | "sso_not_configured" | "ai_not_configured" | "agent_not_connected" | "too_many_attempts" | "rate_limited" | "payload_too_large" | "agent_link_failed" | "job_refused" | "job_failed" | "sso_provider_unavailable" | "ai_provider_failed" | "ai_circuit_open" | "agent_binary_missing" | "agent_timeout" | "timeout" | "internal";
+        Code: "invalid_body" | "invalid_query" | "invalid_field" | "invalid_compose" | "ai_answer_invalid" | "invalid_template" | "invalid_workflow" | "incompatible_stack" | "platform_unavailable" | "weak_password" | "unauthenticated" | "bad_credentials" | "bad_refresh_token" | "second_factor_required" | "bad_second_factor" | "bad_mfa_token" | "sso_failed" | "join_token_invalid" | "forbidden" | "insufficient_scope" | "session_required" | "org_requires_second_factor" | "account_disabled" | "join_token_revoked" | "join_token_expired" | "join_token_used_up" | "join_token_malformed" | "not_found" | "conflict" | "name_taken" | "user_exists" | "already_member" | "last_owner" | "org_not_empty" | "self_change" | "stack_in_use" | "target_revoked" | "no_previous_version" | "totp_already_enabled" | "totp_not_enrolled" | "sso_not_configured" | "ai_not_configured" | "agent_not_connected" | "too_many_attempts" | "rate_limited" | "payload_too_large" | "agent_link_failed" | "job_refused" | "job_failed" | "sso_provider_unavailable" | "ai_provider_failed" | "ai_circuit_open" | "agent_binary_missing" | "agent_timeout" | "agent_circuit_open" | "timeout" | "internal";
         CodeRequest: {
             /**
              * @description Six digits from the authenticator app.
@@ -2762,6 +2830,28 @@ export interface components {
             per_page: number;
         };
         /** @description One page of a list. */
+        Page_RolloutView: {
+            items: {
+                /** Format: uuid */
+                id: string;
+                /** Format: uuid */
+                stack_id: string;
+                /** Format: int32 */
+                version: number;
+                step: components["schemas"]["Step"];
+                /** @description Why it failed. */
+                reason?: string | null;
+                parts: components["schemas"]["RolloutPart"][];
+                created_by: string;
+                created_at: string;
+                updated_at: string;
+            }[];
+            /** @description How many there are in all pages. */
+            total: number;
+            page: number;
+            per_page: number;
+        };
+        /** @description One page of a list. */
         Page_StackSummary: {
             items: {
                 /** Format: uuid */
@@ -2897,6 +2987,8 @@ export interface components {
             page: number;
             per_page: number;
         };
+        /** @enum {string} */
+        PartState: "deploying" | "running" | "failed" | "compensated" | "compensation_failed";
         PasswordRequest: {
             password: string;
         };
@@ -2993,6 +3085,33 @@ export interface components {
          * @enum {string}
          */
         Role: "viewer" | "operator" | "admin" | "owner";
+        /** @description One target's part of a rollout. */
+        RolloutPart: {
+            /** Format: uuid */
+            target_id: string;
+            /** Format: uuid */
+            deployment_id: string;
+            /** @description What the deployment was before: what putting it back means. */
+            before: components["schemas"]["Before"];
+            state: components["schemas"]["PartState"];
+            reason?: string | null;
+        };
+        /** @description A rollout and where it stands. */
+        RolloutView: {
+            /** Format: uuid */
+            id: string;
+            /** Format: uuid */
+            stack_id: string;
+            /** Format: int32 */
+            version: number;
+            step: components["schemas"]["Step"];
+            /** @description Why it failed. */
+            reason?: string | null;
+            parts: components["schemas"]["RolloutPart"][];
+            created_by: string;
+            created_at: string;
+            updated_at: string;
+        };
         /**
          * @description How many replicas of one service should run.
          * @example {
@@ -3158,6 +3277,15 @@ export interface components {
             services: string[];
             /** @description Keys WindFlow does not apply (only in the answer that saved a version). */
             warnings?: components["schemas"]["Diagnostic"][] | null;
+        };
+        StartRollout: {
+            /** @description The targets (ids), each running the stack's deployment afterwards. */
+            targets: string[];
+            /**
+             * Format: int32
+             * @description The stack version; its current one by default.
+             */
+            version?: number | null;
         };
         /** @enum {string} */
         Step: "deploying" | "removing_source" | "compensating" | "done" | "failed";
@@ -5542,6 +5670,71 @@ export interface operations {
             };
         };
     };
+    deployments_list_rollouts: {
+        parameters: {
+            query?: {
+                /** @description The page, from 1. */
+                page?: number;
+                /** @description Items per page: 50 by default, 500 at most. */
+                per_page?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Page_RolloutView"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    deployments_show_rollout: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RolloutView"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     stacks_list: {
         parameters: {
             query?: {
@@ -5880,6 +6073,50 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Rendering"];
+                };
+            };
+            /** @description An error; `error.code` says which (see the `Code` schema) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    deployments_start_rollout: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["StartRollout"];
+            };
+        };
+        responses: {
+            /** @description Started */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RolloutView"];
+                };
+            };
+            /** @description A target cannot take the stack (`incompatible_stack`) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description An error; `error.code` says which (see the `Code` schema) */

@@ -34,15 +34,17 @@ const step = (text) => console.log(`· ${text}`)
 const axeSource = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8')
 const violations = []
 
-async function scan(page, name) {
+// `within`: a selector to measure only (a dialog over a page that other steps measure).
+async function scan(page, name, within) {
   // Let transitions end: a fading-in element is measured at its final colours.
   await page.waitForTimeout(400)
   await page.screenshot({ path: join(results, `${name}.png`), fullPage: true })
   await page.evaluate(axeSource)
-  const found = await page.evaluate(async () => {
+  const found = await page.evaluate(async (within) => {
     // Toasts come and go: one leaving is measured half faded. Their steady colours are those of
     // the alerts, which are measured.
-    const report = await axe.run({ exclude: [['.el-message']] }, { resultTypes: ['violations'] })
+    const context = { exclude: [['.el-message']], ...(within ? { include: [[within]] } : {}) }
+    const report = await axe.run(context, { resultTypes: ['violations'] })
     return report.violations
       .filter((v) => v.impact === 'serious' || v.impact === 'critical')
       .map((v) => ({
@@ -51,7 +53,7 @@ async function scan(page, name) {
         help: v.help,
         nodes: v.nodes.slice(0, 3).map((n) => `${n.target.join(' ')} ${JSON.stringify(n.any[0]?.data ?? '')}`),
       }))
-  })
+  }, within)
   for (const v of found) violations.push({ page: name, ...v })
   step(`${name}: screenshot, ${found.length} serious accessibility violation(s)`)
   for (const v of found) console.log(`  ${v.impact} ${v.id}: ${v.help} — ${v.nodes.join(' | ')}`)
@@ -245,6 +247,24 @@ try {
 
   step('delete the deployment')
   await page.getByRole('link', { name: stackName }).click()
+  await page.getByRole('button', { name: 'Delete' }).click()
+  await page.getByRole('dialog').getByRole('button', { name: 'Delete' }).click()
+  await page.locator('[data-testid=deployment-state]', { hasText: 'Removed' }).waitFor({ timeout: 60_000 })
+
+  step('roll the stack out to its targets as one operation, then remove it')
+  await page.goto(`${url}/stacks`)
+  await page.getByRole('link', { name: stackName, exact: true }).click()
+  await page.locator('[data-testid=rollout-open]').click()
+  const rollout = page.getByRole('dialog', { name: `Roll ${stackName} out to several targets` })
+  await rollout.locator('.el-select').click()
+  await page.getByRole('option', { name: new RegExp(targetName) }).click()
+  await page.keyboard.press('Escape')
+  await rollout.locator('[data-testid=rollout-start]').click()
+  await rollout.getByText('Done: every target runs the version.').waitFor({ timeout: 90_000 })
+  await scan(page, 'rollout', '[data-testid=rollout-progress]')
+  await rollout.getByRole('link', { name: targetName }).click()
+  await page.waitForURL(/\/deployments\/[0-9a-f-]{36}$/)
+  await page.locator('[data-testid=deployment-state]', { hasText: 'Running' }).waitFor()
   await page.getByRole('button', { name: 'Delete' }).click()
   await page.getByRole('dialog').getByRole('button', { name: 'Delete' }).click()
   await page.locator('[data-testid=deployment-state]', { hasText: 'Removed' }).waitFor({ timeout: 60_000 })
