@@ -252,3 +252,39 @@ async fn a_stopping_control_plane_fails_readiness_first_and_tells_its_agents_to_
     .await;
     assert!(told, "the agent was not told:\n{}", agent.logs());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_for_an_agent_whose_link_keeps_failing_fail_at_once_once_its_circuit_opens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cp = ControlPlane::start(dir.path()).await;
+    // An agent that holds its session but resets every job stream.
+    let (_fleet, counters, ids) = windflow_tests::fleet::start_fleet_with(&mut cp, 1, 1, true).await.expect("fleet");
+    let target = ids[0];
+    let connected = eventually(Duration::from_secs(20), || {
+        let counters = counters.clone();
+        async move { counters.connected.load(std::sync::atomic::Ordering::Relaxed) == 1 }
+    })
+    .await;
+    assert!(connected);
+
+    for attempt in 1..=windflow_control_plane::hub::LINK_FAILURES {
+        let (status, body) = cp.api(Method::POST, &format!("/targets/{target}/facts"), None).await;
+        assert_eq!(
+            (status, body["error"]["code"].clone()),
+            (StatusCode::BAD_GATEWAY, json!("agent_link_failed")),
+            "attempt {attempt}: {body}"
+        );
+    }
+    // The circuit is open: the next job is refused at once, saying for how long.
+    let started = Instant::now();
+    let (status, body) = cp.api(Method::POST, &format!("/targets/{target}/facts"), None).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::SERVICE_UNAVAILABLE, json!("agent_circuit_open")),
+        "{body}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(500), "refused at once, not after a timeout");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("paused for"), "{body}");
+    let metrics = cp.http().get(cp.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("windflow_circuits_open{kind=\"agent\"} 1"), "{metrics}");
+}
