@@ -110,6 +110,44 @@ pub struct JobTicket {
 /// How long a job is sent again under its first id; the agent's journal keeps ids far longer.
 const REDELIVER_WITHIN: Duration = Duration::from_secs(86_400);
 
+impl Deployment {
+    /// A new deployment of `version` of a stack on a target, pending its first deploy.
+    pub fn new(
+        stack: &stacks::Stack,
+        target_id: Uuid,
+        platform: Platform,
+        version: u32,
+        created_by: &str,
+        now_unix_s: i64,
+    ) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            org_id: stack.org_id,
+            stack_id: stack.id,
+            target_id,
+            project: crate::compose::project_name(&stack.name),
+            platform,
+            scale: BTreeMap::new(),
+            version,
+            desired: Desired::Running,
+            generation: 1,
+            settled_generation: 0,
+            state: State::Pending,
+            reason: None,
+            running_version: None,
+            created_by: created_by.to_owned(),
+            created_at_unix_s: now_unix_s,
+            updated_at_unix_s: now_unix_s,
+            job: None,
+        }
+    }
+
+    /// Whether the reconciler finished with the latest desired state.
+    pub fn is_settled(&self) -> bool {
+        self.settled_generation >= self.generation
+    }
+}
+
 impl Record for Deployment {
     const TABLE: Table = Table::Deployments;
     const VERSION: u64 = 2;

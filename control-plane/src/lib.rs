@@ -27,6 +27,7 @@ pub mod migrations;
 pub mod orgs;
 pub mod pki;
 pub mod rollouts;
+pub mod saga;
 pub mod sealing;
 pub mod secrets;
 pub mod server;

@@ -9,7 +9,6 @@
 //! deployments desire, never their state (the reconciler's alone).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -21,7 +20,6 @@ use crate::store::{Record, RecordStore, Store, StoreError, Table};
 
 /// How long the destination has to run before the migration gives up and compensates.
 pub const DEADLINE_S: i64 = 15 * 60;
-const PASS: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -101,11 +99,6 @@ pub struct Decision {
     pub reason: Option<String>,
 }
 
-/// Whether the reconciler finished with the deployment's latest desired state.
-fn settled(d: &Deployment) -> bool {
-    d.settled_generation >= d.generation
-}
-
 fn removed(d: Option<&Deployment>) -> bool {
     d.is_none_or(|d| d.state == State::Removed)
 }
@@ -144,21 +137,21 @@ pub fn advance(
                 return compensate("the destination was removed".into());
             }
             match destination.state {
-                State::Running if settled(destination) && migration.remove_source => decide(
+                State::Running if destination.is_settled() && migration.remove_source => decide(
                     Step::RemovingSource,
                     Some(Action::RemoveSource),
                     Level::Info,
                     "migration: the destination runs; removing the source (its named volumes are kept)".into(),
                     None,
                 ),
-                State::Running if settled(destination) => decide(
+                State::Running if destination.is_settled() => decide(
                     Step::Done,
                     None,
                     Level::Info,
                     "migration: done; the destination runs the stack and the source was left running".into(),
                     None,
                 ),
-                State::Failed if settled(destination) => compensate(format!(
+                State::Failed if destination.is_settled() => compensate(format!(
                     "the destination failed: {}",
                     destination.reason.as_deref().unwrap_or("no reason given")
                 )),
@@ -176,7 +169,7 @@ pub fn advance(
                 "migration: done; the destination runs the stack and the source was removed".into(),
                 None,
             ),
-            Some(source) if source.state == State::Failed && settled(source) => {
+            Some(source) if source.state == State::Failed && source.is_settled() => {
                 let why = format!(
                     "the source could not be removed: {}",
                     source.reason.as_deref().unwrap_or("no reason given")
@@ -193,7 +186,7 @@ pub fn advance(
                 "migration: failed; the destination was removed and the source runs as before".into(),
                 migration.reason.clone(),
             ),
-            Some(destination) if destination.state == State::Failed && settled(destination) => {
+            Some(destination) if destination.state == State::Failed && destination.is_settled() => {
                 let why = format!(
                     "{}; the destination could not be removed either: {}",
                     migration.reason.as_deref().unwrap_or("the migration failed"),
@@ -214,16 +207,7 @@ pub async fn run(
     audit: Arc<AuditLog>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        if let Err(error) = pass(store.as_ref(), &reconciler, &audit) {
-            tracing::error!(%error, "migration pass failed");
-        }
-        tokio::select! {
-            () = tokio::time::sleep(PASS) => {}
-            () = &mut shutdown => return,
-        }
-    }
+    crate::saga::run("migration", shutdown, || pass(store.as_ref(), &reconciler, &audit)).await
 }
 
 fn pass(store: &dyn Store, reconciler: &Reconciler, audit: &AuditLog) -> Result<(), StoreError> {
@@ -235,8 +219,8 @@ fn pass(store: &dyn Store, reconciler: &Reconciler, audit: &AuditLog) -> Result<
         };
         // The action first: if it is lost to a crash, the next pass decides it again.
         match decision.action {
-            Some(Action::RemoveSource) => remove(store, migration.source_id, false)?,
-            Some(Action::RemoveDestination) => remove(store, migration.destination_id, true)?,
+            Some(Action::RemoveSource) => crate::saga::remove(store, migration.source_id, false)?,
+            Some(Action::RemoveDestination) => crate::saga::remove(store, migration.destination_id, true)?,
             None => {}
         }
         let next = Migration {
@@ -264,16 +248,6 @@ fn pass(store: &dyn Store, reconciler: &Reconciler, audit: &AuditLog) -> Result<
         reconciler.wake();
     }
     Ok(())
-}
-
-fn remove(store: &dyn Store, id: Uuid, volumes: bool) -> Result<(), StoreError> {
-    deployments::modify(store, id, |d| {
-        if !matches!(d.desired, Desired::Removed { .. }) {
-            d.desired = Desired::Removed { volumes };
-            d.generation += 1;
-        }
-    })
-    .map(drop)
 }
 
 #[cfg(test)]

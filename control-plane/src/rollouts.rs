@@ -11,7 +11,6 @@
 //! decided again on the next pass.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -23,7 +22,6 @@ use crate::store::{Record, RecordStore, Store, StoreError, Table};
 
 /// How long every part has to run before the rollout gives up and compensates.
 pub const DEADLINE_S: i64 = 15 * 60;
-const PASS: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -130,11 +128,6 @@ pub struct Decision {
     pub reason: Option<String>,
 }
 
-/// Whether the reconciler finished with the deployment's latest desired state.
-fn settled(d: &Deployment) -> bool {
-    d.settled_generation >= d.generation
-}
-
 fn why(d: &Deployment) -> String {
     d.reason.clone().unwrap_or_else(|| "no reason given".into())
 }
@@ -147,10 +140,10 @@ fn deploying(part: &Part, deployment: Option<&Deployment>, version: u32) -> Stan
     match deployment {
         None => (PartState::Failed, Some("its deployment is gone".into())),
         Some(d) if matches!(d.desired, Desired::Removed { .. }) => (PartState::Failed, Some("it was removed".into())),
-        Some(d) if settled(d) && d.state == State::Running && d.running_version == Some(version) => {
+        Some(d) if d.is_settled() && d.state == State::Running && d.running_version == Some(version) => {
             (PartState::Running, None)
         }
-        Some(d) if settled(d) && d.state == State::Failed => (PartState::Failed, Some(why(d))),
+        Some(d) if d.is_settled() && d.state == State::Failed => (PartState::Failed, Some(why(d))),
         Some(_) => (part.state, part.reason.clone()),
     }
 }
@@ -165,12 +158,12 @@ fn compensating(part: &Part, deployment: Option<&Deployment>, _version: u32) -> 
         (Before::Created, None) => (PartState::Compensated, reason),
         (Before::Created, Some(d)) if d.state == State::Removed => (PartState::Compensated, reason),
         (Before::Updated { version }, Some(d))
-            if settled(d) && d.state == State::Running && d.running_version == Some(version) =>
+            if d.is_settled() && d.state == State::Running && d.running_version == Some(version) =>
         {
             (PartState::Compensated, reason)
         }
         (Before::Updated { .. }, None) => (PartState::CompensationFailed, Some("its deployment is gone".into())),
-        (_, Some(d)) if settled(d) && d.state == State::Failed => {
+        (_, Some(d)) if d.is_settled() && d.state == State::Failed => {
             (PartState::CompensationFailed, Some(format!("could not be put back: {}", why(d))))
         }
         _ => (part.state, reason),
@@ -283,16 +276,7 @@ pub async fn run(
     audit: Arc<AuditLog>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        if let Err(error) = pass(store.as_ref(), &reconciler, &audit) {
-            tracing::error!(%error, "rollout pass failed");
-        }
-        tokio::select! {
-            () = tokio::time::sleep(PASS) => {}
-            () = &mut shutdown => return,
-        }
-    }
+    crate::saga::run("rollout", shutdown, || pass(store.as_ref(), &reconciler, &audit)).await
 }
 
 fn pass(store: &dyn Store, reconciler: &Reconciler, audit: &AuditLog) -> Result<(), StoreError> {
@@ -304,18 +288,10 @@ fn pass(store: &dyn Store, reconciler: &Reconciler, audit: &AuditLog) -> Result<
         // The actions first: if they are lost to a crash, the next pass decides them again.
         for (index, action) in &decision.actions {
             let id = rollout.parts[*index].deployment_id;
-            deployments::modify(store, id, |d| match *action {
-                Action::Remove if !matches!(d.desired, Desired::Removed { .. }) => {
-                    d.desired = Desired::Removed { volumes: true };
-                    d.generation += 1;
-                }
-                Action::Deploy { version } => {
-                    d.version = version;
-                    d.desired = Desired::Running;
-                    d.generation += 1;
-                }
-                Action::Remove => {}
-            })?;
+            match *action {
+                Action::Remove => crate::saga::remove(store, id, true)?,
+                Action::Deploy { version } => crate::saga::deploy(store, id, version)?,
+            }
         }
         let next = Rollout {
             step: decision.step,

@@ -387,27 +387,7 @@ pub(super) fn deploy_stack(
         })?
         .ok_or_else(|| ApiError::not_found("deployment"))?,
         None => {
-            let now = now_unix_s();
-            let deployment = Deployment {
-                id: Uuid::now_v7(),
-                org_id: stack.org_id,
-                stack_id: stack.id,
-                target_id: target.id,
-                project: crate::compose::project_name(&stack.name),
-                platform,
-                scale: std::collections::BTreeMap::new(),
-                version,
-                desired: Desired::Running,
-                generation: 1,
-                settled_generation: 0,
-                state: DeploymentState::Pending,
-                reason: None,
-                running_version: None,
-                created_by: caller.username.clone(),
-                created_at_unix_s: now,
-                updated_at_unix_s: now,
-                job: None,
-            };
+            let deployment = Deployment::new(stack, target.id, platform, version, &caller.username, now_unix_s());
             use crate::store::RecordStore;
             state.store.save(&deployment)?;
             deployment

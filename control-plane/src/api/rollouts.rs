@@ -160,26 +160,7 @@ async fn start_rollout(
                 (updated, before)
             }
             None => {
-                let created = Deployment {
-                    id: Uuid::now_v7(),
-                    org_id: stack.org_id,
-                    stack_id: stack.id,
-                    target_id: target.id,
-                    project: crate::compose::project_name(&stack.name),
-                    platform,
-                    scale: std::collections::BTreeMap::new(),
-                    version,
-                    desired: Desired::Running,
-                    generation: 1,
-                    settled_generation: 0,
-                    state: DeploymentState::Pending,
-                    reason: None,
-                    running_version: None,
-                    created_by: caller.username.clone(),
-                    created_at_unix_s: now,
-                    updated_at_unix_s: now,
-                    job: None,
-                };
+                let created = Deployment::new(&stack, target.id, platform, version, &caller.username, now);
                 checks.push(Check { table: Deployment::TABLE, key: created.key(), expected: None });
                 (created, Before::Created)
             }
