@@ -285,10 +285,18 @@ impl ControlPlane {
         token
     }
 
-    /// Calls the API as the admin.
+    /// Calls the API as the admin, signing in again once the access token has expired (long
+    /// runs such as the soak outlive it).
     pub async fn api(&mut self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         let token = self.access_token().await;
-        self.call_with(Some(&token), method, &format!("/api/v1{path}"), body).await
+        let path = format!("/api/v1{path}");
+        let answer = self.call_with(Some(&token), method.clone(), &path, body.clone()).await;
+        if answer.0 != StatusCode::UNAUTHORIZED {
+            return answer;
+        }
+        self.token = None;
+        let token = self.access_token().await;
+        self.call_with(Some(&token), method, &path, body).await
     }
 
     /// Calls any route with an optional bearer token.

@@ -85,8 +85,10 @@ async fn main() -> anyhow::Result<()> {
     // (deployment, stack) running in each slot.
     let mut slots: Vec<Option<(Value, String)>> = vec![None; args.deployments.min(agent_ids.len())];
     let mut turn = 0usize;
-    let token = cp.access_token().await;
     while started.elapsed() < args.duration {
+        if failures.len() > 20 {
+            break;
+        }
         if Instant::now() >= next_sample {
             next_sample += args.sample_every;
             let (rss_kib, _) = process_usage(pid);
@@ -147,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
             failures.push(format!("{name} did not run: {settled}"));
         }
         slots[slot] = Some((deployment.clone(), stack["id"].as_str().unwrap_or_default().to_owned()));
+        let token = cp.access_token().await;
         follow_lines += follow_for(&cp, &token, &id, Duration::from_secs(2)).await.unwrap_or_else(|e| {
             failures.push(format!("log follow of {name}: {e:#}"));
             0
@@ -158,9 +161,6 @@ async fn main() -> anyhow::Result<()> {
             if !status.is_success() {
                 failures.push(format!("GET {path}: {status}"));
             }
-        }
-        if failures.len() > 20 {
-            break;
         }
     }
 
