@@ -36,6 +36,8 @@ const STABLE_SESSION: Duration = Duration::from_secs(10);
 /// exponentially, so a handshake begun while the link was cut could otherwise wait seconds
 /// after the link came back; new attempts keep the gap between packets short.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a closed session may take to say so before the next attempt starts.
+const CLOSE_DRAIN: Duration = Duration::from_millis(300);
 /// How long a stopping agent waits for its running jobs (systemd's default stop timeout is 90 s).
 const STOP_GRACE: Duration = Duration::from_secs(60);
 /// The round-trip time assumed before one is measured: it sets how soon a lost handshake
@@ -197,7 +199,10 @@ async fn connect_and_serve(
     // Read before closing: a local close replaces the peer's reason.
     let closed = closed_reason(&connection);
     connection.close(0u32.into(), b"agent closing");
-    endpoint.wait_idle().await;
+    // The close is said politely when the link works; over a dead link its draining could hold
+    // the next attempt back for seconds (seen in the partition tests), and the next attempt has
+    // an endpoint of its own anyway.
+    let _ = tokio::time::timeout(CLOSE_DRAIN, endpoint.wait_idle()).await;
     // However the session failed, why the peer closed it is what the caller must hear about.
     match closed {
         SessionEnd::Lost => end,

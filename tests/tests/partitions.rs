@@ -30,8 +30,10 @@ async fn control_plane_and_agent_across(
     netns: &Netns,
     impairment: Option<Impairment>,
 ) -> (ControlPlane, Agent, Option<ImpairedLink>) {
-    // The test polls hard (a ping every 100 ms while it waits): no per-credential rate limit.
-    let mut cp = ControlPlane::start_on(dir, &netns.host_ip, vec!["--token-rate-limit".into(), "0".into()]).await;
+    // The test polls hard (a ping every 100 ms while it waits, every deployment's state after
+    // each heal): no rate limits.
+    let args = ["--rate-limit", "0", "--token-rate-limit", "0"].map(String::from).to_vec();
+    let mut cp = ControlPlane::start_on(dir, &netns.host_ip, args).await;
     let token = cp.join_token(1, 600).await;
     let mut agent = Agent::enroll(&cp, &dir.join("agent"), token["token"].as_str().expect("token")).expect("enrolls");
     let endpoint: std::net::SocketAddr = format!("{}:{}", netns.host_ip, cp.quic_port).parse().expect("address");
@@ -187,7 +189,7 @@ async fn changes_for_a_cut_off_agent_wait_and_are_applied_exactly_once_after_eve
                 break;
             }
             assert!(Instant::now() < deadline, "cycle {cycle}: not settled 60 s after the heal: {unsettled:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let converged = healed.elapsed();
         println!(
