@@ -5,8 +5,14 @@
 //! removing or reordering a stored entry breaks the chain where it happened, which
 //! [`AuditLog::verify`] reports. Entries hold who, what, which object and the outcome; never a
 //! request body, so never a secret.
+//!
+//! Refused requests repeated within a minute are written once and then counted (see
+//! [`RepeatedRefusals`]): a client looping on a bad credential would otherwise grow the trail by
+//! an entry per request.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -96,11 +102,86 @@ pub struct Fact {
     pub org_id: Option<uuid::Uuid>,
 }
 
+/// Statuses that refuse a request before it did anything: a missing or bad credential, a
+/// forbidden action, a rate limit.
+pub fn is_refusal(status: u16) -> bool {
+    matches!(status, 401 | 403 | 429)
+}
+
+/// How long identical refusals are counted under the first one's entry.
+pub const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
+/// Distinct refusals counted at once. Past this (many clients, or one varying its requests),
+/// refusals are written one by one: never dropped, only not coalesced.
+const REFUSALS_TRACKED: usize = 10_000;
+
+/// Who was refused what, from where: refusals with the same key within [`REFUSAL_WINDOW`] are
+/// one entry and a count.
+type RefusalKey = (String, String, Option<u16>, Option<String>);
+
+/// The coalescing of repeated refusals, without IO: what to write, given the time.
+///
+/// The first refusal of a key is written at once. Identical ones within the window after it are
+/// counted; when the window has passed, one more entry says how many there were. Nothing is
+/// lost: every refusal is either an entry or counted in one.
+#[derive(Debug, Default)]
+pub struct RepeatedRefusals {
+    open: HashMap<RefusalKey, Window>,
+}
+
+#[derive(Debug)]
+struct Window {
+    opened: Instant,
+    first: Fact,
+    repeats: u64,
+}
+
+impl RepeatedRefusals {
+    /// A refusal happened at `now`: the facts to write for it (none when it was counted).
+    pub fn admit(&mut self, fact: Fact, now: Instant) -> Vec<Fact> {
+        let key = (fact.actor.clone(), fact.object.clone(), fact.status, fact.remote.clone());
+        let mut write = Vec::new();
+        if let Some(window) = self.open.get_mut(&key) {
+            if now.duration_since(window.opened) < REFUSAL_WINDOW {
+                window.repeats += 1;
+                return write;
+            }
+            write.extend(self.open.remove(&key).and_then(Window::summary));
+        }
+        if self.open.len() < REFUSALS_TRACKED {
+            self.open.insert(key, Window { opened: now, first: fact.clone(), repeats: 0 });
+        }
+        write.push(fact);
+        write
+    }
+
+    /// Closes the windows that have passed at `now` (all of them with `None`, on a stop): the
+    /// counts to write.
+    pub fn close(&mut self, now: Option<Instant>) -> Vec<Fact> {
+        let passed = |window: &Window| now.is_none_or(|now| now.duration_since(window.opened) >= REFUSAL_WINDOW);
+        let keys: Vec<RefusalKey> = self.open.iter().filter(|(_, w)| passed(w)).map(|(k, _)| k.clone()).collect();
+        keys.into_iter().filter_map(|key| self.open.remove(&key).and_then(Window::summary)).collect()
+    }
+}
+
+impl Window {
+    fn summary(self) -> Option<Fact> {
+        (self.repeats > 0).then(|| Fact {
+            detail: Some(format!(
+                "refused {} more times within {} s of the entry before for this request",
+                self.repeats,
+                REFUSAL_WINDOW.as_secs()
+            )),
+            ..self.first
+        })
+    }
+}
+
 pub struct AuditLog {
     store: std::sync::Arc<dyn Store>,
     /// The next sequence number and the last hash: appends are serialised here.
     head: Mutex<(u64, String)>,
     live: broadcast::Sender<Entry>,
+    refusals: Mutex<RepeatedRefusals>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -117,7 +198,12 @@ impl AuditLog {
             n => store.load_page::<Entry>(n - 1, 1)?.1.pop(),
         };
         let head = last.map_or((1, GENESIS.to_owned()), |e| (e.seq + 1, e.hash));
-        Ok(Self { store, head: Mutex::new(head), live: broadcast::channel(1024).0 })
+        Ok(Self {
+            store,
+            head: Mutex::new(head),
+            live: broadcast::channel(1024).0,
+            refusals: Mutex::new(RepeatedRefusals::default()),
+        })
     }
 
     /// Appends an entry. Entries are written without waiting for the disk (the store flushes
@@ -145,6 +231,19 @@ impl AuditLog {
         *head = (entry.seq + 1, entry.hash.clone());
         drop(head);
         let _ = self.live.send(entry);
+    }
+
+    /// Records a refused request, coalesced with identical ones (see [`RepeatedRefusals`]).
+    pub fn record_refusal(&self, fact: Fact) {
+        let write = self.refusals.lock().unwrap_or_else(|e| e.into_inner()).admit(fact, Instant::now());
+        write.into_iter().for_each(|fact| self.record(fact));
+    }
+
+    /// Writes the counts of repeated refusals whose window has passed; every one on a stop.
+    pub fn close_refusal_windows(&self, stopping: bool) {
+        let now = (!stopping).then(Instant::now);
+        let write = self.refusals.lock().unwrap_or_else(|e| e.into_inner()).close(now);
+        write.into_iter().for_each(|fact| self.record(fact));
     }
 
     /// Walks the whole chain from the first entry.
@@ -195,6 +294,18 @@ impl AuditLog {
     }
 }
 
+/// Writes the counts of repeated refusals as their windows pass, until `stopped`.
+pub async fn close_refusal_windows(audit: std::sync::Arc<AuditLog>, stopped: impl std::future::Future<Output = ()>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => audit.close_refusal_windows(false),
+            () = &mut stopped => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -216,6 +327,75 @@ mod tests {
             });
         }
         (dir, store, log)
+    }
+
+    fn refusal(object: &str) -> Fact {
+        Fact {
+            actor: "anonymous".into(),
+            kind: "api.request",
+            object: object.into(),
+            status: Some(401),
+            remote: Some("192.0.2.7".into()),
+            ..Fact::default()
+        }
+    }
+
+    #[test]
+    fn identical_refusals_within_a_window_are_one_entry_and_a_count() {
+        let mut refusals = RepeatedRefusals::default();
+        let start = Instant::now();
+        assert_eq!(refusals.admit(refusal("POST /api/v1/stacks"), start).len(), 1, "the first is written");
+        for n in 1..=99 {
+            let written = refusals.admit(refusal("POST /api/v1/stacks"), start + Duration::from_millis(n * 100));
+            assert!(written.is_empty(), "repeat {n} is counted");
+        }
+        assert!(refusals.close(Some(start + Duration::from_secs(59))).is_empty(), "the window is still open");
+        let counts = refusals.close(Some(start + REFUSAL_WINDOW));
+        assert_eq!(counts.len(), 1);
+        assert_eq!(counts[0].object, "POST /api/v1/stacks");
+        assert_eq!(counts[0].status, Some(401));
+        assert!(counts[0].detail.as_deref().is_some_and(|d| d.starts_with("refused 99 more times")), "{counts:?}");
+        assert!(refusals.close(None).is_empty(), "nothing is left open");
+    }
+
+    #[test]
+    fn a_refusal_after_its_window_writes_the_count_then_itself() {
+        let mut refusals = RepeatedRefusals::default();
+        let start = Instant::now();
+        refusals.admit(refusal("POST /api/v1/stacks"), start);
+        refusals.admit(refusal("POST /api/v1/stacks"), start + Duration::from_secs(1));
+        let written = refusals.admit(refusal("POST /api/v1/stacks"), start + REFUSAL_WINDOW);
+        let details: Vec<Option<&str>> = written.iter().map(|f| f.detail.as_deref()).collect();
+        assert_eq!(details.len(), 2, "{details:?}");
+        assert!(details[0].is_some_and(|d| d.starts_with("refused 1 more times")));
+        assert_eq!(details[1], None, "a new window starts with the refusal itself");
+    }
+
+    #[test]
+    fn different_requests_callers_or_statuses_are_not_coalesced_and_a_stop_writes_every_count() {
+        let mut refusals = RepeatedRefusals::default();
+        let now = Instant::now();
+        let forbidden = Fact { status: Some(403), ..refusal("POST /api/v1/stacks") };
+        let elsewhere = Fact { remote: Some("192.0.2.8".into()), ..refusal("POST /api/v1/stacks") };
+        for fact in [refusal("POST /api/v1/stacks"), refusal("DELETE /api/v1/stacks/1"), forbidden, elsewhere] {
+            assert_eq!(refusals.admit(fact.clone(), now).len(), 1, "{fact:?} is a first");
+            assert!(refusals.admit(fact, now).is_empty());
+        }
+        assert_eq!(refusals.close(None).len(), 4, "a stop writes every open count, however recent");
+    }
+
+    #[test]
+    fn refusals_recorded_through_the_log_are_coalesced_and_the_chain_stays_valid() {
+        let (_dir, _store, log) = log();
+        for _ in 0..50 {
+            log.record_refusal(refusal("POST /api/v1/stacks"));
+        }
+        assert_eq!(log.entries().expect("entries").len(), 6, "five before, and the first refusal");
+        log.close_refusal_windows(true);
+        let entries = log.entries().expect("entries");
+        assert_eq!(entries.len(), 7);
+        assert!(entries[6].detail.as_deref().is_some_and(|d| d.starts_with("refused 49 more times")));
+        assert!(log.verify().expect("verify").valid);
     }
 
     #[test]

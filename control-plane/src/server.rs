@@ -233,6 +233,8 @@ pub async fn serve(
     let rollouts_task =
         tokio::spawn(crate::rollouts::run(store.clone(), reconciler.clone(), audit.clone(), until_stopped()));
     let reconciler_task = tokio::spawn(reconciler.run(until_stopped()));
+    let refusals_task = tokio::spawn(crate::audit::close_refusal_windows(audit.clone(), until_stopped()));
+    let audit_at_stop = audit.clone();
     let triggers = crate::workflows::triggers::run(workflows.clone(), store.clone(), audit);
     let stopping = until_stopped();
     tokio::spawn(async move {
@@ -254,6 +256,9 @@ pub async fn serve(
     let _ = reconciler_task.await;
     let _ = migrations_task.await;
     let _ = rollouts_task.await;
+    let _ = refusals_task.await;
+    // After the last request: counts of refusals still being coalesced are written now.
+    audit_at_stop.close_refusal_windows(true);
     // Relaxed writes (observations, the audit trail) reach the disk before the process ends.
     store.sync().context("flushing the store")?;
     Ok(())

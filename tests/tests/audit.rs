@@ -111,3 +111,27 @@ async fn the_audit_trail_records_requests_and_agents_and_detects_tampering() {
     .await;
     assert_eq!((reordered["valid"].clone(), reordered["broken_at"].clone()), (json!(false), json!(2)), "{reordered}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_refused_again_and_again_makes_one_entry_and_a_count() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cp = ControlPlane::start(&dir.path().join("cp")).await;
+    let stack = json!({"name": "refused", "compose": "services:\n  a:\n    image: x\n"});
+    for _ in 0..40 {
+        let (status, _) = cp.call_with(Some("not-a-token"), Method::POST, "/api/v1/stacks", Some(stack.clone())).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let refused_query = "&actor=anonymous&object=POST%20/api/v1/stacks";
+    let refused = entries(&mut cp, refused_query).await;
+    assert_eq!(refused.len(), 1, "the first refusal is written, the repeats are counted: {refused:#?}");
+    assert_eq!(refused[0]["status"], 401);
+
+    // The count is written when its minute has passed, or when the control plane stops.
+    cp.restart().await;
+    let refused = entries(&mut cp, refused_query).await;
+    let details: Vec<&str> = refused.iter().filter_map(|e| e["detail"].as_str()).collect();
+    assert_eq!(refused.len(), 2, "{refused:#?}");
+    assert!(details.iter().any(|d| d.starts_with("refused 39 more times")), "{details:?}");
+    let (_, verified) = cp.api(Method::GET, "/audit/verify", None).await;
+    assert_eq!(verified["valid"], true, "{verified}");
+}

@@ -30,7 +30,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// Records every mutating request under /api: who (from the bearer token), what (method and
-/// path, never the body or the query), the status and the remote address.
+/// path, never the body or the query), the status and the remote address. Refusals repeated
+/// within a minute are coalesced into one entry and a count.
 pub async fn record_requests(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let mutating = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if !mutating || !request.uri().path().starts_with("/api/") {
@@ -54,15 +55,13 @@ pub async fn record_requests(State(state): State<AppState>, mut request: Request
     let response = next.run(request).await;
     // Routes about one organisation's objects act in the caller's; `/orgs/{id}/…` in that one.
     let org_id = acting_org.0.lock().unwrap_or_else(|e| e.into_inner()).or_else(|| org_in_path(&object));
-    state.audit.record(Fact {
-        actor,
-        kind: "api.request",
-        object,
-        status: Some(response.status().as_u16()),
-        remote,
-        org_id,
-        ..Fact::default()
-    });
+    let status = response.status().as_u16();
+    let fact = Fact { actor, kind: "api.request", object, status: Some(status), remote, org_id, ..Fact::default() };
+    if crate::audit::is_refusal(status) {
+        state.audit.record_refusal(fact);
+    } else {
+        state.audit.record(fact);
+    }
     response
 }
 
