@@ -106,17 +106,18 @@ pub async fn run(
                 backoff.reset();
                 config.backoff_max.mul_f64(rand::random::<f64>())
             }
-            Ok(SessionEnd::Lost) if backoff.attempt() == 0 => {
-                // A session that had held was lost: the whole fleet may have lost theirs at the
-                // same moment (a control plane that crashed), so the first return is spread.
-                tracing::warn!("connection to the control plane lost");
-                (config.backoff_max / 2).mul_f64(rand::random::<f64>())
-            }
             Ok(SessionEnd::Lost) => {
                 tracing::warn!("connection to the control plane lost");
-                // Counted from the attempt's start: an attempt that already took its delay (a
-                // handshake that timed out) is followed by the next one at once.
-                backoff.next_delay(rand::random()).saturating_sub(attempt_started.elapsed())
+                if backoff.attempt() == 0 {
+                    // A session that had held was lost: the whole fleet may have lost theirs at
+                    // the same moment (a control plane that crashed), so the first return is
+                    // spread.
+                    (config.backoff_max / 2).mul_f64(rand::random::<f64>())
+                } else {
+                    // Counted from the attempt's start: an attempt that already took its delay
+                    // (a handshake that timed out) is followed by the next one at once.
+                    backoff.next_delay(rand::random()).saturating_sub(attempt_started.elapsed())
+                }
             }
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), "could not hold a session with the control plane");

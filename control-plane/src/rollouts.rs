@@ -149,7 +149,7 @@ fn deploying(part: &Part, deployment: Option<&Deployment>, version: u32) -> Stan
 }
 
 /// How a part stands while the rollout compensates.
-fn compensating(part: &Part, deployment: Option<&Deployment>, _version: u32) -> Standing {
+fn compensating(part: &Part, deployment: Option<&Deployment>) -> Standing {
     if matches!(part.state, PartState::Compensated | PartState::CompensationFailed) {
         return (part.state, part.reason.clone());
     }
@@ -181,20 +181,20 @@ fn undo(part: &Part) -> Action {
 /// The saga's next step, from what the parts' deployments show now (`deployments[i]` is part
 /// `i`'s); `None` while nothing changed.
 pub fn advance(rollout: &Rollout, deployments: &[Option<&Deployment>], now_unix_s: i64) -> Option<Decision> {
-    let observed = |judge: fn(&Part, Option<&Deployment>, u32) -> Standing| -> Vec<Part> {
+    let observed = |judge: &dyn Fn(&Part, Option<&Deployment>) -> Standing| -> Vec<Part> {
         rollout
             .parts
             .iter()
             .zip(deployments.iter().copied().chain(std::iter::repeat(None)))
             .map(|(part, deployment)| {
-                let (state, reason) = judge(part, deployment, rollout.version);
+                let (state, reason) = judge(part, deployment);
                 Part { state, reason, ..part.clone() }
             })
             .collect()
     };
     let decision = match rollout.step {
         Step::Deploying => {
-            let parts = observed(deploying);
+            let parts = observed(&|part, deployment| deploying(part, deployment, rollout.version));
             let failed: Vec<String> = parts
                 .iter()
                 .filter(|p| p.state == PartState::Failed)
@@ -236,7 +236,7 @@ pub fn advance(rollout: &Rollout, deployments: &[Option<&Deployment>], now_unix_
             }
         }
         Step::Compensating => {
-            let parts = observed(compensating);
+            let parts = observed(&compensating);
             let over = parts.iter().all(|p| matches!(p.state, PartState::Compensated | PartState::CompensationFailed));
             let stuck: Vec<String> = parts
                 .iter()

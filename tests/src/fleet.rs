@@ -219,10 +219,15 @@ impl ReconnectingAgent {
             facts: facts(self.n),
         };
         let mut session = AgentSession::new(hello, Instant::now(), Duration::from_secs(10));
-        let jobs =
-            tokio::spawn(serve_jobs(self.n, connection.clone(), self.agent_id, self.job_key, self.counters.clone(), {
-                if self.break_jobs { None } else { Some(self.log_lines_per_s) }
-            }));
+        let jobs = tokio::spawn(serve_jobs(
+            self.n,
+            connection.clone(),
+            self.agent_id,
+            self.job_key,
+            self.counters.clone(),
+            self.log_lines_per_s,
+            self.break_jobs,
+        ));
         let mut established = false;
         let (frames_tx, mut frames) = tokio::sync::mpsc::channel(16);
         let reader = tokio::spawn(async move {
@@ -284,15 +289,15 @@ async fn serve_jobs(
     agent_id: Uuid,
     job_key: VerifyingKey,
     counters: Arc<FleetCounters>,
-    // `None`: a broken agent, which resets every job stream.
-    log_lines_per_s: Option<u32>,
+    log_lines_per_s: u32,
+    break_jobs: bool,
 ) {
     while let Ok((mut send, mut recv)) = connection.accept_bi().await {
-        let Some(log_lines_per_s) = log_lines_per_s else {
+        if break_jobs {
             let _ = send.reset(0u32.into());
             let _ = recv.stop(0u32.into());
             continue;
-        };
+        }
         let counters = counters.clone();
         tokio::spawn(async move {
             let Ok(Some(JobRequest::Job(job))) = read_frame::<JobRequest, _>(&mut recv, MAX_FRAME_LEN).await else {
