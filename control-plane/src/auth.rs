@@ -6,8 +6,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -219,11 +217,7 @@ pub fn now_unix_s() -> i64 {
 }
 
 pub fn hash_password(password: &str) -> Result<String, AuthError> {
-    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(|e| AuthError::Hash(e.to_string()))?;
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| AuthError::Hash(e.to_string()))
+    crate::passwords::hash(password).map_err(|e| AuthError::Hash(e.to_string()))
 }
 
 /// The password policy: 12 to 1,024 characters, at least 5 distinct ones, not containing the
@@ -254,7 +248,7 @@ fn check_username(username: &str) -> Result<(), AuthError> {
 }
 
 fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+    crate::passwords::verify(password, hash)
 }
 
 /// The account service.

@@ -25,6 +25,7 @@ pub mod logs;
 pub mod metrics;
 pub mod migrations;
 pub mod orgs;
+pub mod passwords;
 pub mod pki;
 pub mod rollouts;
 pub mod saga;
