@@ -345,6 +345,12 @@ impl Events {
         self.live.subscribe()
     }
 
+    /// Drops the cached next sequence number of a deployment's events; the next event reads it
+    /// from the store again.
+    pub fn forget_next_seq(&self, deployment_id: Uuid) {
+        self.next_seq.lock().unwrap_or_else(|e| e.into_inner()).remove(&deployment_id);
+    }
+
     pub fn forget(&self, deployment_id: Uuid) -> Result<(), StoreError> {
         let writes: Vec<_> = self
             .history(deployment_id, 0)?
@@ -737,6 +743,11 @@ impl Reconciler {
                     d.settled_generation = d.generation;
                 });
                 self.events.finish(id, Level::Info, "removed", State::Removed);
+                // Nothing runs for it any more: what memory held for it goes (a fleet that
+                // deploys and removes all day would otherwise keep it for every one).
+                self.hub.forget_observed(id);
+                self.events.forget_next_seq(id);
+                self.last_repair.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             }
             Ok(JobOutcome::Failed { message }) => {
                 self.set(id, |d| {

@@ -487,6 +487,11 @@ impl Hub {
         self.changes.notified().await;
     }
 
+    /// Forgets a removed deployment's observed state.
+    pub fn forget_observed(&self, deployment_id: Uuid) {
+        self.observed.lock().unwrap_or_else(|e| e.into_inner()).remove(&deployment_id);
+    }
+
     pub fn observed(&self, deployment_id: Uuid) -> Option<StackStatus> {
         self.observed.lock().unwrap_or_else(|e| e.into_inner()).get(&deployment_id).cloned()
     }
