@@ -59,6 +59,11 @@ pub struct ServeConfig {
     /// given five seconds to finish (time for a load balancer to stop sending).
     #[arg(long, env = "WINDFLOW_DRAIN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
     pub drain_delay: Duration,
+    /// Memory the store may use to cache its pages, in MiB. The store's data lives on disk; a
+    /// bigger cache only saves reads of it (sled's own default, 1 GiB, would let a long-lived
+    /// control plane's memory follow its data).
+    #[arg(long, env = "WINDFLOW_STORE_CACHE_MIB", default_value_t = crate::store::DEFAULT_CACHE_MIB)]
+    pub store_cache_mib: u64,
     /// How long an API request may take before it is answered 503.
     #[arg(long, env = "WINDFLOW_REQUEST_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
@@ -89,7 +94,10 @@ pub fn assemble(config: &mut ServeConfig) -> anyhow::Result<Assembled> {
     }
     create_private_dir(&config.data_dir)?;
     let pki = Arc::new(Pki::load_or_create(&config.data_dir, &config.advertise).context("loading the PKI")?);
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir.join("store")).context("opening the store")?);
+    let store: Arc<dyn Store> = Arc::new(
+        SledStore::open_with_cache(&config.data_dir.join("store"), config.store_cache_mib)
+            .context("opening the store")?,
+    );
     upgrade_records(store.as_ref()).context("upgrading the store's records")?;
     let master_key = Arc::new(
         MasterKey::load(&config.data_dir, std::env::var("WINDFLOW_MASTER_KEY").ok().as_deref())

@@ -223,13 +223,20 @@ pub struct SledStore {
     prefix_counts: std::sync::Mutex<std::collections::HashMap<(Table, Vec<u8>), i64>>,
 }
 
+/// The store's page cache unless configured otherwise, in MiB.
+pub const DEFAULT_CACHE_MIB: u64 = 64;
+
 impl SledStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(path, DEFAULT_CACHE_MIB)
+    }
+
+    pub fn open_with_cache(path: &Path, cache_mib: u64) -> Result<Self, StoreError> {
         // sled releases its file lock from a background thread shortly after the last handle
         // is dropped: a reopen in the same process waits for it instead of failing.
         let mut attempts = 0;
         let db = loop {
-            match sled::Config::new().path(path).open() {
+            match sled::Config::new().path(path).cache_capacity(cache_mib * 1024 * 1024).open() {
                 Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && attempts < 100 => {
                     attempts += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));

@@ -49,6 +49,9 @@ struct Args {
 struct Sample {
     at_s: f64,
     rss_kib: u64,
+    /// Bytes on disk in the control plane's data directory: the store's growth, to tell a cache
+    /// following its data from a leak.
+    data_bytes: u64,
     connected: u64,
 }
 
@@ -85,16 +88,7 @@ async fn main() -> anyhow::Result<()> {
     // (deployment, stack) running in each slot.
     let mut slots: Vec<Option<(Value, String)>> = vec![None; args.deployments.min(agent_ids.len())];
     let mut turn = 0usize;
-    let mut signed_in_again = false;
     while started.elapsed() < args.duration {
-        // Every kind of work happens once before the reference is taken. Signing in is one: its
-        // password hash works in 19 MiB, which the allocator keeps once its threshold for giving
-        // memory back has risen. Access tokens last 15 minutes, so without this the first
-        // renewal would land after the warm-up.
-        if !signed_in_again && started.elapsed() >= args.warm_up / 2 {
-            signed_in_again = true;
-            cp.admin_login().await;
-        }
         if failures.len() > 20 {
             break;
         }
@@ -102,11 +96,13 @@ async fn main() -> anyhow::Result<()> {
             next_sample += args.sample_every;
             let (rss_kib, _) = process_usage(pid);
             let connected = cp.metric("windflow_agents_connected").await;
-            samples.push(Sample { at_s: started.elapsed().as_secs_f64(), rss_kib, connected });
+            let data_bytes = disk_usage(work.path());
+            samples.push(Sample { at_s: started.elapsed().as_secs_f64(), rss_kib, data_bytes, connected });
             eprintln!(
-                "soak: {:>6.0} s  rss {:>7.1} MiB  connected {connected}",
+                "soak: {:>6.0} s  rss {:>7.1} MiB  data {:>7.1} MiB  connected {connected}",
                 started.elapsed().as_secs_f64(),
-                rss_kib as f64 / 1024.0
+                rss_kib as f64 / 1024.0,
+                data_bytes as f64 / MIB
             );
         }
         if Instant::now() >= next_fan_out {
@@ -201,13 +197,19 @@ async fn main() -> anyhow::Result<()> {
         "log_lines_read": follow_lines,
         "api_reads": api_reads,
         "failures": failures,
-        "samples_mib": samples.iter().map(|s| json!([s.at_s.round(), (s.rss_kib as f64 / 102.4).round() / 10.0])).collect::<Vec<Value>>(),
+        "data_first_mib": samples.first().map(|s| s.data_bytes as f64 / MIB),
+        "data_last_mib": samples.last().map(|s| s.data_bytes as f64 / MIB),
+        // [seconds, RSS MiB, data MiB]
+        "samples": samples
+            .iter()
+            .map(|s| json!([s.at_s.round(), (s.rss_kib as f64 / 102.4).round() / 10.0, (s.data_bytes as f64 / MIB * 10.0).round() / 10.0]))
+            .collect::<Vec<Value>>(),
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if let Some(map) = report.as_object() {
         for (name, value) in map {
-            if name != "samples_mib" {
+            if name != "samples" {
                 println!("{name:<28} {value}");
             }
         }
@@ -226,6 +228,21 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Bytes of the files under `dir`, recursively.
+fn disk_usage(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => disk_usage(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// Follows a deployment's logs for `window`; the number of lines read.
