@@ -167,7 +167,7 @@ impl Window {
     fn summary(self) -> Option<Fact> {
         (self.repeats > 0).then(|| Fact {
             detail: Some(format!(
-                "refused {} more times within {} s of the entry before for this request",
+                "refused {} more times in the {} s after the first refusal",
                 self.repeats,
                 REFUSAL_WINDOW.as_secs()
             )),

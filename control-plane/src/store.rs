@@ -236,7 +236,7 @@ impl SledStore {
         // is dropped: a reopen in the same process waits for it instead of failing.
         let mut attempts = 0;
         let db = loop {
-            match sled::Config::new().path(path).cache_capacity(cache_mib * 1024 * 1024).open() {
+            match sled::Config::new().path(path).cache_capacity(cache_mib.saturating_mul(1024 * 1024)).open() {
                 Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && attempts < 100 => {
                     attempts += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));
