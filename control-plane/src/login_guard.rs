@@ -25,12 +25,40 @@ struct Record {
     locked_until: Option<Instant>,
 }
 
-#[derive(Debug, Default)]
-pub struct LoginGuard {
-    records: Mutex<HashMap<String, Record>>,
+impl Record {
+    /// Whether the record still affects anything at `now`: a lock not yet over, or failures that
+    /// still count.
+    fn matters_at(&self, now: Instant) -> bool {
+        self.locked_until.is_some_and(|until| until > now)
+            || self.last_failure.is_some_and(|at| now.duration_since(at) <= WINDOW)
+    }
 }
 
+/// Records kept before the ones that no longer matter are dropped; after a drop, the next one
+/// happens at twice what was left (so that dropping costs O(1) per failure, amortised).
+const PRUNE_AT_LEAST: usize = 10_000;
+
+#[derive(Debug)]
+pub struct LoginGuard {
+    records: Mutex<Records>,
+}
+
+#[derive(Debug)]
+struct Records {
+    by_key: HashMap<String, Record>,
+    prune_at: usize,
+}
+
+impl Default for LoginGuard {
+    fn default() -> Self {
+        Self { records: Mutex::new(Records { by_key: HashMap::new(), prune_at: PRUNE_AT_LEAST }) }
+    }
+}
+
+/// The records a login touches. User names longer than any account's (64) are cut: a guesser
+/// sending huge names must not make huge keys.
 fn keys(username: &str, address: &str) -> [(String, u32); 2] {
+    let username: String = username.chars().take(64).collect();
     [(format!("user:{username}"), ACCOUNT_FAILURES), (format!("addr:{address}"), ADDRESS_FAILURES)]
 }
 
@@ -40,7 +68,7 @@ impl LoginGuard {
         let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let wait = keys(username, address)
             .iter()
-            .filter_map(|(key, _)| records.get(key).and_then(|r| r.locked_until))
+            .filter_map(|(key, _)| records.by_key.get(key).and_then(|r| r.locked_until))
             .filter(|until| *until > now)
             .map(|until| until - now)
             .max();
@@ -49,8 +77,14 @@ impl LoginGuard {
 
     pub fn failed(&self, username: &str, address: &str, now: Instant) {
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        // Every failure from a new name or address adds a record: those whose failures no
+        // longer count and whose lock is over go, or guessing at names would grow it forever.
+        if records.by_key.len() >= records.prune_at {
+            records.by_key.retain(|_, record| record.matters_at(now));
+            records.prune_at = PRUNE_AT_LEAST.max(2 * records.by_key.len());
+        }
         for (key, allowed) in keys(username, address) {
-            let record = records.entry(key).or_default();
+            let record = records.by_key.entry(key).or_default();
             if record.last_failure.is_some_and(|at| now.duration_since(at) > WINDOW) {
                 *record = Record::default();
             }
@@ -67,7 +101,8 @@ impl LoginGuard {
     /// A successful login clears the account's failures (not the address's: one good password
     /// must not reset an address that is guessing at other accounts).
     pub fn succeeded(&self, username: &str) {
-        self.records.lock().unwrap_or_else(|e| e.into_inner()).remove(&format!("user:{username}"));
+        let [(account, _), _] = keys(username, "");
+        self.records.lock().unwrap_or_else(|e| e.into_inner()).by_key.remove(&account);
     }
 }
 
@@ -117,6 +152,36 @@ mod tests {
             guard.failed("ann", "10.0.0.1", later);
         }
         assert_eq!(guard.check("ann", "10.0.0.1", later), Ok(()), "failures from before the window do not add up");
+    }
+
+    #[test]
+    fn guessing_at_ever_new_names_does_not_grow_the_records_forever() {
+        let guard = LoginGuard::default();
+        let start = Instant::now();
+        for n in 0..PRUNE_AT_LEAST {
+            guard.failed(&format!("guess{n}"), "10.0.0.9", start);
+        }
+        let much_later = start + WINDOW + LONGEST_LOCK + Duration::from_secs(1);
+        for n in 0..PRUNE_AT_LEAST {
+            guard.failed(&format!("again{n}"), "10.0.0.7", much_later);
+        }
+        let kept = guard.records.lock().expect("records").by_key.len();
+        assert!(kept <= PRUNE_AT_LEAST + 1, "the first round's records went: {kept} kept");
+        assert!(guard.check("again1", "10.0.0.7", much_later).is_err(), "the second round's still count");
+    }
+
+    #[test]
+    fn a_huge_user_name_makes_a_key_no_longer_than_a_real_one() {
+        let guard = LoginGuard::default();
+        let now = Instant::now();
+        let huge = "x".repeat(100_000);
+        guard.failed(&huge, "10.0.0.1", now);
+        let records = guard.records.lock().expect("records");
+        assert!(
+            records.by_key.keys().all(|key| key.len() <= 5 + 64),
+            "{:?}",
+            records.by_key.keys().map(String::len).collect::<Vec<_>>()
+        );
     }
 
     #[test]
