@@ -136,12 +136,12 @@ pub fn revoke(store: &dyn Store, user_id: Uuid, id: Uuid) -> Result<bool, StoreE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SledStore;
+    use crate::store::RedbStore;
 
     #[test]
     fn a_token_authenticates_until_revoked_and_never_after_expiry() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SledStore::open(dir.path()).expect("open");
+        let store = RedbStore::open(dir.path()).expect("open");
         let user = Uuid::now_v7();
         let (record, token) =
             create(&store, Uuid::nil(), user, "ci", "deploy-bot", Scope::Deploy, None).expect("create");
@@ -160,7 +160,7 @@ mod tests {
     #[test]
     fn the_secret_is_not_stored() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SledStore::open(dir.path()).expect("open");
+        let store = RedbStore::open(dir.path()).expect("open");
         let (_, token) = create(&store, Uuid::nil(), Uuid::now_v7(), "u", "t", Scope::Admin, None).expect("create");
         // The secret may itself hold '_' (URL-safe base64): take all of it, not its last piece.
         let (_, secret) = crate::secrets::parse(PREFIX, &token).expect("well formed");

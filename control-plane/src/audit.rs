@@ -311,11 +311,11 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::SledStore;
+    use crate::store::RedbStore;
 
     fn log() -> (tempfile::TempDir, Arc<dyn Store>, AuditLog) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("open"));
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path()).expect("open"));
         let log = AuditLog::open(store.clone()).expect("audit");
         for n in 0..5 {
             log.record(Fact {

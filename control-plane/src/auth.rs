@@ -539,11 +539,11 @@ impl Auth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SledStore;
+    use crate::store::RedbStore;
 
     fn auth() -> (tempfile::TempDir, Auth) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("db")).expect("open"));
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("db")).expect("open"));
         let key = Arc::new(MasterKey::from_bytes(&[7; 32]).expect("key"));
         let auth = Auth::new(store, dir.path(), key).expect("auth");
         (dir, auth)

@@ -171,11 +171,11 @@ pub fn redeem(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SledStore;
+    use crate::store::RedbStore;
 
-    fn store() -> (tempfile::TempDir, SledStore) {
+    fn store() -> (tempfile::TempDir, RedbStore) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SledStore::open(dir.path()).expect("open");
+        let store = RedbStore::open(dir.path()).expect("open");
         (dir, store)
     }
 

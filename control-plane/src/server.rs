@@ -14,7 +14,7 @@ use crate::hub::{Hub, HubConfig};
 use crate::metrics::Metrics;
 use crate::pki::Pki;
 use crate::sealing::MasterKey;
-use crate::store::{SledStore, Store};
+use crate::store::{RedbStore, Store};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeConfig {
@@ -59,9 +59,9 @@ pub struct ServeConfig {
     /// given five seconds to finish (time for a load balancer to stop sending).
     #[arg(long, env = "WINDFLOW_DRAIN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
     pub drain_delay: Duration,
-    /// Memory the store may use to cache its pages, in MiB. The store's data lives on disk; a
-    /// bigger cache only saves reads of it (sled's own default, 1 GiB, would let a long-lived
-    /// control plane's memory follow its data).
+    /// Memory the store may use to cache its pages, in MiB: the most it holds in memory, however
+    /// much history is on disk. A bigger cache only saves reads of the file, which the kernel's
+    /// page cache serves anyway.
     #[arg(long, env = "WINDFLOW_STORE_CACHE_MIB", default_value_t = crate::store::DEFAULT_CACHE_MIB)]
     pub store_cache_mib: u64,
     /// How long an API request may take before it is answered 503.
@@ -95,7 +95,7 @@ pub fn assemble(config: &mut ServeConfig) -> anyhow::Result<Assembled> {
     create_private_dir(&config.data_dir)?;
     let pki = Arc::new(Pki::load_or_create(&config.data_dir, &config.advertise).context("loading the PKI")?);
     let store: Arc<dyn Store> = Arc::new(
-        SledStore::open_with_cache(&config.data_dir.join("store"), config.store_cache_mib)
+        RedbStore::open_with_cache(&config.data_dir.join("store"), config.store_cache_mib)
             .context("opening the store")?,
     );
     upgrade_records(store.as_ref()).context("upgrading the store's records")?;

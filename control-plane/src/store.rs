@@ -1,11 +1,13 @@
 //! All persistence of the control plane goes through [`Store`]: a small transactional
-//! key-value interface, so that a PostgreSQL backend can sit beside the embedded sled one.
+//! key-value interface, so that a PostgreSQL backend can sit beside the embedded redb one.
 //!
 //! Record encodings live here too ([`Record`]): every record is JSON with a version marker, and
 //! decoding refuses versions it does not know instead of guessing. Nothing else in the crate
 //! knows how records are laid out on disk.
 
 use std::path::Path;
+
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -19,11 +21,17 @@ pub enum StoreError {
     Corrupt { table: Table, reason: String },
 }
 
-impl From<sled::Error> for StoreError {
-    fn from(e: sled::Error) -> Self {
-        StoreError::Backend(e.to_string())
-    }
+macro_rules! backend_errors {
+    ($($error:ty),*) => {$(
+        impl From<$error> for StoreError {
+            fn from(e: $error) -> Self {
+                StoreError::Backend(e.to_string())
+            }
+        }
+    )*};
 }
+
+backend_errors!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
 
 /// The tables of the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -213,105 +221,172 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// The embedded default: sled in the data directory.
-pub struct SledStore {
-    db: sled::Db,
-    trees: std::collections::HashMap<Table, sled::Tree>,
-    /// Entries per table: sled counts by scanning, which a paged list cannot afford per request.
-    counts: std::collections::HashMap<Table, std::sync::atomic::AtomicI64>,
+/// The embedded default: redb, one file in the store's directory.
+///
+/// redb's page cache has a fixed size and everything else it holds is bounded too, so the
+/// control plane's memory does not follow the amount of history on disk (sled's did: the
+/// hour-long soak in `docs/reliability.md` shows both).
+pub struct RedbStore {
+    db: std::sync::Arc<redb::Database>,
     /// Entries per key prefix, for the tables that ask for it ([`Table::counted_prefix`]).
     prefix_counts: std::sync::Mutex<std::collections::HashMap<(Table, Vec<u8>), i64>>,
+    /// Set by a relaxed write, cleared by the next durable commit.
+    relaxed_pending: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Makes relaxed writes durable within [`RELAXED_FLUSH_INTERVAL`]; stops when its sender is
+    /// dropped.
+    flusher: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
 }
 
 /// The store's page cache unless configured otherwise, in MiB.
-pub const DEFAULT_CACHE_MIB: u64 = 64;
+pub const DEFAULT_CACHE_MIB: u64 = 16;
 
-impl SledStore {
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::open_with_cache(path, DEFAULT_CACHE_MIB)
+/// How long a relaxed write may stay in memory only.
+const RELAXED_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The store's file inside its directory.
+const STORE_FILE: &str = "windflow.redb";
+
+type Definition = redb::TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+fn definition(table: Table) -> Definition {
+    redb::TableDefinition::new(table.name())
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store in the directory `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_MIB)
     }
 
-    pub fn open_with_cache(path: &Path, cache_mib: u64) -> Result<Self, StoreError> {
-        // sled releases its file lock from a background thread shortly after the last handle
-        // is dropped: a reopen in the same process waits for it instead of failing.
-        let mut attempts = 0;
-        let db = loop {
-            match sled::Config::new().path(path).cache_capacity(cache_mib.saturating_mul(1024 * 1024)).open() {
-                Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && attempts < 100 => {
-                    attempts += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                other => break other?,
-            }
-        };
-        let trees: std::collections::HashMap<Table, sled::Tree> =
-            Table::ALL.into_iter().map(|t| Ok((t, db.open_tree(t.name())?))).collect::<Result<_, sled::Error>>()?;
-        // One scan per table at start; the counts are kept up to date by every write after.
-        let counts = trees.iter().map(|(t, tree)| (*t, std::sync::atomic::AtomicI64::new(tree.len() as i64))).collect();
+    pub fn open_with_cache(dir: &Path, cache_mib: u64) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
+        let cache_bytes = usize::try_from(cache_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+        sled_import::import_if_present(dir, cache_bytes)?;
+        let db = std::sync::Arc::new(open_file(&dir.join(STORE_FILE), cache_bytes)?);
         let mut prefix_counts = std::collections::HashMap::new();
-        for (table, tree) in &trees {
+        let read = db.begin_read()?;
+        for table in Table::ALL {
             if let Some(len) = table.counted_prefix() {
-                for key in tree.iter().keys() {
-                    let key = key?;
-                    *prefix_counts.entry((*table, key[..len.min(key.len())].to_vec())).or_insert(0) += 1;
+                for entry in read.open_table(definition(table))?.iter()? {
+                    let key = entry?.0.value().to_vec();
+                    *prefix_counts.entry((table, key[..len.min(key.len())].to_vec())).or_insert(0) += 1;
                 }
             }
         }
-        Ok(Self { db, trees, counts, prefix_counts: std::sync::Mutex::new(prefix_counts) })
+        drop(read);
+        let relaxed_pending = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let flusher = {
+            let (db, pending) = (db.clone(), relaxed_pending.clone());
+            std::thread::Builder::new()
+                .name("store-flusher".into())
+                .spawn(move || {
+                    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                        stopped.recv_timeout(RELAXED_FLUSH_INTERVAL)
+                    {
+                        if pending.load(std::sync::atomic::Ordering::Acquire)
+                            && let Err(e) = commit_durably(&db, &pending)
+                        {
+                            tracing::warn!("store: relaxed writes could not be made durable: {e}");
+                        }
+                    }
+                })
+                .map_err(|e| StoreError::Backend(format!("store flusher: {e}")))?
+        };
+        Ok(Self {
+            db,
+            prefix_counts: std::sync::Mutex::new(prefix_counts),
+            relaxed_pending,
+            flusher: Some((stop, flusher)),
+        })
     }
 
-    /// Adjusts the counts by what a committed write did: +1 for a new key, -1 for a removed one.
-    fn count_write(&self, table: Table, key: &[u8], existed: bool, exists: bool) {
+    fn adjust_prefix_count(&self, table: Table, key: &[u8], existed: bool, exists: bool) {
         let delta = i64::from(exists) - i64::from(existed);
-        if delta == 0 {
-            return;
-        }
-        self.counts[&table].fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
-        if let Some(len) = table.counted_prefix() {
+        if let Some(len) = table.counted_prefix()
+            && delta != 0
+        {
             let mut counts = self.prefix_counts.lock().unwrap_or_else(|e| e.into_inner());
             *counts.entry((table, key[..len.min(key.len())].to_vec())).or_insert(0) += delta;
         }
     }
 
-    fn tree(&self, table: Table) -> &sled::Tree {
-        // Every table is opened in `open`.
-        &self.trees[&table]
+    /// Up to `limit` entries from the `offset`th whose key starts with `prefix`, in key order.
+    fn entries(&self, table: Table, prefix: &[u8], offset: usize, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let read = self.db.begin_read()?;
+        let table = read.open_table(definition(table))?;
+        let mut entries = Vec::new();
+        for entry in table.range::<&[u8]>(prefix..)?.skip(offset) {
+            let (key, value) = entry?;
+            if entries.len() == limit || !key.value().starts_with(prefix) {
+                break;
+            }
+            entries.push((key.value().to_vec(), value.value().to_vec()));
+        }
+        Ok(entries)
     }
 }
 
-impl Store for SledStore {
+fn open_file(path: &Path, cache_bytes: usize) -> Result<redb::Database, StoreError> {
+    let db = redb::Database::builder().set_cache_size(cache_bytes).create(path)?;
+    let write = db.begin_write()?;
+    for table in Table::ALL {
+        write.open_table(definition(table))?;
+    }
+    write.commit()?;
+    Ok(db)
+}
+
+/// Commits nothing, durably.
+fn commit_durably(db: &redb::Database, relaxed_pending: &std::sync::atomic::AtomicBool) -> Result<(), StoreError> {
+    commit(db.begin_write()?, relaxed_pending)
+}
+
+/// Commits `write` durably, which makes every relaxed commit before it durable too. Clearing
+/// the flag before the commit (while `write` keeps other writers out) cannot miss a relaxed
+/// write made after it.
+fn commit(write: redb::WriteTransaction, relaxed_pending: &std::sync::atomic::AtomicBool) -> Result<(), StoreError> {
+    let was_pending = relaxed_pending.swap(false, std::sync::atomic::Ordering::AcqRel);
+    write.commit().inspect_err(|_| relaxed_pending.store(was_pending, std::sync::atomic::Ordering::Release))?;
+    Ok(())
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        if let Some((stop, flusher)) = self.flusher.take() {
+            drop(stop);
+            let _ = flusher.join();
+        }
+        if self.relaxed_pending.load(std::sync::atomic::Ordering::Acquire)
+            && let Err(e) = commit_durably(&self.db, &self.relaxed_pending)
+        {
+            tracing::warn!("store: relaxed writes could not be made durable at close: {e}");
+        }
+    }
+}
+
+impl Store for RedbStore {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree(table).get(key)?.map(|v| v.to_vec()))
+        let read = self.db.begin_read()?;
+        Ok(read.open_table(definition(table))?.get(key)?.map(|v| v.value().to_vec()))
     }
 
     fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
-        self.tree(table)
-            .scan_prefix(prefix)
-            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from))
-            .collect()
+        self.entries(table, prefix, 0, usize::MAX)
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        commit_durably(&self.db, &self.relaxed_pending)
     }
 
     fn put_relaxed(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
-        let previous = self.tree(table).insert(key, value)?;
-        self.count_write(table, key, previous.is_some(), true);
+        let mut write = self.db.begin_write()?;
+        write.set_durability(redb::Durability::None).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let existed = write.open_table(definition(table))?.insert(key, value.as_slice())?.is_some();
+        self.relaxed_pending.store(true, std::sync::atomic::Ordering::Release);
+        write.commit()?;
+        self.adjust_prefix_count(table, key, existed, true);
         Ok(())
-    }
-
-    fn page(&self, table: Table, offset: usize, limit: usize) -> Result<(usize, Vec<Entry>), StoreError> {
-        let tree = self.tree(table);
-        let page = tree
-            .iter()
-            .skip(offset)
-            .take(limit)
-            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from))
-            .collect::<Result<_, _>>()?;
-        let total = usize::try_from(self.counts[&table].load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0);
-        Ok((total, page))
     }
 
     fn page_prefix(
@@ -321,64 +396,107 @@ impl Store for SledStore {
         offset: usize,
         limit: usize,
     ) -> Result<(usize, Vec<Entry>), StoreError> {
-        if prefix.is_empty() {
-            return self.page(table, offset, limit);
-        }
-        let counted = table.counted_prefix() == Some(prefix.len());
-        let page: Vec<Entry> = self
-            .tree(table)
-            .scan_prefix(prefix)
-            .skip(offset)
-            .take(limit)
-            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from))
-            .collect::<Result<_, _>>()?;
-        let total = if counted {
+        let page = self.entries(table, prefix, offset, limit)?;
+        let total = if prefix.is_empty() {
+            let read = self.db.begin_read()?;
+            let len = read.open_table(definition(table))?.len()?;
+            usize::try_from(len).unwrap_or(usize::MAX)
+        } else if table.counted_prefix() == Some(prefix.len()) {
             let counts = self.prefix_counts.lock().unwrap_or_else(|e| e.into_inner());
             usize::try_from(counts.get(&(table, prefix.to_vec())).copied().unwrap_or(0)).unwrap_or(0)
         } else {
-            self.tree(table).scan_prefix(prefix).count()
+            self.entries(table, prefix, 0, usize::MAX)?.len()
         };
         Ok((total, page))
     }
 
     fn atomic(&self, checks: &[Check], writes: &[Write]) -> Result<bool, StoreError> {
-        use sled::Transactional;
-        use sled::transaction::{ConflictableTransactionError, abort};
-
-        let trees: Vec<sled::Tree> = Table::ALL.iter().map(|t| self.tree(*t).clone()).collect();
-        let index = |t: Table| Table::ALL.iter().position(|x| *x == t).unwrap_or(0);
-        let outcome = trees.as_slice().transaction(|tx| {
-            for check in checks {
-                let current = tx[index(check.table)].get(&check.key)?;
-                if current.as_deref() != check.expected.as_deref() {
-                    return abort(());
-                }
+        let write = self.db.begin_write()?;
+        for check in checks {
+            let table = write.open_table(definition(check.table))?;
+            let current = table.get(check.key.as_slice())?;
+            if current.as_ref().map(|v| v.value()) != check.expected.as_deref() {
+                drop(current);
+                drop(table);
+                write.abort()?;
+                return Ok(false);
             }
-            // Which keys existed before each write; counted only once the transaction commits
-            // (a conflicting transaction runs this closure again).
-            let mut existed = Vec::with_capacity(writes.len());
-            for write in writes {
-                let tree = &tx[index(write.table)];
-                let previous = match &write.value {
-                    Some(value) => tree.insert(write.key.as_slice(), value.as_slice())?,
-                    None => tree.remove(write.key.as_slice())?,
-                };
-                existed.push(previous.is_some());
-            }
-            Ok::<_, ConflictableTransactionError<()>>(existed)
-        });
-        match outcome {
-            Ok(existed) => {
-                self.db.flush()?;
-                // A key written twice in one batch would be counted twice; batches never do that.
-                for (write, existed) in writes.iter().zip(existed) {
-                    self.count_write(write.table, &write.key, existed, write.value.is_some());
-                }
-                Ok(true)
-            }
-            Err(sled::transaction::TransactionError::Abort(())) => Ok(false),
-            Err(sled::transaction::TransactionError::Storage(e)) => Err(e.into()),
         }
+        let mut existed = Vec::with_capacity(writes.len());
+        for change in writes {
+            let mut table = write.open_table(definition(change.table))?;
+            let previous = match &change.value {
+                Some(value) => table.insert(change.key.as_slice(), value.as_slice())?.is_some(),
+                None => table.remove(change.key.as_slice())?.is_some(),
+            };
+            existed.push(previous);
+        }
+        commit(write, &self.relaxed_pending)?;
+        // A key written twice in one batch would be counted twice; batches never do that.
+        for (change, existed) in writes.iter().zip(existed) {
+            self.adjust_prefix_count(change.table, &change.key, existed, change.value.is_some());
+        }
+        Ok(true)
+    }
+}
+
+/// Stores written by builds before redb are sled directories: the first start of this build
+/// copies them into redb, once.
+mod sled_import {
+    use super::{STORE_FILE, StoreError, Table, definition, open_file};
+    use std::path::Path;
+
+    /// sled's files in its directory.
+    const SLED_FILES: [&str; 3] = ["conf", "db", "blobs"];
+
+    pub(super) fn import_if_present(dir: &Path, cache_bytes: usize) -> Result<(), StoreError> {
+        let io = |e: std::io::Error| StoreError::Backend(format!("importing the sled store in {}: {e}", dir.display()));
+        if !dir.join("conf").exists() {
+            return Ok(());
+        }
+        // The import is written beside the final file and renamed over it when complete, so a
+        // crash during it leaves the sled store as the one to import again.
+        if !dir.join(STORE_FILE).exists() {
+            let partial = dir.join(format!("{STORE_FILE}.importing"));
+            let _ = std::fs::remove_file(&partial);
+            let copied = copy(dir, &partial, cache_bytes)?;
+            std::fs::rename(&partial, dir.join(STORE_FILE)).map_err(io)?;
+            tracing::info!(entries = copied, "store: imported the sled store into {STORE_FILE}");
+        }
+        for name in SLED_FILES {
+            let path = dir.join(name);
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).map_err(io)?;
+            } else if path.exists() {
+                std::fs::remove_file(&path).map_err(io)?;
+            }
+        }
+        for entry in std::fs::read_dir(dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("snap.")) {
+                std::fs::remove_file(&path).map_err(io)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn copy(dir: &Path, to: &Path, cache_bytes: usize) -> Result<usize, StoreError> {
+        let sled_error = |e: sled::Error| StoreError::Backend(format!("reading the sled store: {e}"));
+        let sled = sled::Config::new().path(dir).cache_capacity(cache_bytes as u64).open().map_err(sled_error)?;
+        let db = open_file(to, cache_bytes)?;
+        let write = db.begin_write()?;
+        let mut copied = 0;
+        for table in Table::ALL {
+            let tree = sled.open_tree(table.name()).map_err(sled_error)?;
+            let mut target = write.open_table(definition(table))?;
+            for entry in tree.iter() {
+                let (key, value) = entry.map_err(sled_error)?;
+                target.insert(key.as_ref(), value.as_ref())?;
+                copied += 1;
+            }
+        }
+        write.commit()?;
+        Ok(copied)
     }
 }
 
@@ -508,7 +626,7 @@ mod tests {
     fn records_survive_a_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let store = SledStore::open(dir.path()).expect("open");
+            let store = RedbStore::open(dir.path()).expect("open");
             store.save(&Thing { id: 1, name: "a".into() }).expect("save");
         }
         let store = reopen(dir.path());
@@ -518,7 +636,7 @@ mod tests {
     #[test]
     fn a_failed_check_writes_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SledStore::open(dir.path()).expect("open");
+        let store = RedbStore::open(dir.path()).expect("open");
         let old = Thing { id: 1, name: "a".into() };
         store.save(&old).expect("save");
         let stale = Thing { id: 1, name: "stale".into() };
@@ -526,26 +644,15 @@ mod tests {
         assert_eq!(store.load::<Thing>(&old.key()).expect("load"), Some(old));
     }
 
-    /// Opens a store again; sled lets go of its file lock a moment after the last handle is
-    /// dropped (its flusher thread ends on its own), so the lock may still be held at first.
-    fn reopen(path: &Path) -> SledStore {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            match SledStore::open(path) {
-                Ok(store) => return store,
-                Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => panic!("reopen: {e}"),
-            }
-        }
+    fn reopen(path: &Path) -> RedbStore {
+        RedbStore::open(path).expect("reopen")
     }
 
     #[test]
     fn pages_report_the_table_size_through_puts_deletes_and_a_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let store = SledStore::open(dir.path()).expect("open");
+            let store = RedbStore::open(dir.path()).expect("open");
             for id in 0..5u32 {
                 store.save(&Thing { id, name: "a".into() }).expect("save");
             }
@@ -564,7 +671,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let key = |org: u8, n: u8| [[org; 16].as_slice(), &[n; 16]].concat();
         {
-            let store = SledStore::open(dir.path()).expect("open");
+            let store = RedbStore::open(dir.path()).expect("open");
             for n in 0..4 {
                 store.put(Table::OrgTargets, &key(1, n), vec![]).expect("put");
             }
@@ -577,6 +684,57 @@ mod tests {
         let store = reopen(dir.path());
         assert_eq!(store.page_prefix(Table::OrgTargets, &[1; 16], 0, 0).expect("page").0, 3);
         assert_eq!(store.page_prefix(Table::OrgTargets, &[2; 16], 0, 9).expect("page").1.len(), 1);
+    }
+
+    #[test]
+    fn a_relaxed_write_is_durable_after_the_flush_interval_without_a_clean_close() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(dir.path()).expect("open");
+        store.save_relaxed(&Thing { id: 7, name: "seen".into() }).expect("relaxed");
+        std::thread::sleep(RELAXED_FLUSH_INTERVAL * 3);
+        // A copy of the file as it is on disk now is what a crash would leave.
+        let copy = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(dir.path().join(STORE_FILE), copy.path().join(STORE_FILE)).expect("copy");
+        let crashed = RedbStore::open(copy.path()).expect("open the copy");
+        assert_eq!(
+            crashed.load::<Thing>(&7u32.to_be_bytes()).expect("load"),
+            Some(Thing { id: 7, name: "seen".into() })
+        );
+    }
+
+    #[test]
+    fn a_sled_store_of_an_earlier_build_is_imported_once_and_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let sled = sled::open(dir.path()).expect("sled");
+            sled.open_tree("users")
+                .expect("tree")
+                .insert(1u32.to_be_bytes(), Thing { id: 1, name: "old".into() }.encode())
+                .expect("insert");
+            sled.open_tree("org_targets")
+                .expect("tree")
+                .insert([[3u8; 16], [4u8; 16]].concat(), vec![])
+                .expect("insert");
+            sled.flush().expect("flush");
+        }
+        // sled lets go of its lock from a background thread a moment after the last handle.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let store = loop {
+            match RedbStore::open(dir.path()) {
+                Ok(store) => break store,
+                Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("open: {e}"),
+            }
+        };
+        assert_eq!(store.load::<Thing>(&1u32.to_be_bytes()).expect("load"), Some(Thing { id: 1, name: "old".into() }));
+        assert_eq!(store.page_prefix(Table::OrgTargets, &[3; 16], 0, 9).expect("page").0, 1);
+        assert!(!dir.path().join("conf").exists() && !dir.path().join("db").exists(), "sled's files are gone");
+        store.save(&Thing { id: 1, name: "new".into() }).expect("save");
+        drop(store);
+        let store = reopen(dir.path());
+        assert_eq!(store.load::<Thing>(&1u32.to_be_bytes()).expect("load").map(|t| t.name), Some("new".into()));
     }
 
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -611,7 +769,7 @@ mod tests {
     #[test]
     fn upgrading_rewrites_old_records_so_that_replace_works_on_them() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SledStore::open(dir.path()).expect("open");
+        let store = RedbStore::open(dir.path()).expect("open");
         store.save(&Thing { id: 1, name: "a".into() }).expect("save v1");
         assert_eq!(upgrade::<ThingV2>(&store).expect("upgraded"), 1);
         assert_eq!(upgrade::<ThingV2>(&store).expect("nothing left"), 0);

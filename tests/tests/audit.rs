@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use windflow_control_plane::store::{SledStore, Store, Table};
+use windflow_control_plane::store::{RedbStore, Store, Table};
 use windflow_tests::*;
 
 async fn entries(cp: &mut ControlPlane, query: &str) -> Vec<Value> {
@@ -16,20 +16,20 @@ async fn entries(cp: &mut ControlPlane, query: &str) -> Vec<Value> {
 
 /// Copies a stopped control plane's data directory, changes its audit table with `tamper`, starts
 /// a control plane on the copy and returns what verification says.
-async fn verify_after(source: &std::path::Path, scratch: &std::path::Path, tamper: impl FnOnce(&SledStore)) -> Value {
+async fn verify_after(source: &std::path::Path, scratch: &std::path::Path, tamper: impl FnOnce(&RedbStore)) -> Value {
     let copy = scratch.join("copy");
     let _ = std::fs::remove_dir_all(&copy);
     let status = std::process::Command::new("cp").arg("-a").arg(source).arg(&copy).status().expect("cp");
     assert!(status.success());
     {
-        let store = SledStore::open(&copy.join("data/store")).expect("open the copied store");
+        let store = RedbStore::open(&copy.join("data/store")).expect("open the copied store");
         tamper(&store);
     }
     let mut cp = ControlPlane::start(&copy).await;
     cp.api(Method::GET, "/audit/verify", None).await.1
 }
 
-fn entry(store: &SledStore, seq: u64) -> Vec<u8> {
+fn entry(store: &RedbStore, seq: u64) -> Vec<u8> {
     store.get(Table::Audit, &seq.to_be_bytes()).expect("read").expect("entry exists")
 }
 

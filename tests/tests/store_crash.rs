@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use windflow_control_plane::store::{SledStore, Store};
+use windflow_control_plane::store::{RedbStore, Store};
 use windflow_tests::bin;
 use windflow_tests::store_crash::{COUNTER, COUNTER_TABLE, ENTRY_TABLES, decode_counter, entry_key, payload};
 
@@ -38,7 +38,7 @@ fn a_store_killed_in_the_middle_of_atomic_writes_reopens_with_every_acknowledged
         let printed = std::fs::read_to_string(&out).expect("out");
         let acked = printed.lines().filter_map(|l| l.strip_prefix("acked ")?.parse::<u64>().ok()).max();
 
-        let store = SledStore::open(&path).expect("the store opens after a crash");
+        let store = RedbStore::open(&path).expect("the store opens after a crash");
         let counter = store.get(COUNTER_TABLE, COUNTER).expect("get").as_deref().map_or(0, decode_counter);
         if let Some(acked) = acked {
             assert!(counter >= acked, "round {round}: batch {acked} was acknowledged but the counter is {counter}");

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::engine::{Call, Engine, Run, RunStatus, Runner, get_run, logs_of};
 use super::plan::StepStatus;
 use super::{Workflow, WorkflowVersion, graph};
-use crate::store::{SledStore, Store};
+use crate::store::{RedbStore, Store};
 
 /// What a scripted node does on each attempt.
 #[derive(Clone)]
@@ -68,7 +68,7 @@ impl Runner for Scripted {
 
 fn store() -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("store")).expect("store"));
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("store")).expect("store"));
     (dir, store)
 }
 

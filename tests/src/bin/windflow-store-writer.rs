@@ -9,12 +9,12 @@ use std::io::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
-use windflow_control_plane::store::{Check, SledStore, Store, Table, Write};
+use windflow_control_plane::store::{Check, RedbStore, Store, Table, Write};
 use windflow_tests::store_crash::{COUNTER, COUNTER_TABLE, ENTRY_TABLES, entry_key, payload};
 
 fn main() -> anyhow::Result<()> {
     let path = std::env::args().nth(1).context("usage: windflow-store-writer <store directory>")?;
-    let store = SledStore::open(Path::new(&path))?;
+    let store = RedbStore::open(Path::new(&path))?;
     let mut stdout = std::io::stdout().lock();
     loop {
         let current = store.get(COUNTER_TABLE, COUNTER)?;
