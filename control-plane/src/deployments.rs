@@ -350,15 +350,31 @@ impl Events {
     pub fn forget_next_seq(&self, deployment_id: Uuid) {
         self.next_seq.lock().unwrap_or_else(|e| e.into_inner()).remove(&deployment_id);
     }
+}
 
-    pub fn forget(&self, deployment_id: Uuid) -> Result<(), StoreError> {
-        let writes: Vec<_> = self
-            .history(deployment_id, 0)?
-            .iter()
-            .map(|e| crate::store::Write { table: Table::DeploymentEvents, key: e.key(), value: None })
-            .collect();
-        self.store.atomic(&[], &writes).map(drop)
-    }
+/// Whether `deployment` was removed more than `retention` before `now_unix_s`: its record and
+/// its events are then purged.
+pub fn removal_expired(deployment: &Deployment, retention: Duration, now_unix_s: i64) -> bool {
+    deployment.state == State::Removed
+        && matches!(deployment.desired, Desired::Removed { .. })
+        && now_unix_s.saturating_sub(deployment.updated_at_unix_s)
+            > i64::try_from(retention.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Deletes a removed deployment and its events, in one batch, unless the deployment changed
+/// since `deployment` was read (deployed again, say). Returns whether it was purged.
+pub fn purge(store: &dyn Store, deployment: &Deployment) -> Result<bool, StoreError> {
+    use crate::store::{Check, Write};
+    let mut writes: Vec<Write> = store
+        .scan_prefix(Table::DeploymentEvents, deployment.id.as_bytes())?
+        .into_iter()
+        .map(|(key, _)| Write { table: Table::DeploymentEvents, key, value: None })
+        .collect();
+    writes.push(Write { table: Table::Deployments, key: deployment.key(), value: None });
+    store.atomic(
+        &[Check { table: Table::Deployments, key: deployment.key(), expected: Some(deployment.encode()) }],
+        &writes,
+    )
 }
 
 /// Why a deployment's observed state is not what its spec asks for, if it is not. A Swarm or
@@ -410,6 +426,8 @@ pub struct Reconciler {
     audit: Arc<AuditLog>,
     /// Opens stacks' secret variables when a spec is built for an agent.
     master_key: Arc<MasterKey>,
+    /// How long a removed deployment stays listed, with its events, before it is purged.
+    removed_retention: Duration,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -425,6 +443,7 @@ impl Reconciler {
         events: Arc<Events>,
         audit: Arc<AuditLog>,
         master_key: Arc<MasterKey>,
+        removed_retention: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -435,6 +454,7 @@ impl Reconciler {
             last_repair: Mutex::new(HashMap::new()),
             audit,
             master_key,
+            removed_retention,
         })
     }
 
@@ -459,7 +479,16 @@ impl Reconciler {
     }
 
     fn pass(self: &Arc<Self>) -> Result<(), StoreError> {
+        let now = now_unix_s();
         for listed in list(self.store.as_ref())? {
+            if listed.state == State::Removed && matches!(listed.desired, Desired::Removed { .. }) {
+                // Nothing is left to do for it; once its retention is over, its history goes
+                // too, so that a fleet that deploys and removes all day keeps a bounded store.
+                if removal_expired(&listed, self.removed_retention, now) && purge(self.store.as_ref(), &listed)? {
+                    tracing::info!(deployment_id = %listed.id, "purged a deployment removed longer ago than its retention");
+                }
+                continue;
+            }
             if !self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(listed.id) {
                 continue;
             }
@@ -872,5 +901,65 @@ mod tests {
         }});
         let deployment = Deployment::decode(&serde_json::to_vec(&v1).expect("json")).expect("migrates");
         assert_eq!((deployment.platform, deployment.scale), (Platform::Docker, BTreeMap::new()));
+    }
+
+    fn removed(store: &dyn Store, removed_at_unix_s: i64) -> Deployment {
+        let stack = stacks::Stack {
+            id: Uuid::now_v7(),
+            org_id: Uuid::now_v7(),
+            name: "shop".into(),
+            current_version: 1,
+            created_by: "alice".into(),
+            created_at_unix_s: 0,
+            updated_at_unix_s: 0,
+        };
+        let mut deployment = Deployment::new(&stack, Uuid::now_v7(), Platform::Docker, 1, "alice", 0);
+        deployment.desired = Desired::Removed { volumes: false };
+        deployment.state = State::Removed;
+        deployment.updated_at_unix_s = removed_at_unix_s;
+        store.save(&deployment).expect("save");
+        for seq in 1..=3 {
+            let event = Event {
+                deployment_id: deployment.id,
+                seq,
+                at_unix_ms: 0,
+                level: Level::Info,
+                message: "step".into(),
+                percent: None,
+                outcome: None,
+            };
+            store.save(&event).expect("event");
+        }
+        deployment
+    }
+
+    #[test]
+    fn a_deployment_removed_longer_ago_than_its_retention_is_purged_with_its_events_and_no_other() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::RedbStore::open(dir.path()).expect("store");
+        let week = Duration::from_secs(7 * 86_400);
+        let now = 100 * 86_400;
+        let old = removed(&store, now - 8 * 86_400);
+        let recent = removed(&store, now - 86_400);
+        let mut running = removed(&store, now - 8 * 86_400);
+        running.desired = Desired::Running;
+        running.state = State::Running;
+        store.save(&running).expect("save");
+
+        assert!(removal_expired(&old, week, now));
+        assert!(!removal_expired(&recent, week, now), "still within its retention");
+        assert!(!removal_expired(&running, week, now), "never purged while it should run");
+
+        assert!(purge(&store, &old).expect("purge"));
+        assert_eq!(get(&store, old.id).expect("get"), None);
+        assert!(store.scan_prefix(Table::DeploymentEvents, old.id.as_bytes()).expect("scan").is_empty());
+        assert_eq!(store.scan_prefix(Table::DeploymentEvents, recent.id.as_bytes()).expect("scan").len(), 3);
+
+        // Deployed again after it was read: the stale copy purges nothing.
+        let stale = recent.clone();
+        modify(&store, recent.id, |d| d.desired = Desired::Running).expect("modify");
+        assert!(!purge(&store, &stale).expect("purge"));
+        assert!(get(&store, recent.id).expect("get").is_some());
+        assert_eq!(store.scan_prefix(Table::DeploymentEvents, recent.id.as_bytes()).expect("scan").len(), 3);
     }
 }

@@ -64,6 +64,9 @@ pub struct ServeConfig {
     /// page cache serves anyway.
     #[arg(long, env = "WINDFLOW_STORE_CACHE_MIB", default_value_t = crate::store::DEFAULT_CACHE_MIB)]
     pub store_cache_mib: u64,
+    /// How long a removed deployment stays listed, with its events, before it is purged.
+    #[arg(long, env = "WINDFLOW_REMOVED_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub removed_retention: Duration,
     /// How long an API request may take before it is answered 503.
     #[arg(long, env = "WINDFLOW_REQUEST_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
@@ -151,8 +154,14 @@ pub fn assemble(config: &mut ServeConfig) -> anyhow::Result<Assembled> {
         allowed_origins: config.allowed_origins.clone(),
     };
     let events = Arc::new(crate::deployments::Events::new(store.clone()));
-    let reconciler =
-        crate::deployments::Reconciler::new(store.clone(), hub.clone(), events, audit.clone(), master_key.clone());
+    let reconciler = crate::deployments::Reconciler::new(
+        store.clone(),
+        hub.clone(),
+        events,
+        audit.clone(),
+        master_key.clone(),
+        config.removed_retention,
+    );
     let runner = Arc::new(crate::api::workflow_actions::ApiRunner::new(
         crate::api::outbound_http(std::time::Duration::from_secs(60)).map_err(|e| anyhow::anyhow!(e))?,
     ));

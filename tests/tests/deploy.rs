@@ -416,3 +416,38 @@ async fn a_secret_variable_reaches_the_container_and_is_neither_shown_nor_stored
         assert!(!found, "{} holds the secret in clear", path.display());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_deployment_is_purged_with_its_events_once_its_retention_is_over() {
+    let image = busybox_image();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let retention = vec!["--removed-retention".to_owned(), "3s".to_owned()];
+    let mut cp = ControlPlane::start_with(dir.path(), free_tcp_port(), free_udp_port(), retention).await;
+    let agent = cp.start_agent(dir.path(), "agent").await;
+    let name = format!("brief-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let compose = format!(
+        "services:\n  app:\n    image: {image}\n    command: [\"sleep\", \"3600\"]\n    stop_grace_period: 1s\n"
+    );
+    let (_, stack) = cp.api(Method::POST, "/stacks", Some(json!({"name": name, "compose": compose}))).await;
+    let stack_id = stack["id"].as_str().expect("id").to_owned();
+    let (_, deployment) = cp.api(Method::POST, &format!("/stacks/{stack_id}/deploy/{}", agent.id()), None).await;
+    let id = deployment["id"].as_str().expect("id").to_owned();
+    wait_state(&mut cp, &id, "running", Duration::from_secs(60)).await;
+
+    cp.api(Method::DELETE, &format!("/deployments/{id}?volumes=true"), None).await;
+    wait_state(&mut cp, &id, "removed", Duration::from_secs(60)).await;
+    assert!(!messages(&mut cp, &id).await.is_empty(), "its history is listed while it is kept");
+
+    let mut purged = false;
+    for _ in 0..100 {
+        if cp.api(Method::GET, &format!("/deployments/{id}"), None).await.0 == StatusCode::NOT_FOUND {
+            purged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(purged, "the removed deployment is still listed after its retention");
+    let (status, _) = cp.api(Method::GET, &format!("/deployments/{id}/events"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(cp.api(Method::GET, "/deployments?state=removed", None).await.1["total"], 0);
+}
