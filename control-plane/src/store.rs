@@ -405,7 +405,15 @@ impl Store for RedbStore {
             let counts = self.prefix_counts.lock().unwrap_or_else(|e| e.into_inner());
             usize::try_from(counts.get(&(table, prefix.to_vec())).copied().unwrap_or(0)).unwrap_or(0)
         } else {
-            self.entries(table, prefix, 0, usize::MAX)?.len()
+            let read = self.db.begin_read()?;
+            let mut count = 0;
+            for entry in read.open_table(definition(table))?.range::<&[u8]>(prefix..)? {
+                if !entry?.0.value().starts_with(prefix) {
+                    break;
+                }
+                count += 1;
+            }
+            count
         };
         Ok((total, page))
     }

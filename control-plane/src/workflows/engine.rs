@@ -69,6 +69,37 @@ impl Record for Run {
     }
 }
 
+/// Finished runs kept per workflow, with their logs; older ones are deleted as new ones end (a
+/// trigger every minute would otherwise add 1,440 runs a day, for ever).
+pub const RUNS_KEPT: usize = 1000;
+
+/// Deletes the oldest finished runs of a workflow beyond its newest `kept`, with their logs, in
+/// one batch that fails (deleting nothing) if one of them changed meanwhile. Returns how many.
+pub fn prune_runs(store: &dyn Store, workflow_id: Uuid, kept: usize) -> Result<usize, StoreError> {
+    let (total, _) = store.page_prefix(Table::WorkflowRuns, workflow_id.as_bytes(), 0, 0)?;
+    let excess = total.saturating_sub(kept);
+    if excess == 0 {
+        return Ok(0);
+    }
+    let (_, oldest) = store.page_prefix(Table::WorkflowRuns, workflow_id.as_bytes(), 0, excess)?;
+    let (mut checks, mut writes) = (Vec::new(), Vec::new());
+    for (key, bytes) in oldest {
+        let run = Run::decode(&bytes)?;
+        if !run.status.is_over() {
+            continue;
+        }
+        for (line, _) in store.scan_prefix(Table::WorkflowLogs, run.id.as_bytes())? {
+            writes.push(Write { table: Table::WorkflowLogs, key: line, value: None });
+        }
+        writes.push(Write { table: Table::WorkflowRuns, key: key.clone(), value: None });
+        checks.push(Check { table: Table::WorkflowRuns, key, expected: Some(bytes) });
+    }
+    if checks.is_empty() || !store.atomic(&checks, &writes)? {
+        return Ok(0);
+    }
+    Ok(checks.len())
+}
+
 fn run_key(workflow_id: Uuid, run_id: Uuid) -> Vec<u8> {
     let mut key = workflow_id.as_bytes().to_vec();
     key.extend_from_slice(run_id.as_bytes());
@@ -457,6 +488,9 @@ impl Engine {
             }
             engine.live.lock().expect("live runs").remove(&run_id);
             engine.forget_if_orphaned(workflow_id, run_id);
+            if let Err(e) = prune_runs(engine.store.as_ref(), workflow_id, RUNS_KEPT) {
+                tracing::warn!(workflow = %workflow_id, error = %e, "old workflow runs could not be deleted");
+            }
             if let Err(e) = engine.admit_queued(workflow_id) {
                 tracing::error!(workflow = %workflow_id, error = %e, "queued workflow runs could not be started");
             }

@@ -10,10 +10,10 @@ use futures_util::future::BoxFuture;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::engine::{Call, Engine, Run, RunStatus, Runner, get_run, logs_of};
+use super::engine::{Call, Engine, Run, RunStatus, Runner, get_run, logs_of, prune_runs};
 use super::plan::StepStatus;
 use super::{Workflow, WorkflowVersion, graph};
-use crate::store::{RedbStore, Store};
+use crate::store::{RecordStore, RedbStore, Store};
 
 /// What a scripted node does on each attempt.
 #[derive(Clone)]
@@ -418,4 +418,30 @@ async fn deleting_a_workflow_leaves_none_of_its_runs_behind_even_one_ending_just
     }
     assert_eq!(super::engine::runs_of(store.as_ref(), workflow.id).expect("runs"), []);
     assert_eq!(logs_of(store.as_ref(), run.id).expect("logs"), []);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_newest_finished_runs_are_kept_with_their_logs_and_a_run_still_going_never_goes() {
+    let (_dir, store) = store();
+    let mut broken = step("broken");
+    broken["retry"] = json!({"attempts": 2, "backoff_ms": 100});
+    let workflow = workflow(store.as_ref(), chain(vec![broken]), 5);
+    let engine = Engine::new(store.clone(), Scripted::with(&[("broken", Script::AlwaysFail)]));
+    let finished = over(store.as_ref(), &engine.start(&workflow, "start", json!({}), "ops").expect("starts")).await;
+    assert!(!logs_of(store.as_ref(), finished.id).expect("logs").is_empty(), "the failed attempt is logged");
+    // Older than every other run, and still going.
+    let second_after_epoch = uuid::Timestamp::from_unix(uuid::NoContext, 1, 0);
+    let going = Run { id: Uuid::new_v7(second_after_epoch), status: RunStatus::Running, ..finished.clone() };
+    let newer: Vec<Run> = (0..2).map(|_| Run { id: Uuid::now_v7(), ..finished.clone() }).collect();
+    for run in newer.iter().chain([&going]) {
+        store.save(run).expect("save");
+    }
+
+    assert_eq!(prune_runs(store.as_ref(), workflow.id, 2).expect("pruned"), 1);
+    assert_eq!(get_run(store.as_ref(), workflow.id, finished.id).expect("get"), None);
+    assert_eq!(logs_of(store.as_ref(), finished.id).expect("logs"), []);
+    for kept in newer.iter().chain([&going]) {
+        assert!(get_run(store.as_ref(), workflow.id, kept.id).expect("get").is_some());
+    }
+    assert_eq!(prune_runs(store.as_ref(), workflow.id, 2).expect("pruned"), 0, "only the run still going is past 2");
 }
