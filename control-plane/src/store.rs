@@ -223,9 +223,9 @@ pub trait Store: Send + Sync + 'static {
 
 /// The embedded default: redb, one file in the store's directory.
 ///
-/// redb's page cache has a fixed size and everything else it holds is bounded too, so the
-/// control plane's memory does not follow the amount of history on disk (sled's did: the
-/// hour-long soak in `docs/reliability.md` shows both).
+/// redb holds at most its page cache of the file in memory, so the control plane's memory
+/// follows the history on disk only until the cache is full (sled's kept following it: the
+/// hour-long soaks in `docs/reliability.md` show both).
 pub struct RedbStore {
     db: std::sync::Arc<redb::Database>,
     /// Entries per key prefix, for the tables that ask for it ([`Table::counted_prefix`]).
