@@ -251,14 +251,14 @@ pub fn get(store: &dyn Store, id: Uuid) -> Result<Option<Deployment>, StoreError
     store.load(id.as_bytes())
 }
 
-/// Every deployment of every organisation: for the reconciler, never for a caller.
-pub fn list(store: &dyn Store) -> Result<Vec<Deployment>, StoreError> {
-    store.load_all()
-}
-
 /// An organisation's deployments.
 pub fn list_in(store: &dyn Store, org_id: Uuid) -> Result<Vec<Deployment>, StoreError> {
-    Ok(list(store)?.into_iter().filter(|d| d.org_id == org_id).collect())
+    store.load_where(|d: &Deployment| d.org_id == org_id)
+}
+
+/// Removed, and meant to stay removed.
+fn is_history(deployment: &Deployment) -> bool {
+    deployment.state == State::Removed && matches!(deployment.desired, Desired::Removed { .. })
 }
 
 /// The deployment with this id if it belongs to the organisation (see [`crate::agents::get_in`]).
@@ -355,8 +355,7 @@ impl Events {
 /// Whether `deployment` was removed more than `retention` before `now_unix_s`: its record and
 /// its events are then purged.
 pub fn removal_expired(deployment: &Deployment, retention: Duration, now_unix_s: i64) -> bool {
-    deployment.state == State::Removed
-        && matches!(deployment.desired, Desired::Removed { .. })
+    is_history(deployment)
         && now_unix_s.saturating_sub(deployment.updated_at_unix_s)
             > i64::try_from(retention.as_secs()).unwrap_or(i64::MAX)
 }
@@ -479,16 +478,21 @@ impl Reconciler {
     }
 
     fn pass(self: &Arc<Self>) -> Result<(), StoreError> {
+        // History (removed deployments) grows with every deploy: it is read one record at a time
+        // and only its expired part kept, to be purged, so that neither memory nor the store
+        // follow a fleet that deploys and removes all day.
         let now = now_unix_s();
-        for listed in list(self.store.as_ref())? {
-            if listed.state == State::Removed && matches!(listed.desired, Desired::Removed { .. }) {
-                // Nothing is left to do for it; once its retention is over, its history goes
-                // too, so that a fleet that deploys and removes all day keeps a bounded store.
-                if removal_expired(&listed, self.removed_retention, now) && purge(self.store.as_ref(), &listed)? {
-                    tracing::info!(deployment_id = %listed.id, "purged a deployment removed longer ago than its retention");
-                }
-                continue;
+        let (expired, active): (Vec<Deployment>, Vec<Deployment>) = self
+            .store
+            .load_where(|d: &Deployment| !is_history(d) || removal_expired(d, self.removed_retention, now))?
+            .into_iter()
+            .partition(is_history);
+        for deployment in expired {
+            if purge(self.store.as_ref(), &deployment)? {
+                tracing::info!(deployment_id = %deployment.id, "purged a deployment removed longer ago than its retention");
             }
+        }
+        for listed in active {
             if !self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(listed.id) {
                 continue;
             }

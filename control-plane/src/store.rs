@@ -178,6 +178,21 @@ pub trait Store: Send + Sync + 'static {
     }
     /// The entries whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<Entry>, StoreError>;
+    /// Shows `visit` each entry whose key starts with `prefix`, in key order, until it returns
+    /// false: a pass over a large table without holding all of it in memory at once.
+    fn visit_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        for (key, value) in self.scan_prefix(table, prefix)? {
+            if !visit(&key, &value) {
+                break;
+            }
+        }
+        Ok(())
+    }
     /// Applies all `writes` if every check holds, atomically, and makes them durable before
     /// returning. Returns false (and writes nothing) when a check failed.
     fn atomic(&self, checks: &[Check], writes: &[Write]) -> Result<bool, StoreError>;
@@ -237,8 +252,9 @@ pub struct RedbStore {
     flusher: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
 }
 
-/// The store's page cache unless configured otherwise, in MiB.
-pub const DEFAULT_CACHE_MIB: u64 = 16;
+/// The store's page cache unless configured otherwise, in MiB. Small, as SQLite's (2 MiB): the
+/// kernel keeps the file's pages in its own cache anyway, and a miss only costs a copy from it.
+pub const DEFAULT_CACHE_MIB: u64 = 4;
 
 /// How long a relaxed write may stay in memory only.
 const RELAXED_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
@@ -373,6 +389,22 @@ impl Store for RedbStore {
 
     fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
         self.entries(table, prefix, 0, usize::MAX)
+    }
+
+    fn visit_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let read = self.db.begin_read()?;
+        for entry in read.open_table(definition(table))?.range::<&[u8]>(prefix..)? {
+            let (key, value) = entry?;
+            if !key.value().starts_with(prefix) || !visit(key.value(), value.value()) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn sync(&self) -> Result<(), StoreError> {
@@ -569,6 +601,9 @@ pub trait RecordStore {
     fn load<R: Record>(&self, key: &[u8]) -> Result<Option<R>, StoreError>;
     fn load_all<R: Record>(&self) -> Result<Vec<R>, StoreError>;
     fn load_prefix<R: Record>(&self, prefix: &[u8]) -> Result<Vec<R>, StoreError>;
+    /// Decodes the records of `R`'s table one at a time and keeps those `keep` returns:
+    /// memory for what is kept only, however large the table.
+    fn load_where<R: Record>(&self, keep: impl FnMut(&R) -> bool) -> Result<Vec<R>, StoreError>;
     fn save<R: Record>(&self, record: &R) -> Result<(), StoreError>;
     fn save_relaxed<R: Record>(&self, record: &R) -> Result<(), StoreError>;
     /// One page of records in key order, and the table's size.
@@ -589,6 +624,23 @@ impl<S: Store + ?Sized> RecordStore for S {
 
     fn load_prefix<R: Record>(&self, prefix: &[u8]) -> Result<Vec<R>, StoreError> {
         self.scan_prefix(R::TABLE, prefix)?.into_iter().map(|(_, v)| R::decode(&v)).collect()
+    }
+
+    fn load_where<R: Record>(&self, mut keep: impl FnMut(&R) -> bool) -> Result<Vec<R>, StoreError> {
+        let (mut kept, mut failed) = (Vec::new(), None);
+        self.visit_prefix(R::TABLE, &[], &mut |_, bytes| match R::decode(bytes) {
+            Ok(record) => {
+                if keep(&record) {
+                    kept.push(record);
+                }
+                true
+            }
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        })?;
+        failed.map_or(Ok(kept), Err)
     }
 
     fn save<R: Record>(&self, record: &R) -> Result<(), StoreError> {
@@ -692,6 +744,36 @@ mod tests {
         let store = reopen(dir.path());
         assert_eq!(store.page_prefix(Table::OrgTargets, &[1; 16], 0, 0).expect("page").0, 3);
         assert_eq!(store.page_prefix(Table::OrgTargets, &[2; 16], 0, 9).expect("page").1.len(), 1);
+    }
+
+    #[test]
+    fn a_visit_sees_only_its_prefix_in_order_and_stops_when_asked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(dir.path()).expect("open");
+        for key in [b"a1", b"b1", b"b2", b"b3", b"c1"] {
+            store.put(Table::Users, key, key.to_vec()).expect("put");
+        }
+        let mut seen = Vec::new();
+        store
+            .visit_prefix(Table::Users, b"b", &mut |key, _| {
+                seen.push(key.to_vec());
+                seen.len() < 2
+            })
+            .expect("visit");
+        assert_eq!(seen, [b"b1".to_vec(), b"b2".to_vec()]);
+    }
+
+    #[test]
+    fn load_where_keeps_only_the_records_asked_for_and_reports_a_corrupt_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(dir.path()).expect("open");
+        for id in 0..6u32 {
+            store.save(&Thing { id, name: if id % 2 == 0 { "even" } else { "odd" }.into() }).expect("save");
+        }
+        let even = store.load_where(|t: &Thing| t.name == "even").expect("load");
+        assert_eq!(even.iter().map(|t| t.id).collect::<Vec<_>>(), [0, 2, 4]);
+        store.put(Table::Users, &9u32.to_be_bytes(), b"not json".to_vec()).expect("put");
+        assert!(matches!(store.load_where(|_: &Thing| true), Err(StoreError::Corrupt { .. })));
     }
 
     #[test]

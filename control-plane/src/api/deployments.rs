@@ -24,6 +24,7 @@ use super::{AppState, Items, Page, PageQuery, rfc3339_ms, rfc3339_s};
 use crate::auth::{Caller, now_unix_s};
 use crate::deployments::{self, Deployment, Desired, Event, Level, State as DeploymentState};
 use crate::stacks;
+use crate::store::RecordStore;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -443,19 +444,20 @@ pub(super) async fn list(
     {
         return Err(ApiError::invalid("state", format!("state must be one of {}", states.join(", "))));
     }
-    let all = deployments::list_in(state.store.as_ref(), caller.org_id)?
-        .into_iter()
-        .filter(|d| {
-            query
+    // Only the matching deployments are kept, and views (with live status) are built for the
+    // page only: the list includes history, which keeps growing.
+    let matching = state.store.load_where(|d: &deployments::Deployment| {
+        d.org_id == caller.org_id
+            && query.target.as_ref().is_none_or(|t| d.target_id.to_string() == *t)
+            && query.state.as_ref().is_none_or(|s| d.state.as_str() == s)
+            && query
                 .stack
                 .as_ref()
                 .is_none_or(|s| d.stack_id.to_string() == *s || stack_name(&state, d).as_deref() == Some(s))
-        })
-        .filter(|d| query.target.as_ref().is_none_or(|t| d.target_id.to_string() == *t))
-        .filter(|d| query.state.as_ref().is_none_or(|s| d.state.as_str() == s))
-        .map(|d| view(&state, &d))
-        .collect();
-    Ok(Json(PageQuery { page: query.page, per_page: query.per_page }.apply(all)?))
+    })?;
+    let page = PageQuery { page: query.page, per_page: query.per_page }.apply(matching)?;
+    let items = page.items.iter().map(|d| view(&state, d)).collect();
+    Ok(Json(Page { items, total: page.total, page: page.page, per_page: page.per_page }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

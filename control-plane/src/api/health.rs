@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::AppState;
-use crate::store::Table;
+use crate::store::{RecordStore, Table};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -119,8 +119,13 @@ fn circuits(state: &AppState, figure: fn((u64, u64)) -> u64) -> Vec<(String, u64
 fn deployments_by_state(state: &AppState) -> Vec<(String, u64)> {
     let mut counts: std::collections::BTreeMap<&'static str, u64> =
         ["pending", "deploying", "running", "failed", "removing", "removed"].into_iter().map(|s| (s, 0)).collect();
-    for deployment in crate::deployments::list(state.store.as_ref()).unwrap_or_default() {
+    // Counted one record at a time: removed deployments are history, which keeps growing.
+    let counted = state.store.load_where(|deployment: &crate::deployments::Deployment| {
         *counts.entry(deployment.state.as_str()).or_default() += 1;
+        false
+    });
+    if let Err(error) = counted {
+        tracing::warn!(%error, "deployments could not be counted for the metrics");
     }
     counts.into_iter().map(|(state, count)| (state.to_owned(), count)).collect()
 }
