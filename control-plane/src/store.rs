@@ -329,16 +329,15 @@ impl RedbStore {
 
     /// Up to `limit` entries from the `offset`th whose key starts with `prefix`, in key order.
     fn entries(&self, table: Table, prefix: &[u8], offset: usize, limit: usize) -> Result<Vec<Entry>, StoreError> {
-        let read = self.db.begin_read()?;
-        let table = read.open_table(definition(table))?;
-        let mut entries = Vec::new();
-        for entry in table.range::<&[u8]>(prefix..)?.skip(offset) {
-            let (key, value) = entry?;
-            if entries.len() == limit || !key.value().starts_with(prefix) {
-                break;
+        let (mut entries, mut skipped) = (Vec::new(), 0);
+        self.visit_prefix(table, prefix, &mut |key, value| {
+            if skipped < offset {
+                skipped += 1;
+            } else if entries.len() < limit {
+                entries.push((key.to_vec(), value.to_vec()));
             }
-            entries.push((key.value().to_vec(), value.value().to_vec()));
-        }
+            entries.len() < limit
+        })?;
         Ok(entries)
     }
 }
@@ -437,14 +436,11 @@ impl Store for RedbStore {
             let counts = self.prefix_counts.lock().unwrap_or_else(|e| e.into_inner());
             usize::try_from(counts.get(&(table, prefix.to_vec())).copied().unwrap_or(0)).unwrap_or(0)
         } else {
-            let read = self.db.begin_read()?;
             let mut count = 0;
-            for entry in read.open_table(definition(table))?.range::<&[u8]>(prefix..)? {
-                if !entry?.0.value().starts_with(prefix) {
-                    break;
-                }
+            self.visit_prefix(table, prefix, &mut |_, _| {
                 count += 1;
-            }
+                true
+            })?;
             count
         };
         Ok((total, page))
