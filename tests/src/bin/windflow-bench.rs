@@ -274,8 +274,11 @@ async fn main() -> anyhow::Result<()> {
         vec![
             "--heartbeat-interval".into(),
             humantime::format_duration(args.heartbeat).to_string(),
-            // The whole simulated fleet enrolls and calls the API from one address.
+            // The whole simulated fleet enrolls and calls the API from one address, with one
+            // credential.
             "--rate-limit".into(),
+            "0".into(),
+            "--token-rate-limit".into(),
             "0".into(),
         ],
     )
